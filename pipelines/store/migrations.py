@@ -1,0 +1,162 @@
+"""Versioned schema migrations; `jobs.migrate` applies the missing ones, safe to run twice.
+
+The table and column names of `tenant_knowledge` are the old Django system's, so the
+application that reads it keeps working. The vector dimension is fixed by the first
+migration (from the embedding model) and recorded in `kb_settings`; a model of another
+dimension is refused with a message instead of corrupting the index.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+
+from pipelines.config import StoreConfig
+
+log = logging.getLogger(__name__)
+
+# Serialises concurrent `migrate` runs (any constant would do; this one spells "kbmigrate").
+_MIGRATION_LOCK_KEY = 0x6B626D6967726174
+
+
+class SchemaMismatch(RuntimeError):
+    """The database was built for another vector dimension or a newer schema."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sql: str  # may use {dim}, {hnsw_m}, {hnsw_ef_construction}
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "sources, pages and tenant_knowledge with pgvector columns and HNSW indexes",
+        """
+        CREATE TABLE kb_settings (
+            key   text PRIMARY KEY,
+            value text NOT NULL
+        );
+        INSERT INTO kb_settings VALUES ('vector_dim', '{dim}');
+
+        CREATE TABLE website_sources (
+            id              uuid PRIMARY KEY,
+            user_id         text NOT NULL,
+            url             text NOT NULL,
+            status          text NOT NULL DEFAULT 'pending',
+            crawl_progress  jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+            error           text,
+            last_crawled_at timestamptz,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            updated_at      timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (user_id, url)
+        );
+
+        CREATE TABLE website_pages (
+            id              uuid PRIMARY KEY,
+            source_id       uuid NOT NULL REFERENCES website_sources (id) ON DELETE CASCADE,
+            user_id         text NOT NULL,
+            url             text NOT NULL,
+            status          text NOT NULL DEFAULT 'not_started',
+            error           text,
+            http_status     integer,
+            title           text,
+            language        text,
+            content_hash    text,
+            chunk_count     integer NOT NULL DEFAULT 0,
+            embedding_model text,
+            attempts        integer NOT NULL DEFAULT 0,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            updated_at      timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (source_id, url)
+        );
+        CREATE INDEX website_pages_user_status ON website_pages (user_id, status);
+
+        CREATE TABLE tenant_knowledge (
+            id              uuid PRIMARY KEY,
+            user_id         text NOT NULL,
+            chunk_type      text NOT NULL,
+            source_id       uuid,
+            document_id     uuid NOT NULL,
+            full_text       text NOT NULL,
+            tldr            text NOT NULL,
+            section_title   text,
+            word_count      integer NOT NULL,
+            tldr_embedding  vector({dim}),
+            full_embedding  vector({dim}),
+            embedding_model text NOT NULL,
+            content_hash    text NOT NULL,
+            metadata        jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+            parent_chunk_id uuid REFERENCES tenant_knowledge (id) ON DELETE SET NULL,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            updated_at      timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX tenant_knowledge_document ON tenant_knowledge (document_id);
+        CREATE INDEX tenant_knowledge_user_model ON tenant_knowledge (user_id, embedding_model);
+        CREATE INDEX tenant_knowledge_full_hnsw ON tenant_knowledge
+            USING hnsw (full_embedding vector_cosine_ops)
+            WITH (m = {hnsw_m}, ef_construction = {hnsw_ef_construction});
+        CREATE INDEX tenant_knowledge_tldr_hnsw ON tenant_knowledge
+            USING hnsw (tldr_embedding vector_cosine_ops)
+            WITH (m = {hnsw_m}, ef_construction = {hnsw_ef_construction});
+        """,
+    ),
+)
+
+
+def _applied_versions(conn: psycopg.Connection) -> set[int]:
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               version     integer PRIMARY KEY,
+               description text NOT NULL,
+               applied_at  timestamptz NOT NULL DEFAULT now())"""
+    )
+    return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+
+
+def vector_dim(conn: psycopg.Connection) -> int | None:
+    exists = conn.execute("SELECT to_regclass('kb_settings') IS NOT NULL").fetchone()[0]
+    if not exists:
+        return None
+    row = conn.execute("SELECT value FROM kb_settings WHERE key = 'vector_dim'").fetchone()
+    return int(row[0]) if row else None
+
+
+def migrate(url: str, dim: int, config: StoreConfig) -> list[int]:
+    """Apply every missing migration in one transaction; return the versions applied."""
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        done = _applied_versions(conn)
+        newest_known = max(m.version for m in MIGRATIONS)
+        if done and max(done) > newest_known:
+            raise SchemaMismatch(
+                f"database schema is at version {max(done)}, newer than this code ({newest_known}): "
+                "upgrade the code before running jobs against it"
+            )
+        existing_dim = vector_dim(conn)
+        if existing_dim is not None and existing_dim != dim:
+            raise SchemaMismatch(
+                f"database vectors have {existing_dim} dimensions but the embedding model has {dim}: "
+                "use a model of the same dimension, or another database (DATABASE_URL / store.data_dir)"
+            )
+        applied = []
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            conn.execute(
+                migration.sql.format(
+                    dim=dim, hnsw_m=config.hnsw_m, hnsw_ef_construction=config.hnsw_ef_construction
+                )
+            )
+            conn.execute(
+                "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                (migration.version, migration.description),
+            )
+            applied.append(migration.version)
+            log.info("db.migrated version=%s description=%s", migration.version, migration.description)
+    return applied

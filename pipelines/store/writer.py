@@ -1,0 +1,220 @@
+"""Write stage: each page's chunks and vectors replace its previous ones atomically.
+
+One transaction per batch of pages: lock the pages (advisory locks in a fixed order, so two
+writers of the same page serialise and no two writers can deadlock), upsert their status
+rows, delete their old chunks, binary-COPY the new chunks into a staging table and move
+them over with one INSERT. A retried batch rewrites the same ids with the same content:
+running it twice leaves exactly one copy of every chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+from pgvector.psycopg import register_vector
+
+from pipelines import ids, schema
+from pipelines.config import StoreConfig
+
+log = logging.getLogger(__name__)
+
+_CHUNK_COLUMNS = (
+    "id",
+    "user_id",
+    "chunk_type",
+    "source_id",
+    "document_id",
+    "full_text",
+    "tldr",
+    "section_title",
+    "word_count",
+    "tldr_embedding",
+    "full_embedding",
+    "embedding_model",
+    "content_hash",
+    "metadata",
+)
+_CHUNK_TYPES = (
+    "uuid",
+    "text",
+    "text",
+    "uuid",
+    "uuid",
+    "text",
+    "text",
+    "text",
+    "int4",
+    "vector",
+    "vector",
+    "text",
+    "text",
+    "jsonb",
+)
+
+_LOCK_PAGES = """
+    SELECT pg_advisory_xact_lock(hashtextextended(page_key, 0))
+    FROM (SELECT page_key FROM unnest(%s::text[]) AS page_key ORDER BY page_key) AS ordered
+"""
+
+_UPSERT_PAGES = """
+    INSERT INTO website_pages AS p (id, source_id, user_id, url, status, error, http_status, title,
+                                    language, content_hash, chunk_count, embedding_model, attempts)
+    SELECT *, 1 FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
+                            %s::int[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[])
+    ON CONFLICT (id) DO UPDATE SET
+        status = EXCLUDED.status,
+        error = EXCLUDED.error,
+        http_status = EXCLUDED.http_status,
+        attempts = p.attempts + 1,
+        updated_at = now(),
+        -- A failed fetch keeps the last good version's description and chunks.
+        title = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.title ELSE p.title END,
+        language = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.language ELSE p.language END,
+        content_hash = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.content_hash
+                            ELSE p.content_hash END,
+        chunk_count = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.chunk_count
+                           ELSE p.chunk_count END,
+        embedding_model = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.embedding_model
+                               ELSE p.embedding_model END
+"""
+
+
+class ChunkWriter:
+    """Stage: EMBEDDED rows → WRITE_RESULT rows (one per page), via a pooled connection."""
+
+    def __init__(self, config: StoreConfig, database_url: str) -> None:
+        self.config = config
+        self._pool = ConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=config.pool_max_size,
+            configure=register_vector,
+            open=True,
+            name="chunk-writer",
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
+        pages = batch.drop_columns([schema.CHUNKS]).to_pylist()
+        page_ids = [ids.page_id(p[schema.SOURCE], p[schema.URL]) for p in pages]
+        chunk_rows = list(self._chunk_rows(batch, pages, page_ids))
+        chunks_per_page = pc.list_value_length(batch.column(schema.CHUNKS)).fill_null(0).to_pylist()
+        replaced = [pid for pid, p in zip(page_ids, pages, strict=True) if p[schema.STATUS] == schema.STATUS_OK]
+
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute(_LOCK_PAGES, (sorted(set(page_ids)),))
+            conn.execute(_UPSERT_PAGES, self._page_columns(pages, page_ids, chunks_per_page))
+            conn.execute("DELETE FROM tenant_knowledge WHERE document_id = ANY(%s::uuid[])", (replaced,))
+            conn.execute(
+                "CREATE TEMP TABLE kb_staging (LIKE tenant_knowledge INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
+            with conn.cursor() as cur:
+                columns = ", ".join(_CHUNK_COLUMNS)
+                with cur.copy(f"COPY kb_staging ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(list(_CHUNK_TYPES))
+                    for row in chunk_rows:
+                        copy.write_row(row)
+            conn.execute(
+                "INSERT INTO tenant_knowledge SELECT * FROM kb_staging ON CONFLICT (id) DO NOTHING"
+            )
+        log.info(
+            "write.batch pages=%d chunks=%d seconds=%.3f",
+            len(pages),
+            len(chunk_rows),
+            time.perf_counter() - started,
+        )
+        return pa.Table.from_pylist(
+            [
+                {
+                    schema.TENANT: p[schema.TENANT],
+                    schema.SOURCE: p[schema.SOURCE],
+                    schema.URL: p[schema.URL],
+                    schema.PAGE_ID: pid,
+                    schema.STATUS: p[schema.STATUS],
+                    schema.ERROR: p[schema.ERROR],
+                    schema.CHUNKS_WRITTEN: n if p[schema.STATUS] == schema.STATUS_OK else 0,
+                    schema.VECTORS_WRITTEN: 2 * n if p[schema.STATUS] == schema.STATUS_OK else 0,
+                }
+                for p, pid, n in zip(pages, page_ids, chunks_per_page, strict=True)
+            ],
+            schema=schema.WRITE_RESULT,
+        )
+
+    @staticmethod
+    def _page_columns(pages: list[dict], page_ids: list[str], chunk_counts: list[int]) -> tuple:
+        def column(name: str) -> list:
+            return [p[name] for p in pages]
+
+        return (
+            page_ids,
+            column(schema.SOURCE),
+            column(schema.TENANT),
+            column(schema.URL),
+            column(schema.STATUS),
+            column(schema.ERROR),
+            column(schema.HTTP_STATUS),
+            column(schema.TITLE),
+            column(schema.LANGUAGE),
+            column(schema.CONTENT_HASH),
+            chunk_counts,
+            column(schema.EMBEDDING_MODEL),
+        )
+
+    @staticmethod
+    def _chunk_rows(batch: pa.Table, pages: list[dict], page_ids: list[str]):
+        """COPY rows for every chunk of every completed page, vectors as numpy arrays."""
+        chunk_lists = batch.column(schema.CHUNKS).combine_chunks()
+        flat = chunk_lists.flatten()
+        if len(flat) == 0:
+            return
+        dim = chunk_lists.type.value_type.field(schema.FULL_EMBEDDING).type.list_size
+        tldr_vectors = flat.field(schema.TLDR_EMBEDDING).flatten().to_numpy().reshape(-1, dim)
+        full_vectors = flat.field(schema.FULL_EMBEDDING).flatten().to_numpy().reshape(-1, dim)
+        scalar_fields = [f.name for f in flat.type if f.name not in (schema.TLDR_EMBEDDING, schema.FULL_EMBEDDING)]
+        chunks = pa.StructArray.from_arrays([flat.field(n) for n in scalar_fields], names=scalar_fields).to_pylist()
+        offsets = chunk_lists.offsets.to_numpy()
+        offsets = (offsets - offsets[0]).tolist()  # a sliced list array's offsets do not start at 0
+        for page, pid, start, stop in zip(pages, page_ids, offsets[:-1], offsets[1:], strict=True):
+            if page[schema.STATUS] != schema.STATUS_OK:
+                continue
+            total = stop - start
+            for position in range(start, stop):
+                chunk = chunks[position]
+                metadata = {
+                    "page_url": page[schema.URL],
+                    "page_title": page[schema.TITLE],
+                    "keywords": chunk[schema.KEYWORDS],
+                    "page_keywords": page[schema.KEYWORDS],
+                    "h1_tags": page[schema.H1],
+                    "h2_tags": page[schema.H2],
+                    "chunk_index": chunk[schema.CHUNK_INDEX],
+                    "total_chunks": total,
+                    "token_count": chunk[schema.TOKEN_COUNT],
+                    "language": page[schema.LANGUAGE],
+                }
+                yield (
+                    uuid.UUID(ids.chunk_id(pid, page[schema.CONTENT_HASH], chunk[schema.CHUNK_INDEX])),
+                    page[schema.TENANT],
+                    page[schema.CHUNK_TYPE],
+                    uuid.UUID(page[schema.SOURCE]),
+                    uuid.UUID(pid),
+                    chunk[schema.FULL_TEXT],
+                    chunk[schema.TLDR],
+                    chunk[schema.SECTION_TITLE],
+                    chunk[schema.WORD_COUNT],
+                    np.asarray(tldr_vectors[position], dtype=np.float32),
+                    np.asarray(full_vectors[position], dtype=np.float32),
+                    page[schema.EMBEDDING_MODEL],
+                    page[schema.CONTENT_HASH],
+                    Jsonb(metadata),
+                )

