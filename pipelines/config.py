@@ -109,26 +109,42 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
+    """Where each stage runs. CPU figures are Ray scheduling reservations, not threads: the
+    defaults let every stage hold a worker at once on a 2-core machine (a stage waiting for
+    a CPU that the others' actors hold would stall the whole stream)."""
+
     address: str = ""  # empty: a local Ray (or the cluster `ray job submit` runs us on)
     num_cpus: int = 0  # local Ray only; 0 means all cores
     batch_pages: int = 16  # pages per map_batches call in clean/chunk/embed/write
-    clean_concurrency: int = 2
-    chunk_concurrency: int = 1
+    crawl_concurrency: int = 2  # sites crawled at once (actors, each crawling many pages concurrently)
+    crawl_cpus: float = 0.25  # crawling waits on the network
+    clean_concurrency: int = 2  # at most this many clean tasks at once
+    clean_cpus: float = 0.5
+    chunk_concurrency: int = 1  # actors, each holding the model's tokenizer
+    chunk_cpus: float = 0.25
     embed_concurrency: int = 1  # actors, each holding one model
+    embed_cpus: float = 0.5
     embed_gpus: float = 0.0  # per embed actor; set 1 on GPU workers
     write_concurrency: int = 1  # actors, each holding a connection pool
-    crawl_concurrency: int = 2  # sources crawled at once
+    write_cpus: float = 0.25  # writing waits on the database
 
     def __post_init__(self) -> None:
         _positive(
             self,
             "batch_pages",
-            "clean_concurrency",
-            "chunk_concurrency",
-            "embed_concurrency",
-            "write_concurrency",
             "crawl_concurrency",
+            "crawl_cpus",
+            "clean_concurrency",
+            "clean_cpus",
+            "chunk_concurrency",
+            "chunk_cpus",
+            "embed_concurrency",
+            "embed_cpus",
+            "write_concurrency",
+            "write_cpus",
         )
+        if self.embed_gpus < 0:
+            raise ConfigError("ray.embed_gpus must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -186,7 +202,9 @@ def build_config(
     unknown = set(merged) - set(section_types)
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(section_types)}")
-    built = {name: _build_section(factory, merged.get(name, {}), name) for name, factory in section_types.items()}
+    built = {
+        name: _build_section(factory, merged.get(name, {}), name) for name, factory in section_types.items()
+    }
     return PipelineConfig(**built)
 
 

@@ -1,0 +1,585 @@
+"""The crawl stage: crawl requests in, page rows out, streamed in bounded blocks.
+
+Anatomy, in Scrapy's words: `Crawler` is the stage and the engine; a `_SourceCrawl` is one
+request's scheduler (frontier, seen set, page budget); the `_Downloader` is shared by every
+source of a batch (one aiohttp session, per-site politeness, robots.txt, redirects, limits).
+
+Every outcome a tenant cares about is a row: a page that failed, was blocked by robots.txt or
+redirected elsewhere is recorded with its reason, so the tenant sees why it is missing and a
+later run can retry it. Links we choose not to follow (other sites, images) leave no row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import re
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from functools import partial
+
+import aiohttp
+import lxml.etree
+import lxml.html
+import pyarrow as pa
+from protego import Protego
+from yarl import URL
+
+from pipelines import schema
+from pipelines.config import CrawlConfig
+from pipelines.crawl.safety import CrawlError, SafeResolver, check_url_async
+from pipelines.crawl.urls import in_scope, is_non_html, normalize_url, site_of
+
+log = logging.getLogger(__name__)
+
+BLOCKED_BY_ROBOTS = "blocked by robots.txt"
+_HTML_CONTENT_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_READ_CHUNK_BYTES = 64 * 1024
+# The HTML standard looks for <meta charset> in the first 1024 bytes; so do we.
+_CHARSET_PRESCAN_BYTES = 1024
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
+_SITEMAP_DEPTH = 1  # a page listed in a sitemap counts as one hop from the start page
+_MAX_SITEMAP_FILES = 10  # per source: sitemap indexes can nest without end
+# A robots.txt Crawl-delay of hours would stall the crawl past any job's life; cap it.
+_MAX_CRAWL_DELAY_SECONDS = 60.0
+_END = object()  # end of the row stream
+
+
+class _AlreadySeen(Exception):
+    """A redirect leads to a page this source has already queued: that crawl covers it."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _Response:
+    """What fetching one URL came to: a body, or the reason there is none."""
+
+    url: str  # the final URL when redirects succeeded, else the one requested
+    error: str | None = None
+    http_status: int | None = None
+    content_type: str | None = None
+    charset: str | None = None
+    body: bytes | None = None
+    fetched_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class _Robots:
+    """A site's robots.txt as it applies to us."""
+
+    user_agent: str
+    rules: Protego | None = None  # None: no robots.txt (or not respected), everything allowed
+    # Why robots.txt could not be read (5xx, network): then nothing is allowed (RFC 9309 §2.3.1.4).
+    unavailable: str | None = None
+
+    def refusal(self, url: str) -> str | None:
+        if self.unavailable is not None:
+            return f"{BLOCKED_BY_ROBOTS} (robots.txt unavailable: {self.unavailable})"
+        if self.rules is not None and not self.rules.can_fetch(url, self.user_agent):
+            return BLOCKED_BY_ROBOTS
+        return None
+
+    @property
+    def sitemaps(self) -> list[str]:
+        return list(self.rules.sitemaps) if self.rules is not None else []
+
+
+class _Site:
+    """Politeness towards one origin, shared by every source of the batch that crawls it."""
+
+    def __init__(self, concurrency: int, delay: float) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._pace = asyncio.Lock()
+        self._next_start = 0.0
+        self.delay = delay
+        self.robots_lock = asyncio.Lock()
+        self.robots: _Robots | None = None
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the site's request slots, starting no sooner than `delay` after the last start."""
+        async with self._slots:
+            if self.delay:
+                async with self._pace:
+                    loop = asyncio.get_running_loop()
+                    wait = self._next_start - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    self._next_start = loop.time() + self.delay
+            yield
+
+
+HopCheck = Callable[[str], Awaitable[str | None]]
+
+
+class _Downloader:
+    """HTTP for one batch: the session, per-site politeness, robots.txt, redirects and limits."""
+
+    def __init__(self, config: CrawlConfig, http: aiohttp.ClientSession) -> None:
+        self._config = config
+        self._http = http
+        self._sites: dict[str, _Site] = {}
+
+    def _site(self, origin: str) -> _Site:
+        if origin not in self._sites:
+            self._sites[origin] = _Site(self._config.concurrency_per_site, self._config.delay_seconds)
+        return self._sites[origin]
+
+    async def check_safety(self, url: str) -> str | None:
+        """Why `url` may not be fetched (scheme, private address), or None."""
+        try:
+            await check_url_async(url, self._config.allow_private_network)
+        except CrawlError as exc:
+            return str(exc)
+        return None
+
+    async def robots(self, origin: str) -> _Robots:
+        """The robots.txt of `origin`, read once per batch however many sources crawl it."""
+        if not self._config.respect_robots:
+            return _Robots(self._config.user_agent)
+        site = self._site(origin)
+        async with site.robots_lock:
+            if site.robots is None:
+                site.robots = await self._read_robots(origin, site)
+        return site.robots
+
+    async def _read_robots(self, origin: str, site: _Site) -> _Robots:
+        user_agent = self._config.user_agent
+        response = await self.fetch(f"{origin}/robots.txt", html_only=False, check_hop=self.check_safety)
+        if response.error is None and response.body is not None:
+            rules = Protego.parse(response.body.decode("utf-8", errors="replace"))
+            crawl_delay = min(rules.crawl_delay(user_agent) or 0.0, _MAX_CRAWL_DELAY_SECONDS)
+            site.delay = max(self._config.delay_seconds, crawl_delay)
+            robots = _Robots(user_agent, rules=rules)
+        elif response.http_status is not None and 400 <= response.http_status < 500:
+            robots = _Robots(user_agent)  # no robots.txt: everything is allowed
+        else:
+            robots = _Robots(user_agent, unavailable=response.error)
+        log.info(
+            "crawl.robots site=%s http=%s delay=%s unavailable=%s",
+            origin,
+            response.http_status,
+            site.delay,
+            robots.unavailable,
+        )
+        return robots
+
+    async def fetch(self, url: str, html_only: bool, check_hop: HopCheck) -> _Response:
+        """GET `url`, following redirects by hand so that every hop passes `check_hop`.
+
+        `check_hop(target)` returns why a redirect target is refused, or None to follow it.
+        """
+        chain = [url]
+        while True:
+            response, target = await self._get(chain[-1], html_only)
+            if target is None:
+                return response
+            if target in chain:
+                failure = f"redirect loop back to {target}"
+            elif len(chain) > self._config.max_redirects:
+                failure = f"more than {self._config.max_redirects} redirects (last to {target})"
+            else:
+                failure = await check_hop(target)
+            if failure is not None:
+                return replace(response, url=url, error=failure)
+            chain.append(target)
+
+    async def _get(self, url: str, html_only: bool) -> tuple[_Response, str | None]:
+        """One HTTP exchange: the response, and the redirect target (None when not a redirect)."""
+        async with self._site(site_of(url)).slot():
+            try:
+                async with self._http.get(URL(url, encoded=True), allow_redirects=False) as resp:
+                    return await self._read(url, resp, html_only)
+            except (aiohttp.ClientError, TimeoutError, CrawlError) as exc:
+                return _Response(url, error=self._describe(exc), fetched_at=_now()), None
+
+    async def _read(
+        self, url: str, resp: aiohttp.ClientResponse, html_only: bool
+    ) -> tuple[_Response, str | None]:
+        declared_type = resp.content_type if "Content-Type" in resp.headers else None
+        response = _Response(
+            url, http_status=resp.status, content_type=declared_type, charset=resp.charset, fetched_at=_now()
+        )
+        location = resp.headers.get("Location")
+        if resp.status in _REDIRECT_STATUSES and location:
+            target = normalize_url(location, base=url)
+            if target is None:
+                return replace(response, error=f"redirected to a URL that is not http(s): {location}"), None
+            return response, target
+        if not 200 <= resp.status < 300:
+            return replace(response, error=f"HTTP {resp.status}"), None
+        if html_only and declared_type not in _HTML_CONTENT_TYPES:
+            return replace(response, error=f"not HTML ({declared_type or 'no content-type'})"), None
+        cap = self._config.max_response_bytes
+        too_large = replace(response, error=f"response larger than {cap} bytes")
+        if resp.content_length is not None and resp.content_length > cap:
+            return too_large, None
+        body = bytearray()
+        async for piece in resp.content.iter_chunked(_READ_CHUNK_BYTES):
+            body += piece
+            if len(body) > cap:
+                return too_large, None
+        return replace(response, body=bytes(body)), None
+
+    def _describe(self, exc: Exception) -> str:
+        """A failure in words a tenant understands ("connection refused", not a traceback)."""
+        if isinstance(exc, CrawlError):
+            return str(exc)
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return f"connection timed out after {self._config.connect_timeout_seconds:g}s"
+        if isinstance(exc, TimeoutError):
+            return f"timed out after {self._config.total_timeout_seconds:g}s"
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            return f"could not resolve host {exc.host}"
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return f"TLS certificate not accepted: {exc.certificate_error}"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            if exc.os_error.errno == errno.ECONNREFUSED:
+                return "connection refused"
+            return f"could not connect: {exc.os_error.strerror or exc.os_error}"
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return "server closed the connection"
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return f"incomplete response body: {exc}"
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return f"invalid HTTP response: {exc.message}"
+        return f"request failed: {exc}"
+
+
+def _meta_charset(body: bytes) -> str | None:
+    match = _META_CHARSET.search(body[:_CHARSET_PRESCAN_BYTES])
+    return match.group(1).decode("ascii") if match else None
+
+
+def _decode(body: bytes, header_charset: str | None) -> str:
+    """The page's text: the header's charset, else <meta charset>, else UTF-8 with bad bytes replaced."""
+    for label in (header_charset, _meta_charset(body)):
+        if not label:
+            continue
+        try:
+            return body.decode(label)
+        except (LookupError, UnicodeDecodeError) as exc:
+            log.debug("crawl.decode charset=%s failed=%s", label, type(exc).__name__)
+    return body.decode("utf-8", errors="replace")
+
+
+def _extract_links(html: str, page_url: str) -> list[str]:
+    """Normalised targets of the page's <a href> links, resolved against its <base href> if any."""
+    # Parsed from UTF-8 bytes: lxml refuses a str that carries an XML encoding declaration.
+    root = lxml.etree.fromstring(html.encode("utf-8"), lxml.html.HTMLParser(encoding="utf-8"))
+    if root is None:
+        return []
+    base = page_url
+    for element in root.iter("base"):
+        href = element.get("href")
+        if href:
+            base = normalize_url(href, page_url) or page_url
+            break
+    links = (normalize_url(a.get("href"), base) for a in root.iter("a") if a.get("href"))
+    return [link for link in dict.fromkeys(links) if link is not None]
+
+
+def _sitemap_locs(body: bytes) -> tuple[bool, list[str]]:
+    """(whether it is a sitemap index, its <loc> values); (False, []) when it is not XML."""
+    parser = lxml.etree.XMLParser(recover=True, resolve_entities=False, no_network=True)
+    try:
+        root = lxml.etree.fromstring(body, parser)
+    except lxml.etree.XMLSyntaxError:
+        return False, []
+    if root is None:
+        return False, []
+    is_index = lxml.etree.QName(root).localname == "sitemapindex"
+    return is_index, [loc.text.strip() for loc in root.iter("{*}loc") if loc.text and loc.text.strip()]
+
+
+class _SourceCrawl:
+    """One crawl request: breadth-first over its site, with its own frontier, seen set and budget."""
+
+    def __init__(
+        self,
+        config: CrawlConfig,
+        downloader: _Downloader,
+        request: dict,
+        emit: Callable[[dict], Awaitable[None]],
+    ) -> None:
+        self._config = config
+        self._downloader = downloader
+        self._request = request
+        self._emit_row = emit
+        self._frontier: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        self._seen: set[str] = set()
+        self._admitted = 0  # URLs queued for fetching: at most config.max_pages
+        self._over_budget = 0  # distinct URLs found after the budget was spent
+        self._site = ""
+        self._robots = _Robots(config.user_agent)
+        self._outcomes: Counter[str] = Counter()
+
+    async def run(self) -> None:
+        started = time.monotonic()
+        tenant, source, url = (self._request[k] for k in (schema.TENANT, schema.SOURCE, schema.URL))
+        log.info("crawl.source.start tenant=%s source=%s url=%s", tenant, source, url)
+        try:
+            await self._crawl(url)
+        finally:
+            log.info(
+                "crawl.source.done tenant=%s source=%s url=%s completed=%d failed=%d "
+                "not_queued_over_max_pages=%d seconds=%.1f",
+                tenant,
+                source,
+                url,
+                self._outcomes[schema.STATUS_OK],
+                self._outcomes[schema.STATUS_FAILED],
+                self._over_budget,
+                time.monotonic() - started,
+            )
+
+    async def _crawl(self, url: str) -> None:
+        start = normalize_url(url)
+        if start is None:
+            await self._emit(self._row(url, 0, error=f"not an http(s) URL: {url!r}"))
+            return
+        refusal = await self._downloader.check_safety(start)
+        if refusal is not None:
+            await self._emit(self._row(start, 0, error=refusal))
+            return
+        self._site = site_of(start)
+        self._robots = await self._downloader.robots(self._site)
+        self._seen.add(start)
+        refusal = self._robots.refusal(start)
+        if refusal is not None:
+            await self._emit(self._row(start, 0, error=refusal))
+            return
+        self._admitted = 1
+        await self._crawl_page(start, 0, is_start=True)
+        if self._config.use_sitemap:
+            await self._admit_sitemap_pages()
+        workers = [asyncio.create_task(self._work()) for _ in range(self._config.concurrency_per_site)]
+        try:
+            await self._frontier.join()
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            url, depth = await self._frontier.get()
+            try:
+                await self._crawl_page(url, depth)
+            finally:
+                self._frontier.task_done()
+
+    async def _crawl_page(self, url: str, depth: int, is_start: bool = False) -> None:
+        try:
+            await self._fetch_page(url, depth, is_start)
+        except Exception as exc:  # one page's surprise (a parser bug) must not end the whole crawl
+            log.exception("crawl.page url=%s status=failed reason=internal error", url)
+            await self._emit(self._row(url, depth, error=f"internal error: {exc!r}"))
+
+    async def _fetch_page(self, url: str, depth: int, is_start: bool) -> None:
+        """Fetch one page, record its row, then queue its links one hop deeper.
+
+        The start page may redirect to another origin (http → https, example.ir →
+        www.example.ir): the crawl then continues on the site it landed on.
+        """
+        check_hop = partial(self._check_redirect, any_site=is_start)
+        try:
+            response = await self._downloader.fetch(url, html_only=True, check_hop=check_hop)
+        except _AlreadySeen as seen:
+            log.debug("crawl.page url=%s skipped=redirect to %s, already queued", url, seen)
+            return
+        html = None
+        links: list[str] = []
+        if response.error is None and response.body is not None:
+            html = _decode(response.body, response.charset)
+            if is_start:
+                await self._move_to(site_of(response.url))
+            if depth < self._config.max_depth:
+                links = [
+                    link
+                    for link in _extract_links(html, response.url)
+                    if in_scope(link, self._site) and not is_non_html(link)
+                ]
+        await self._emit(self._row(response.url, depth, error=response.error, response=response, html=html))
+        for link in links:
+            await self._admit(link, depth + 1)
+
+    async def _move_to(self, site: str) -> None:
+        if site != self._site:
+            log.info("crawl.source.moved from=%s to=%s", self._site, site)
+            self._site = site
+            self._robots = await self._downloader.robots(site)
+
+    async def _check_redirect(self, target: str, any_site: bool) -> str | None:
+        if not any_site and not in_scope(target, self._site):
+            return f"redirected off site to {target}"
+        refusal = await self._downloader.check_safety(target)
+        if refusal is not None:
+            return refusal
+        refusal = (await self._downloader.robots(site_of(target))).refusal(target)
+        if refusal is not None:
+            return f"redirected to {target}: {refusal}"
+        if target in self._seen:
+            raise _AlreadySeen(target)
+        self._seen.add(target)
+        return None
+
+    async def _admit(self, url: str, depth: int) -> None:
+        """Queue `url` unless seen, too deep or over budget; robots.txt refusals become rows."""
+        if url in self._seen or depth > self._config.max_depth:
+            return
+        self._seen.add(url)
+        if self._admitted >= self._config.max_pages:
+            self._over_budget += 1
+            return
+        refusal = self._robots.refusal(url)
+        if refusal is not None:
+            await self._emit(self._row(url, depth, error=refusal))
+            return
+        self._admitted += 1
+        self._frontier.put_nowait((url, depth))
+
+    async def _admit_sitemap_pages(self) -> None:
+        """Queue the pages listed by the site's sitemaps (robots.txt `Sitemap:` lines, /sitemap.xml)."""
+        pending = deque([*self._robots.sitemaps, f"{self._site}/sitemap.xml"])
+        read: set[str] = set()
+        while pending and len(read) < _MAX_SITEMAP_FILES and self._admitted < self._config.max_pages:
+            url = normalize_url(pending.popleft())
+            if url is None or url in read:
+                continue
+            if not in_scope(url, self._site):
+                log.debug("crawl.sitemap url=%s skipped=off site", url)
+                continue
+            read.add(url)
+            response = await self._downloader.fetch(
+                url, html_only=False, check_hop=self._downloader.check_safety
+            )
+            if response.error is not None or response.body is None:
+                log.debug("crawl.sitemap url=%s skipped=%s", url, response.error)
+                continue
+            is_index, locs = _sitemap_locs(response.body)
+            off_site = 0
+            for loc in locs:
+                target = normalize_url(loc)
+                if target is None or not in_scope(target, self._site):
+                    off_site += 1
+                elif is_index:
+                    pending.append(target)
+                elif not is_non_html(target):
+                    await self._admit(target, _SITEMAP_DEPTH)
+            log.debug("crawl.sitemap url=%s entries=%d off_site=%d", url, len(locs), off_site)
+
+    def _row(
+        self,
+        url: str,
+        depth: int,
+        error: str | None,
+        response: _Response | None = None,
+        html: str | None = None,
+    ) -> dict:
+        return {
+            schema.TENANT: self._request[schema.TENANT],
+            schema.SOURCE: self._request[schema.SOURCE],
+            schema.URL: url,
+            schema.STATUS: schema.STATUS_OK if error is None else schema.STATUS_FAILED,
+            schema.ERROR: error,
+            schema.HTTP_STATUS: response.http_status if response else None,
+            schema.CONTENT_TYPE: response.content_type if response else None,
+            schema.HTML: html,
+            schema.DEPTH: depth,
+            schema.FETCHED_AT: response.fetched_at if response else None,
+        }
+
+    async def _emit(self, row: dict) -> None:
+        self._outcomes[row[schema.STATUS]] += 1
+        level = logging.DEBUG if row[schema.ERROR] is None else logging.INFO
+        log.log(
+            level,
+            "crawl.page url=%s status=%s http=%s depth=%s reason=%s",
+            row[schema.URL],
+            row[schema.STATUS],
+            row[schema.HTTP_STATUS],
+            row[schema.DEPTH],
+            row[schema.ERROR],
+        )
+        await self._emit_row(row)
+
+
+async def _end_when_done(sources: list[asyncio.Task], rows: asyncio.Queue) -> None:
+    """Close the row stream once every source is done, then surface any source's crash."""
+    outcomes = await asyncio.gather(*sources, return_exceptions=True)
+    await rows.put(_END)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+def _block(rows: list[dict]) -> pa.Table:
+    return schema.conform(pa.Table.from_pylist(rows, schema=schema.PAGE), schema.PAGE)
+
+
+class Crawler:
+    """Pipeline stage: crawl requests (schema.CRAWL_REQUEST) → page rows (schema.PAGE), in blocks.
+
+    A generator, so the pipeline streams blocks downstream while the crawl goes on, and memory
+    stays flat: fetchers wait on a queue of `pages_per_block` rows whenever the consumer is
+    busy. It drives its own event loop, so it runs in a plain thread (a Ray worker, a test).
+    """
+
+    def __init__(self, config: CrawlConfig) -> None:
+        self._config = config
+
+    def __call__(self, requests: pa.Table) -> Iterator[pa.Table]:
+        loop = asyncio.new_event_loop()
+        blocks = self._crawl(requests.select(schema.CRAWL_REQUEST.names).to_pylist())
+        try:
+            while True:
+                try:
+                    block = loop.run_until_complete(anext(blocks))
+                except StopAsyncIteration:
+                    return
+                yield block
+        finally:
+            loop.run_until_complete(blocks.aclose())
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+    async def _crawl(self, requests: list[dict]) -> AsyncIterator[pa.Table]:
+        config = self._config
+        rows: asyncio.Queue = asyncio.Queue(maxsize=config.pages_per_block)
+        timeout = aiohttp.ClientTimeout(
+            total=config.total_timeout_seconds, sock_connect=config.connect_timeout_seconds
+        )
+        connector = aiohttp.TCPConnector(resolver=None if config.allow_private_network else SafeResolver())
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=connector, headers={"User-Agent": config.user_agent}
+        ) as http:
+            downloader = _Downloader(config, http)
+            sources = [
+                asyncio.create_task(_SourceCrawl(config, downloader, request, rows.put).run())
+                for request in requests
+            ]
+            finished = asyncio.create_task(_end_when_done(sources, rows))
+            try:
+                block: list[dict] = []
+                while (row := await rows.get()) is not _END:
+                    block.append(row)
+                    if len(block) == config.pages_per_block:
+                        yield _block(block)
+                        block = []
+                if block:
+                    yield _block(block)
+                await finished
+            finally:
+                for task in (*sources, finished):
+                    task.cancel()
+                await asyncio.gather(*sources, finished, return_exceptions=True)

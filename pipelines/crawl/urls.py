@@ -1,0 +1,101 @@
+"""URL normalisation and the crawl's scope rules.
+
+One page has many spellings (`HTTP://Site:80/a/./b#top`, `/a/b`, `b` relative to `/a/`);
+the crawler de-duplicates on the normalised form, so every spelling of a page must normalise
+to the same string, and that string must still fetch the same resource (query kept as is).
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+
+CRAWLED_SCHEMES = frozenset({"http", "https"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# Links to these are not followed: fetching them would only end in a "not HTML" row.
+NON_HTML_EXTENSIONS = frozenset(
+    {
+        # styles, scripts, fonts
+        ".css", ".js", ".mjs", ".map", ".woff", ".woff2", ".ttf", ".otf", ".eot",
+        # images
+        ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".avif", ".bmp", ".ico", ".tif", ".tiff",
+        # documents and data
+        ".pdf", ".doc", ".docx", ".xls", ".xlsx", ".ppt", ".pptx", ".odt", ".ods", ".epub",
+        ".xml", ".json", ".txt", ".csv", ".tsv", ".rss", ".atom",
+        # archives and binaries
+        ".zip", ".gz", ".tgz", ".tar", ".rar", ".7z", ".bz2", ".xz", ".exe", ".dmg", ".apk",
+        ".iso", ".bin", ".wasm",
+        # audio and video
+        ".mp3", ".mp4", ".m4a", ".wav", ".ogg", ".webm", ".avi", ".mov", ".mkv", ".flv",
+    }
+)  # fmt: skip
+
+# Characters left as they are when percent-encoding; everything else (spaces, Persian
+# letters) is encoded as UTF-8, so `/سلام` and `/%D8%B3%D9%84%D8%A7%D9%85` are one page.
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+_STRIPPED = str.maketrans("", "", "\t\n\r")  # browsers drop these inside URLs
+
+
+def normalize_url(url: str, base: str | None = None) -> str | None:
+    """The canonical form of `url` (resolved against `base`), or None when it is not crawlable.
+
+    Not crawlable: another scheme (mailto:, javascript:, tel:, ftp:, data:), no host, a bad
+    port or a host name that IDNA cannot encode. Credentials (`user:pass@`) are dropped: the
+    crawler never sends them.
+    """
+    url = url.strip().translate(_STRIPPED)
+    if base is not None:
+        url = urljoin(base, url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in CRAWLED_SCHEMES or not host:
+        return None
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None or port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    path = quote(_remove_dot_segments(parts.path), safe=_PATH_SAFE)
+    query = quote(parts.query, safe=_QUERY_SAFE)
+    return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4: `/a/b/../c/./d` → `/a/c/d`; never climbs above the root."""
+    segments = path.split("/")[1:]
+    kept: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+    trailing_slash = bool(segments) and segments[-1] in (".", "..") and bool(kept)
+    return "/" + "/".join(kept) + ("/" if trailing_slash else "")
+
+
+def site_of(url: str) -> str:
+    """The origin (scheme://host[:port]) of a normalised URL: the unit of scope and politeness."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def in_scope(url: str, site: str) -> bool:
+    """Whether a normalised URL belongs to `site` (same scheme, host and port)."""
+    return site_of(url) == site
+
+
+def is_non_html(url: str) -> bool:
+    """Whether the URL's file extension says it is not a web page."""
+    suffix = PurePosixPath(unquote(urlsplit(url).path)).suffix.lower()
+    return suffix in NON_HTML_EXTENSIONS
