@@ -64,7 +64,6 @@ class CleanConfig:
 class ChunkConfig:
     max_tokens: int = 400  # budget per chunk in the embedding model's own tokens (model limit is 512)
     overlap_tokens: int = 40  # trailing sentences of a chunk repeated at the start of the next
-    min_tokens: int = 24  # a trailing chunk smaller than this is merged into its predecessor
     tldr_max_words: int = 100
     tldr_max_sentences: int = 3
     keywords_per_chunk: int = 8

@@ -69,14 +69,19 @@ CRAWL_REQUEST = pa.schema(
     ]
 )
 
+# Who a page belongs to and how fetching it went: carried by every per-page schema.
+_PAGE_OUTCOME = [
+    pa.field(TENANT, pa.string(), nullable=False),
+    pa.field(SOURCE, pa.string(), nullable=False),
+    pa.field(URL, pa.string(), nullable=False),
+    pa.field(STATUS, pa.string(), nullable=False),
+    pa.field(ERROR, pa.string()),
+    pa.field(HTTP_STATUS, pa.int32()),
+]
+
 PAGE = pa.schema(
     [
-        pa.field(TENANT, pa.string(), nullable=False),
-        pa.field(SOURCE, pa.string(), nullable=False),
-        pa.field(URL, pa.string(), nullable=False),
-        pa.field(STATUS, pa.string(), nullable=False),
-        pa.field(ERROR, pa.string()),
-        pa.field(HTTP_STATUS, pa.int32()),
+        *_PAGE_OUTCOME,
         pa.field(CONTENT_TYPE, pa.string()),
         pa.field(HTML, pa.large_string()),
         pa.field(DEPTH, pa.int32()),
@@ -88,12 +93,7 @@ SECTION_TYPE = pa.struct([pa.field("title", pa.string()), pa.field("text", pa.st
 
 DOCUMENT = pa.schema(
     [
-        pa.field(TENANT, pa.string(), nullable=False),
-        pa.field(SOURCE, pa.string(), nullable=False),
-        pa.field(URL, pa.string(), nullable=False),
-        pa.field(STATUS, pa.string(), nullable=False),
-        pa.field(ERROR, pa.string()),
-        pa.field(HTTP_STATUS, pa.int32()),
+        *_PAGE_OUTCOME,
         pa.field(CHUNK_TYPE, pa.string(), nullable=False),
         pa.field(TITLE, pa.string()),
         pa.field(TEXT, pa.large_string()),
@@ -125,9 +125,7 @@ CHUNKED = pa.schema([*_PAGE_META, pa.field(CHUNKS, pa.list_(CHUNK_TYPE_STRUCT))]
 
 def embedded_chunk_type(dim: int) -> pa.StructType:
     vector = pa.list_(pa.float32(), dim)
-    return pa.struct(
-        [*CHUNK_TYPE_STRUCT, pa.field(TLDR_EMBEDDING, vector), pa.field(FULL_EMBEDDING, vector)]
-    )
+    return pa.struct([*CHUNK_TYPE_STRUCT, pa.field(TLDR_EMBEDDING, vector), pa.field(FULL_EMBEDDING, vector)])
 
 
 def embedded(dim: int) -> pa.Schema:

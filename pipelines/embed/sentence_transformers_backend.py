@@ -28,12 +28,17 @@ class SentenceTransformerEmbedder:
 
         path = config.model_path or _default_model_path()
         self._model = SentenceTransformer(path, device=config.device or None)
-        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        dimension = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
+        )
         self.dim = int(dimension())
         self.model_id = f"sentence-transformers:{os.path.basename(os.path.normpath(path))}"
         if path == _default_model_path():
             self.model_id = "sentence-transformers/all-MiniLM-L6-v2"
         self._batch_size = config.batch_size
+        special_tokens = len(self._model.tokenizer("", add_special_tokens=True)["input_ids"])
+        self.max_tokens = int(self._model.max_seq_length) - special_tokens
         if self._model.device.type == "cuda":
             self._model.half()
 

@@ -36,7 +36,9 @@ class EmbedStage:
         flat = chunk_lists.flatten()
         fields = [flat.field(f.name) for f in schema.CHUNK_TYPE_STRUCT]
         fields += [_vectors_array(tldr, self.embedder.dim), _vectors_array(full, self.embedder.dim)]
-        struct = pa.StructArray.from_arrays(fields, fields=list(self.output_schema.field(schema.CHUNKS).type.value_type))
+        struct = pa.StructArray.from_arrays(
+            fields, fields=list(self.output_schema.field(schema.CHUNKS).type.value_type)
+        )
         offsets = pc.subtract(chunk_lists.offsets, chunk_lists.offsets[0])
         return pa.ListArray.from_arrays(offsets, struct, type=self.output_schema.field(schema.CHUNKS).type)
 

@@ -1,0 +1,125 @@
+"""Wiring only: which stage runs where, with what batch size, resources and concurrency.
+
+Stages know nothing about Ray; everything Ray-specific about them is in this module, driven
+by `RayConfig`. A class stage becomes an actor pool (its expensive `__init__` runs once per
+actor); an instance of a cheap stage runs as plain tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+import ray
+import ray.data
+
+from pipelines.chunk import Chunker
+from pipelines.clean import Cleaner
+from pipelines.config import PipelineConfig
+from pipelines.crawl import Crawler
+from pipelines.embed.stage import EmbedStage
+from pipelines.store.writer import ChunkWriter
+
+log = logging.getLogger(__name__)
+
+# Ray names an operator after the stage it runs: "MapBatches(Cleaner)".
+_STAGE_NAME = re.compile(r"MapBatches\((\w+)\)")
+
+
+def init_ray(config: PipelineConfig) -> None:
+    """Join the cluster a `ray job submit` runs us on, or start a local Ray."""
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=config.ray.address or None,
+        num_cpus=config.ray.num_cpus or None,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        configure_logging=True,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = True
+
+
+def crawl_documents(requests: list[dict], config: PipelineConfig) -> ray.data.Dataset:
+    """Crawl requests (schema.CRAWL_REQUEST rows) → cleaned documents (schema.DOCUMENT)."""
+    ray_config = config.ray
+    return (
+        ray.data.from_items(requests, override_num_blocks=max(1, len(requests)))
+        .map_batches(
+            Crawler,
+            fn_constructor_kwargs={"config": config.crawl},
+            batch_size=1,
+            batch_format="pyarrow",
+            concurrency=min(ray_config.crawl_concurrency, max(1, len(requests))),
+            num_cpus=ray_config.crawl_cpus,
+        )
+        .map_batches(
+            Cleaner(config.clean),
+            batch_size=ray_config.batch_pages,
+            batch_format="pyarrow",
+            num_cpus=ray_config.clean_cpus,
+            concurrency=ray_config.clean_concurrency,
+        )
+    )
+
+
+def index_documents(
+    documents: ray.data.Dataset, config: PipelineConfig, database_url: str
+) -> ray.data.Dataset:
+    """Documents → chunks → vectors → PostgreSQL; yields one schema.WRITE_RESULT row per page."""
+    ray_config = config.ray
+    return (
+        documents.map_batches(
+            Chunker,
+            fn_constructor_kwargs={"config": config.chunk, "embed": config.embed},
+            batch_size=ray_config.batch_pages,
+            batch_format="pyarrow",
+            concurrency=ray_config.chunk_concurrency,
+            num_cpus=ray_config.chunk_cpus,
+        )
+        .map_batches(
+            EmbedStage,
+            fn_constructor_kwargs={"config": config.embed},
+            batch_size=ray_config.batch_pages,
+            batch_format="pyarrow",
+            concurrency=ray_config.embed_concurrency,
+            num_gpus=ray_config.embed_gpus,
+            num_cpus=ray_config.embed_cpus,
+        )
+        .map_batches(
+            ChunkWriter,
+            fn_constructor_kwargs={"config": config.store, "database_url": database_url},
+            batch_size=ray_config.batch_pages,
+            batch_format="pyarrow",
+            concurrency=ray_config.write_concurrency,
+            num_cpus=ray_config.write_cpus,
+        )
+    )
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent inside each stage (summed over its tasks/actors), from Ray Data's stats."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, dataset: ray.data.Dataset) -> StageTimes:
+        try:
+            summary = dataset._get_stats_summary()  # Ray has no public structured stats API
+        except Exception as exc:  # stats are a report, never a reason to fail the job
+            log.warning("pipeline.stats_unavailable reason=%s", exc)
+            return cls()
+        seconds: dict[str, float] = {}
+
+        def visit(node) -> None:  # parents first: pipeline order
+            for parent in node.parents:
+                visit(parent)
+            for operator in node.operators_stats:
+                name = _STAGE_NAME.fullmatch(operator.operator_name)
+                if name and operator.wall_time is not None:
+                    seconds[name[1]] = seconds.get(name[1], 0.0) + float(operator.wall_time.sum)
+
+        visit(summary)
+        return cls(seconds)
