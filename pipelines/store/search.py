@@ -12,7 +12,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import psycopg
 
-VECTOR_COLUMNS = {"full": ("full_embedding",), "tldr": ("tldr_embedding",), "both": ("full_embedding", "tldr_embedding")}
+VECTOR_COLUMNS = {
+    "full": ("full_embedding",),
+    "tldr": ("tldr_embedding",),
+    "both": ("full_embedding", "tldr_embedding"),
+}
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,12 @@ def search(
         ORDER BY best.distance, tk.id
         LIMIT %(k)s
     """
-    params = {"query": np.asarray(query_vector, dtype=np.float32), "tenant": tenant, "model": model_id, "k": k}
+    params = {
+        "query": np.asarray(query_vector, dtype=np.float32),
+        "tenant": tenant,
+        "model": model_id,
+        "k": k,
+    }
     with conn.transaction():
         conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")

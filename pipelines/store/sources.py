@@ -8,7 +8,9 @@ from pipelines import ids
 from pipelines.store import db
 
 
-def record_source(database_url: str, tenant: str, start_url: str, status: str, progress: dict | None = None) -> str:
+def record_source(
+    database_url: str, tenant: str, start_url: str, status: str, progress: dict | None = None
+) -> str:
     """Create or update the source row; returns its (deterministic) id."""
     source = ids.source_id(tenant, start_url)
     with db.connect(database_url) as conn:

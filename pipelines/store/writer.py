@@ -16,9 +16,9 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
-from pgvector.psycopg import register_vector
 
 from pipelines import ids, schema
 from pipelines.config import StoreConfig
@@ -109,7 +109,9 @@ class ChunkWriter:
         page_ids = [ids.page_id(p[schema.SOURCE], p[schema.URL]) for p in pages]
         chunk_rows = list(self._chunk_rows(batch, pages, page_ids))
         chunks_per_page = pc.list_value_length(batch.column(schema.CHUNKS)).fill_null(0).to_pylist()
-        replaced = [pid for pid, p in zip(page_ids, pages, strict=True) if p[schema.STATUS] == schema.STATUS_OK]
+        replaced = [
+            pid for pid, p in zip(page_ids, pages, strict=True) if p[schema.STATUS] == schema.STATUS_OK
+        ]
 
         with self._pool.connection() as conn, conn.transaction():
             conn.execute(_LOCK_PAGES, (sorted(set(page_ids)),))
@@ -124,9 +126,7 @@ class ChunkWriter:
                     copy.set_types(list(_CHUNK_TYPES))
                     for row in chunk_rows:
                         copy.write_row(row)
-            conn.execute(
-                "INSERT INTO tenant_knowledge SELECT * FROM kb_staging ON CONFLICT (id) DO NOTHING"
-            )
+            conn.execute("INSERT INTO tenant_knowledge SELECT * FROM kb_staging ON CONFLICT (id) DO NOTHING")
         log.info(
             "write.batch pages=%d chunks=%d seconds=%.3f",
             len(pages),
@@ -180,8 +180,12 @@ class ChunkWriter:
         dim = chunk_lists.type.value_type.field(schema.FULL_EMBEDDING).type.list_size
         tldr_vectors = flat.field(schema.TLDR_EMBEDDING).flatten().to_numpy().reshape(-1, dim)
         full_vectors = flat.field(schema.FULL_EMBEDDING).flatten().to_numpy().reshape(-1, dim)
-        scalar_fields = [f.name for f in flat.type if f.name not in (schema.TLDR_EMBEDDING, schema.FULL_EMBEDDING)]
-        chunks = pa.StructArray.from_arrays([flat.field(n) for n in scalar_fields], names=scalar_fields).to_pylist()
+        scalar_fields = [
+            f.name for f in flat.type if f.name not in (schema.TLDR_EMBEDDING, schema.FULL_EMBEDDING)
+        ]
+        chunks = pa.StructArray.from_arrays(
+            [flat.field(n) for n in scalar_fields], names=scalar_fields
+        ).to_pylist()
         offsets = chunk_lists.offsets.to_numpy()
         offsets = (offsets - offsets[0]).tolist()  # a sliced list array's offsets do not start at 0
         for page, pid, start, stop in zip(pages, page_ids, offsets[:-1], offsets[1:], strict=True):

@@ -42,7 +42,11 @@ def test_zwnj_of_the_main_text_survives_trafilatura_on_a_real_page():
 
 
 def test_zwnj_written_as_an_entity_is_kept():
-    html = "<html><body><article><p>" + "این متن نرمال&zwnj;سازی می&#8204;شود. " * 5 + "</p></article></body></html>"
+    html = (
+        "<html><body><article><p>"
+        + "این متن نرمال&zwnj;سازی می&#8204;شود. " * 5
+        + "</p></article></body></html>"
+    )
     text = Cleaner(CleanConfig(min_text_chars=10)).extract(html)[schema.TEXT]
     assert "نرمال\u200cسازی" in text and "می\u200cشود" in text
 

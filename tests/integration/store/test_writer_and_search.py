@@ -37,7 +37,8 @@ def _chunks(database_url, tenant):
 def _pages(database_url, tenant):
     with db.connect(database_url) as conn:
         return conn.execute(
-            "SELECT url, status, error, chunk_count, attempts FROM website_pages WHERE user_id = %s ORDER BY url",
+            "SELECT url, status, error, chunk_count, attempts FROM website_pages "
+            "WHERE user_id = %s ORDER BY url",
             (tenant,),
         ).fetchall()
 

@@ -1,0 +1,46 @@
+"""What every job shares: config from --config/--set, logging, the database and the model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipelines.config import ConfigError, PipelineConfig, build_config
+from pipelines.embed import Embedder, make_embedder
+from pipelines.store import db, migrations
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", help="YAML file with config sections (see pipelines/config.py)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override one setting, e.g. --set chunk.max_tokens=300 (repeatable)",
+    )
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    return p
+
+
+def load_config(args: argparse.Namespace, **sections: dict) -> PipelineConfig:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return build_config(args.config, args.overrides, **sections)
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
+
+
+def open_store(config: PipelineConfig, embedder: Embedder | None = None) -> tuple[str, Embedder]:
+    """The database URL (embedded server started if needed) with its schema up to date."""
+    embedder = embedder or make_embedder(config.embed)
+    url = db.resolve_database_url(config.store)
+    migrations.migrate(url, embedder.dim, config.store)
+    return url, embedder

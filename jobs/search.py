@@ -1,0 +1,54 @@
+"""Search one tenant's knowledge; prints one JSON line per hit: {score, url, section_title, text}.
+
+python -m jobs.search --tenant T [--k 5] [--vectors both|full|tldr] QUERY
+"""
+
+from __future__ import annotations
+
+import json
+
+from jobs._common import load_config, open_store, parser
+from pipelines.config import PipelineConfig
+from pipelines.embed import Embedder
+from pipelines.store import db
+from pipelines.store.search import VECTOR_COLUMNS, SearchHit, search
+
+
+def run_search(
+    tenant: str,
+    query: str,
+    config: PipelineConfig,
+    k: int = 5,
+    vectors: str = "both",
+    embedder: Embedder | None = None,
+) -> list[SearchHit]:
+    url, embedder = open_store(config, embedder)
+    query_vector = embedder.embed_queries([query])[0]
+    with db.connect(url) as conn:
+        return search(conn, tenant, query_vector, embedder.model_id, k, vectors, config.store.hnsw_ef_search)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--vectors", choices=sorted(VECTOR_COLUMNS), default="both")
+    p.add_argument("query")
+    args = p.parse_args(argv)
+    config = load_config(args)
+    for hit in run_search(args.tenant, args.query, config, args.k, args.vectors):
+        print(
+            json.dumps(
+                {
+                    "score": round(hit.score, 4),
+                    "url": hit.url,
+                    "section_title": hit.section_title,
+                    "text": hit.text,
+                },
+                ensure_ascii=False,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
