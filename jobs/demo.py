@@ -23,7 +23,7 @@ from pipelines.embed import make_embedder
 DEMO_SITE = REPO_ROOT.parent / "shared" / "corpora" / "hazm-docs-site"
 DEMO_QUERIES = (
     "چگونه متن فارسی را نرمال‌سازی کنیم؟",  # how do we normalise Persian text?
-    "ریشه‌یابی و بن فعل‌ها",  # stemming and verb stems
+    "ریشهٔ کلمات را چطور پیدا کنم؟",  # how do I find the root of words?
 )
 SNIPPET_CHARS = 220
 

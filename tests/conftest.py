@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import EmbedConfig, PipelineConfig, StoreConfig, build_config
+from pipelines.config import EmbedConfig, StoreConfig
 from pipelines.embed import make_embedder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -50,8 +50,3 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture
-def pipeline_config(database_url) -> PipelineConfig:
-    return build_config(store={"database_url": database_url}, crawl={"allow_private_network": True})

@@ -86,6 +86,18 @@ _UPSERT_PAGES = """
 """
 
 
+def _latest_per_page(batch: pa.Table) -> pa.Table:
+    """Keep the last row of a page that occurs twice in one batch: one upsert may not touch a
+    row twice, and the later row is the newer fetch."""
+    keys = list(
+        zip(batch.column(schema.SOURCE).to_pylist(), batch.column(schema.URL).to_pylist(), strict=True)
+    )
+    last = {key: index for index, key in enumerate(keys)}
+    if len(last) == len(keys):
+        return batch
+    return batch.take(sorted(last.values()))
+
+
 class ChunkWriter:
     """Stage: EMBEDDED rows → WRITE_RESULT rows (one per page), via a pooled connection."""
 
@@ -105,6 +117,7 @@ class ChunkWriter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
+        batch = _latest_per_page(batch)
         pages = batch.drop_columns([schema.CHUNKS]).to_pylist()
         page_ids = [ids.page_id(p[schema.SOURCE], p[schema.URL]) for p in pages]
         chunk_rows = list(self._chunk_rows(batch, pages, page_ids))

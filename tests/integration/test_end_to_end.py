@@ -37,7 +37,7 @@ def hazm_site():
 
 
 def test_crawl_twice_gives_the_same_chunks_and_search_finds_persian_answers(
-    ray_local, database_url, embedder, pipeline_config, tenant, hazm_site
+    ray_local, database_url, embedder, tenant, hazm_site
 ):
     config = build_config(
         store={"database_url": database_url},

@@ -1,4 +1,5 @@
 import json
+from itertools import pairwise
 
 import pyarrow as pa
 
@@ -25,7 +26,7 @@ def test_chunks_fit_the_budget_overlap_and_never_cut_words():
     chunks = chunker(max_tokens=20, overlap_tokens=5).chunk_page("T", [{"title": "S", "text": text}])
     assert len(chunks) > 5
     source_words = set(text.split())
-    for previous, current in zip(chunks, chunks[1:], strict=False):
+    for previous, current in pairwise(chunks):
         assert current[schema.FULL_TEXT].split()[:5] == previous[schema.FULL_TEXT].split()[-5:]
     for chunk in chunks:
         assert chunk[schema.TOKEN_COUNT] <= 20

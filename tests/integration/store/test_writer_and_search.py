@@ -66,6 +66,21 @@ def test_writing_the_same_batch_twice_leaves_one_copy(database_url, embedder, wr
     ]
 
 
+def test_a_page_twice_in_one_batch_is_written_once_with_its_later_content(
+    database_url, embedder, writer, tenant
+):
+    record_source(database_url, tenant, "http://site/", "in_progress")
+    batch = _embedded(
+        embedder,
+        [
+            chunked_page(tenant, "http://site/a", ["نسخهٔ قدیمی"]),
+            chunked_page(tenant, "http://site/a", ["نسخهٔ تازه"]),
+        ],
+    )
+    assert writer(batch).num_rows == 1
+    assert [r[1] for r in _chunks(database_url, tenant)] == ["نسخهٔ تازه"]
+
+
 def test_new_content_replaces_a_page_atomically_and_a_failure_keeps_the_old(
     database_url, embedder, writer, tenant
 ):
