@@ -26,6 +26,9 @@ DEMO_QUERIES = (
     "ریشهٔ کلمات را چطور پیدا کنم؟",  # how do I find the root of words?
 )
 SNIPPET_CHARS = 220
+# A fixed port keeps the demo site's URLs, and so its source and page ids, the same from run
+# to run: a second `make demo` replaces the first one's chunks instead of adding a copy.
+DEMO_PORT = 8765
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--url", help="crawl this site instead of the bundled hazm docs")
     p.add_argument("--tenant", default="demo")
     p.add_argument("--k", type=int, default=3)
+    p.add_argument("--port", type=int, default=DEMO_PORT, help="loopback port for the demo site")
     args = p.parse_args(argv)
     crawl_settings: dict[str, object] = {}
     if not args.url:
@@ -44,8 +48,13 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args, crawl=crawl_settings)
     embedder = make_embedder(config.embed)
 
-    serving = serve_directory(DEMO_SITE) if not args.url else contextlib.nullcontext(args.url)
-    with serving as start_url:
+    with contextlib.ExitStack() as serving:
+        start_url = args.url
+        if not start_url:
+            try:
+                start_url = serving.enter_context(serve_directory(DEMO_SITE, args.port))
+            except OSError as exc:
+                sys.exit(f"cannot serve the demo site on port {args.port} ({exc}): pass --port N")
         print(f"crawling {start_url} for tenant {args.tenant!r} …", flush=True)
         report = run_crawl(args.tenant, [start_url], config, embedder)
     print()
