@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+import psycopg
+
 from pipelines.config import ConfigError, PipelineConfig, build_config
 from pipelines.embed import Embedder, make_embedder
 from pipelines.store import db, migrations
@@ -41,8 +43,15 @@ def load_config(args: argparse.Namespace, **sections: dict) -> PipelineConfig:
 
 
 def open_store(config: PipelineConfig, embedder: Embedder | None = None) -> tuple[str, Embedder]:
-    """The database URL (embedded server started if needed) with its schema up to date."""
+    """The database URL (embedded server started if needed) with its schema up to date.
+
+    Exits with the reason (not a traceback) when the database cannot be used."""
     embedder = embedder or make_embedder(config.embed)
-    url = db.resolve_database_url(config.store)
-    migrations.migrate(url, embedder.dim, config.store)
+    try:
+        url = db.resolve_database_url(config.store)
+        migrations.migrate(url, embedder.dim, config.store)
+    except (db.DatabaseUnavailable, migrations.SchemaMismatch) as exc:
+        sys.exit(f"database error: {exc}")
+    except psycopg.OperationalError as exc:
+        sys.exit(f"database error: cannot connect ({exc}); check DATABASE_URL / store.database_url")
     return url, embedder

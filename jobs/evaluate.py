@@ -11,6 +11,7 @@ The last line printed is exactly `recall@1=0.XXX recall@5=0.XXX` (one term per k
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -112,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
     config = load_config(args)
-    recall = evaluate(args.qa, ks, config, args.tenant, args.vectors)
+    try:
+        recall = evaluate(args.qa, ks, config, args.tenant, args.vectors)
+    except QAFormatError as exc:
+        sys.exit(f"bad QA file: {exc}")
     print(" ".join(f"recall@{k}={recall[k]:.3f}" for k in ks))
 
 
