@@ -32,6 +32,7 @@ class RunReport:
 
     tenant: str
     pages_completed: int = 0
+    pages_unchanged: int = 0
     pages_failed: int = 0
     chunks: int = 0
     vectors: int = 0
@@ -49,6 +50,8 @@ class RunReport:
         ):
             if status == schema.STATUS_OK:
                 self.pages_completed += 1
+            elif status == schema.STATUS_UNCHANGED:
+                self.pages_unchanged += 1
             else:
                 self.pages_failed += 1
                 self.failures[error or "unknown"] += 1
@@ -57,8 +60,9 @@ class RunReport:
 
     def progress(self) -> dict[str, int]:
         return {
-            "pages_crawled": self.pages_completed + self.pages_failed,
+            "pages_crawled": self.pages_completed + self.pages_unchanged + self.pages_failed,
             "pages_completed": self.pages_completed,
+            "pages_unchanged": self.pages_unchanged,
             "pages_failed": self.pages_failed,
             "chunks": self.chunks,
             "vectors": self.vectors,
@@ -66,7 +70,8 @@ class RunReport:
 
     def render(self) -> str:
         lines = [
-            f"tenant {self.tenant}: {self.pages_completed} pages indexed, {self.pages_failed} failed, "
+            f"tenant {self.tenant}: {self.pages_completed} pages indexed, {self.pages_unchanged} unchanged "
+            f"(already indexed), {self.pages_failed} failed, "
             f"{self.chunks} chunks, {self.vectors} vectors in {self.seconds:.1f} s",
         ]
         for reason, count in self.failures.most_common():
@@ -105,7 +110,7 @@ def run_crawl(
     ]
     results = pipeline.index_documents(pipeline.crawl_documents(requests, config), config, database_url)
     report = collect(results, tenant, started)
-    final_status = "completed" if report.pages_completed else "failed"
+    final_status = "completed" if report.pages_completed or report.pages_unchanged else "failed"
     for start_url in start_urls:
         record_source(database_url, tenant, start_url, final_status, report.progress())
     log.info("crawl.done tenant=%s %s", tenant, " ".join(f"{k}={v}" for k, v in report.progress().items()))
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args, crawl=crawl_settings)
     report = run_crawl(args.tenant, args.url, config)
     print(report.render())
-    if not report.pages_completed:
+    if not report.pages_completed and not report.pages_unchanged:
         sys.exit(1)
 
 

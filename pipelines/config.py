@@ -96,6 +96,7 @@ class EmbedConfig:
 class StoreConfig:
     # Empty: use $DATABASE_URL, else the embedded PostgreSQL under data_dir.
     database_url: str = ""
+    skip_unchanged: bool = True  # false re-chunks and re-embeds pages whose text is already indexed
     data_dir: str = str(REPO_ROOT / ".data" / "pgdata")
     pool_max_size: int = 2  # connections per writer actor
     hnsw_m: int = 16
@@ -118,7 +119,7 @@ class RayConfig:
     crawl_concurrency: int = 2  # sites crawled at once (actors, each crawling many pages concurrently)
     crawl_cpus: float = 0.25  # crawling waits on the network
     clean_concurrency: int = 2  # at most this many clean tasks at once
-    clean_cpus: float = 0.5
+    clean_cpus: float = 0.25
     chunk_concurrency: int = 1  # actors, each holding the model's tokenizer
     chunk_cpus: float = 0.25
     embed_concurrency: int = 1  # actors, each holding one model
@@ -126,6 +127,7 @@ class RayConfig:
     embed_gpus: float = 0.0  # per embed actor; set 1 on GPU workers
     write_concurrency: int = 1  # actors, each holding a connection pool
     write_cpus: float = 0.25  # writing waits on the database
+    lookup_cpus: float = 0.25  # the unchanged-page check: one query per batch
 
     def __post_init__(self) -> None:
         _positive(
@@ -141,6 +143,7 @@ class RayConfig:
             "embed_cpus",
             "write_concurrency",
             "write_cpus",
+            "lookup_cpus",
         )
         if self.embed_gpus < 0:
             raise ConfigError("ray.embed_gpus must be >= 0")

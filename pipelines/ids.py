@@ -6,7 +6,12 @@ position). Re-crawling unchanged content therefore produces identical chunk ids.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import uuid
+
+from pipelines.config import ChunkConfig
 
 _NAMESPACE = uuid.UUID("5b0f7f3e-1c2a-4d59-9a57-6b8e2f0c9d11")
 
@@ -21,3 +26,10 @@ def page_id(source: str, url: str) -> str:
 
 def chunk_id(page: str, content_hash: str, chunk_index: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"chunk\x1f{page}\x1f{content_hash}\x1f{chunk_index}"))
+
+
+def index_signature(chunk: ChunkConfig, model_id: str) -> str:
+    """What a page's stored chunks were made with; a page is only skipped as unchanged when
+    its text AND this signature match, so changing the model or the chunking re-indexes."""
+    settings = json.dumps(dataclasses.asdict(chunk), sort_keys=True)
+    return hashlib.sha256(f"{model_id}\x1f{settings}".encode()).hexdigest()[:16]

@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 import ray
 import ray.data
 
+from pipelines import ids
 from pipelines.chunk import Chunker
 from pipelines.clean import Cleaner
 from pipelines.config import PipelineConfig
 from pipelines.crawl import Crawler
+from pipelines.embed import model_id
 from pipelines.embed.stage import EmbedStage
+from pipelines.store.unchanged import SkipUnchanged
 from pipelines.store.writer import ChunkWriter
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,20 @@ def index_documents(
 ) -> ray.data.Dataset:
     """Documents → chunks → vectors → PostgreSQL; yields one schema.WRITE_RESULT row per page."""
     ray_config = config.ray
+    signature = ids.index_signature(config.chunk, model_id(config.embed))
+    if config.store.skip_unchanged:
+        documents = documents.map_batches(
+            SkipUnchanged,
+            fn_constructor_kwargs={
+                "config": config.store,
+                "database_url": database_url,
+                "index_signature": signature,
+            },
+            batch_size=ray_config.batch_pages,
+            batch_format="pyarrow",
+            concurrency=1,  # one indexed query per batch: never the bottleneck
+            num_cpus=ray_config.lookup_cpus,
+        )
     return (
         documents.map_batches(
             Chunker,
@@ -89,7 +106,11 @@ def index_documents(
         )
         .map_batches(
             ChunkWriter,
-            fn_constructor_kwargs={"config": config.store, "database_url": database_url},
+            fn_constructor_kwargs={
+                "config": config.store,
+                "database_url": database_url,
+                "index_signature": signature,
+            },
             batch_size=ray_config.batch_pages,
             batch_format="pyarrow",
             concurrency=ray_config.write_concurrency,

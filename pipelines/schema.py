@@ -24,6 +24,9 @@ ERROR = "error"
 # Page outcomes, as stored in website_pages.status.
 STATUS_OK = "completed"
 STATUS_FAILED = "failed"
+# Fetched again, same main text, already indexed with the same model and chunking: the page
+# skips chunk and embed, and its stored chunks stay as they are.
+STATUS_UNCHANGED = "unchanged"
 
 # Crawl → clean.
 HTTP_STATUS = "http_status"

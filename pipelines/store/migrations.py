@@ -69,6 +69,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             content_hash    text,
             chunk_count     integer NOT NULL DEFAULT 0,
             embedding_model text,
+            index_signature text,  -- model + chunk settings the stored chunks were made with
             attempts        integer NOT NULL DEFAULT 0,
             created_at      timestamptz NOT NULL DEFAULT now(),
             updated_at      timestamptz NOT NULL DEFAULT now(),

@@ -65,9 +65,10 @@ _LOCK_PAGES = """
 
 _UPSERT_PAGES = """
     INSERT INTO website_pages AS p (id, source_id, user_id, url, status, error, http_status, title,
-                                    language, content_hash, chunk_count, embedding_model, attempts)
-    SELECT *, 1 FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
-                            %s::int[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[])
+                                    language, content_hash, chunk_count, embedding_model, index_signature,
+                                    attempts)
+    SELECT *, %s, 1 FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
+                                %s::int[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[])
     ON CONFLICT (id) DO UPDATE SET
         status = EXCLUDED.status,
         error = EXCLUDED.error,
@@ -82,7 +83,18 @@ _UPSERT_PAGES = """
         chunk_count = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.chunk_count
                            ELSE p.chunk_count END,
         embedding_model = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.embedding_model
-                               ELSE p.embedding_model END
+                               ELSE p.embedding_model END,
+        index_signature = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.index_signature
+                               ELSE p.index_signature END
+"""
+
+# Fetched again with the same text: the stored chunks stand, only the visit is recorded.
+_TOUCH_UNCHANGED = """
+    UPDATE website_pages
+    SET status = 'completed', error = NULL, http_status = fetched.http_status,
+        attempts = attempts + 1, updated_at = now()
+    FROM unnest(%s::uuid[], %s::int[]) AS fetched (id, http_status)
+    WHERE website_pages.id = fetched.id
 """
 
 
@@ -101,8 +113,9 @@ def _latest_per_page(batch: pa.Table) -> pa.Table:
 class ChunkWriter:
     """Stage: EMBEDDED rows → WRITE_RESULT rows (one per page), via a pooled connection."""
 
-    def __init__(self, config: StoreConfig, database_url: str) -> None:
+    def __init__(self, config: StoreConfig, database_url: str, index_signature: str) -> None:
         self.config = config
+        self.index_signature = index_signature
         self._pool = ConnectionPool(
             database_url,
             min_size=1,
@@ -122,13 +135,29 @@ class ChunkWriter:
         page_ids = [ids.page_id(p[schema.SOURCE], p[schema.URL]) for p in pages]
         chunk_rows = list(self._chunk_rows(batch, pages, page_ids))
         chunks_per_page = pc.list_value_length(batch.column(schema.CHUNKS)).fill_null(0).to_pylist()
-        replaced = [
-            pid for pid, p in zip(page_ids, pages, strict=True) if p[schema.STATUS] == schema.STATUS_OK
+        status = [p[schema.STATUS] for p in pages]
+        replaced = [pid for pid, s in zip(page_ids, status, strict=True) if s == schema.STATUS_OK]
+        unchanged = [
+            (pid, p[schema.HTTP_STATUS])
+            for pid, p in zip(page_ids, pages, strict=True)
+            if p[schema.STATUS] == schema.STATUS_UNCHANGED
         ]
+        upserted = [i for i, s in enumerate(status) if s != schema.STATUS_UNCHANGED]
 
         with self._pool.connection() as conn, conn.transaction():
             conn.execute(_LOCK_PAGES, (sorted(set(page_ids)),))
-            conn.execute(_UPSERT_PAGES, self._page_columns(pages, page_ids, chunks_per_page))
+            conn.execute(
+                _UPSERT_PAGES,
+                (
+                    self.index_signature,
+                    *self._page_columns(
+                        [pages[i] for i in upserted],
+                        [page_ids[i] for i in upserted],
+                        [chunks_per_page[i] for i in upserted],
+                    ),
+                ),
+            )
+            conn.execute(_TOUCH_UNCHANGED, ([pid for pid, _ in unchanged], [code for _, code in unchanged]))
             conn.execute("DELETE FROM tenant_knowledge WHERE document_id = ANY(%s::uuid[])", (replaced,))
             conn.execute(
                 "CREATE TEMP TABLE kb_staging (LIKE tenant_knowledge INCLUDING DEFAULTS) ON COMMIT DROP"

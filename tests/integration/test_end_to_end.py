@@ -58,8 +58,16 @@ def test_crawl_twice_gives_the_same_chunks_and_search_finds_persian_answers(
     assert any("\u200c" in c[2] for c in chunks), "ZWNJ must survive the whole path"
 
     second = run_crawl(tenant, [hazm_site], config, embedder)
-    assert second.chunks == first.chunks
+    assert (second.pages_unchanged, second.pages_completed, second.chunks) == (first.pages_completed, 0, 0)
     assert _snapshot(database_url, tenant) == (chunks, pages)
+
+    forced = build_config(
+        store={"database_url": database_url, "skip_unchanged": False},
+        crawl={"allow_private_network": True, "max_pages": MAX_PAGES},
+    )
+    third = run_crawl(tenant, [hazm_site], forced, embedder)
+    assert third.chunks == first.chunks, "a full re-index rewrites every chunk…"
+    assert _snapshot(database_url, tenant) == (chunks, pages), "…with exactly the same rows"
 
     hits = run_search(tenant, "کتابخانه هضم را چگونه نصب کنیم؟", config, k=3, embedder=embedder)
     assert len(hits) == 3

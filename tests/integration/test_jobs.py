@@ -20,7 +20,7 @@ def test_crawl_refuses_loopback_without_the_flag_and_says_why(ray_local, databas
         crawl.main(["--tenant", tenant, "--url", base_url, "--set", f"store.database_url={database_url}"])
     assert exit_info.value.code == 1
     report = capsys.readouterr().out
-    assert "0 pages indexed, 1 failed" in report
+    assert "0 pages indexed, 0 unchanged (already indexed), 1 failed" in report
     assert "refused: 127.0.0.1" in report and "loopback" in report
     assert "crawl.allow_private_network=true" in report, "the error says what to do"
 

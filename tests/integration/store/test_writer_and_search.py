@@ -1,5 +1,6 @@
 """The write path and search against the real embedded PostgreSQL + pgvector."""
 
+import pyarrow as pa
 import pytest
 
 from pipelines import schema
@@ -8,15 +9,18 @@ from pipelines.embed.stage import EmbedStage
 from pipelines.store import db, migrations
 from pipelines.store.search import search
 from pipelines.store.sources import record_source
+from pipelines.store.unchanged import SkipUnchanged
 from pipelines.store.writer import ChunkWriter
 from tests.helpers import chunked_page, chunked_table
 
 pytestmark = pytest.mark.integration
 
+SIGNATURE = "test-signature"
+
 
 @pytest.fixture
 def writer(database_url):
-    stage = ChunkWriter(StoreConfig(), database_url)
+    stage = ChunkWriter(StoreConfig(), database_url, SIGNATURE)
     yield stage
     stage.close()
 
@@ -123,3 +127,44 @@ def test_migrate_is_idempotent_and_refuses_another_dimension(database_url, embed
     assert migrations.migrate(database_url, embedder.dim, StoreConfig()) == []
     with pytest.raises(migrations.SchemaMismatch, match="dimensions"):
         migrations.migrate(database_url, embedder.dim + 1, StoreConfig())
+
+
+def _as_documents(embedded: pa.Table) -> pa.Table:
+    """The DOCUMENT view of pages the writer has stored (what the skip stage sees on a re-crawl)."""
+    rows = embedded.drop_columns([schema.CHUNKS, schema.EMBEDDING_MODEL]).to_pylist()
+    for row in rows:
+        row.update({schema.TEXT: "text", schema.SECTIONS: [{"title": "t", "text": "text"}]})
+    return pa.Table.from_pylist(rows, schema=schema.DOCUMENT)
+
+
+def test_unchanged_pages_skip_indexing_and_keep_their_chunks(database_url, embedder, writer, tenant):
+    record_source(database_url, tenant, "http://site/", "in_progress")
+    stored = _embedded(
+        embedder,
+        [
+            chunked_page(tenant, "http://site/same", ["متن ثابت"]),
+            chunked_page(tenant, "http://site/edited", ["متن قدیمی"]),
+        ],
+    )
+    writer(stored)
+    documents = _as_documents(stored).to_pylist()
+    documents[1][schema.CONTENT_HASH] = "a new hash"
+    recrawl = pa.Table.from_pylist(documents, schema=schema.DOCUMENT)
+
+    skip = SkipUnchanged(StoreConfig(), database_url, SIGNATURE)
+    marked = skip(recrawl)
+    assert marked.schema.equals(schema.DOCUMENT)
+    assert marked.column(schema.STATUS).to_pylist() == [schema.STATUS_UNCHANGED, schema.STATUS_OK]
+    assert marked.column(schema.SECTIONS).to_pylist()[0] is None, "nothing left to chunk"
+    other_model = SkipUnchanged(StoreConfig(), database_url, "another model or chunking")
+    assert other_model(recrawl).column(schema.STATUS).to_pylist() == [schema.STATUS_OK] * 2
+    skip.close()
+    other_model.close()
+
+    unchanged_only = _embedded(
+        embedder, [{**chunked_page(tenant, "http://site/same", []), schema.STATUS: "unchanged"}]
+    )
+    result = writer(unchanged_only)
+    assert result.column(schema.CHUNKS_WRITTEN).to_pylist() == [0]
+    assert [r[1] for r in _chunks(database_url, tenant) if r[0] == "http://site/same"] == ["متن ثابت"]
+    assert _pages(database_url, tenant)[1] == ("http://site/same", "completed", None, 1, 2)

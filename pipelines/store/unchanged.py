@@ -1,0 +1,61 @@
+"""Skip-unchanged stage: pages whose main text is already indexed skip chunk and embed.
+
+Embedding is the expensive stage, and most pages of a re-crawled site have not changed.
+A page is unchanged when its stored row is `completed` with the same content hash and the
+same index signature (embedding model + chunk settings).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg_pool import ConnectionPool
+
+from pipelines import ids, schema
+from pipelines.config import StoreConfig
+
+_INDEXED = """
+    SELECT p.id::text
+    FROM website_pages AS p
+    JOIN unnest(%s::uuid[], %s::text[]) AS fetched (id, content_hash) USING (id)
+    WHERE p.status = 'completed' AND p.content_hash = fetched.content_hash AND p.index_signature = %s
+"""
+
+
+class SkipUnchanged:
+    """Stage: DOCUMENT rows → DOCUMENT rows, already-indexed pages marked STATUS_UNCHANGED."""
+
+    def __init__(self, config: StoreConfig, database_url: str, index_signature: str) -> None:
+        self.index_signature = index_signature
+        self._pool = ConnectionPool(database_url, min_size=1, max_size=1, open=True, name="skip-unchanged")
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        fetched = pc.equal(batch.column(schema.STATUS), schema.STATUS_OK).to_pylist()
+        page_ids = [
+            ids.page_id(source, url)
+            for source, url in zip(
+                batch.column(schema.SOURCE).to_pylist(), batch.column(schema.URL).to_pylist(), strict=True
+            )
+        ]
+        hashes = batch.column(schema.CONTENT_HASH).to_pylist()
+        candidates = [(pid, h) for pid, h, ok in zip(page_ids, hashes, fetched, strict=True) if ok]
+        if not candidates:
+            return batch
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                _INDEXED, ([pid for pid, _ in candidates], [h for _, h in candidates], self.index_signature)
+            ).fetchall()
+        indexed = {row[0] for row in rows}
+        unchanged = pa.array([ok and pid in indexed for pid, ok in zip(page_ids, fetched, strict=True)])
+        status = pc.if_else(unchanged, schema.STATUS_UNCHANGED, batch.column(schema.STATUS))
+        sections = pc.if_else(
+            unchanged,
+            pa.nulls(batch.num_rows, batch.schema.field(schema.SECTIONS).type),
+            batch.column(schema.SECTIONS),
+        )
+        batch = batch.set_column(batch.schema.get_field_index(schema.STATUS), schema.STATUS, status)
+        batch = batch.set_column(batch.schema.get_field_index(schema.SECTIONS), schema.SECTIONS, sections)
+        return schema.conform(batch, schema.DOCUMENT)
