@@ -44,26 +44,50 @@ def init_ray(config: PipelineConfig) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = True
 
 
+def _run_stage(
+    dataset: ray.data.Dataset,
+    stage: object,
+    *,
+    batch_size: int,
+    cpus: float,
+    concurrency: int,
+    gpus: float = 0.0,
+    **constructor_kwargs: object,
+) -> ray.data.Dataset:
+    """The one adapter from a stage to Ray Data: a class becomes an actor pool, each actor
+    built once with `constructor_kwargs`; a ready instance runs as stateless tasks."""
+    options: dict[str, object] = (
+        {"fn_constructor_kwargs": constructor_kwargs} if isinstance(stage, type) else {}
+    )
+    return dataset.map_batches(
+        stage,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        num_cpus=cpus,
+        num_gpus=gpus,
+        concurrency=concurrency,
+        **options,
+    )
+
+
 def crawl_documents(requests: list[dict], config: PipelineConfig) -> ray.data.Dataset:
     """Crawl requests (schema.CRAWL_REQUEST rows) → cleaned documents (schema.DOCUMENT)."""
     ray_config = config.ray
-    return (
-        ray.data.from_items(requests, override_num_blocks=max(1, len(requests)))
-        .map_batches(
-            Crawler,
-            fn_constructor_kwargs={"config": config.crawl},
-            batch_size=1,
-            batch_format="pyarrow",
-            concurrency=min(ray_config.crawl_concurrency, max(1, len(requests))),
-            num_cpus=ray_config.crawl_cpus,
-        )
-        .map_batches(
-            Cleaner(config.clean),
-            batch_size=ray_config.batch_pages,
-            batch_format="pyarrow",
-            num_cpus=ray_config.clean_cpus,
-            concurrency=ray_config.clean_concurrency,
-        )
+    sources = ray.data.from_items(requests, override_num_blocks=max(1, len(requests)))
+    pages = _run_stage(
+        sources,
+        Crawler,
+        batch_size=1,  # one site per call; the crawler streams its pages out in blocks
+        cpus=ray_config.crawl_cpus,
+        concurrency=min(ray_config.crawl_concurrency, max(1, len(requests))),
+        config=config.crawl,
+    )
+    return _run_stage(
+        pages,
+        Cleaner(config.clean),
+        batch_size=ray_config.batch_pages,
+        cpus=ray_config.clean_cpus,
+        concurrency=ray_config.clean_concurrency,
     )
 
 
@@ -72,50 +96,42 @@ def index_documents(
 ) -> ray.data.Dataset:
     """Documents → chunks → vectors → PostgreSQL; yields one schema.WRITE_RESULT row per page."""
     ray_config = config.ray
-    signature = ids.index_signature(config.chunk, model_id(config.embed))
+    per_batch = {"batch_size": ray_config.batch_pages}
+    store = {
+        "config": config.store,
+        "database_url": database_url,
+        "index_signature": ids.index_signature(config.chunk, model_id(config.embed)),
+    }
     if config.store.skip_unchanged:
-        documents = documents.map_batches(
-            SkipUnchanged,
-            fn_constructor_kwargs={
-                "config": config.store,
-                "database_url": database_url,
-                "index_signature": signature,
-            },
-            batch_size=ray_config.batch_pages,
-            batch_format="pyarrow",
-            concurrency=1,  # one indexed query per batch: never the bottleneck
-            num_cpus=ray_config.lookup_cpus,
+        # One indexed query per batch: never the bottleneck, so one actor.
+        documents = _run_stage(
+            documents, SkipUnchanged, **per_batch, cpus=ray_config.lookup_cpus, concurrency=1, **store
         )
-    return (
-        documents.map_batches(
-            Chunker,
-            fn_constructor_kwargs={"config": config.chunk, "embed": config.embed},
-            batch_size=ray_config.batch_pages,
-            batch_format="pyarrow",
-            concurrency=ray_config.chunk_concurrency,
-            num_cpus=ray_config.chunk_cpus,
-        )
-        .map_batches(
-            EmbedStage,
-            fn_constructor_kwargs={"config": config.embed},
-            batch_size=ray_config.batch_pages,
-            batch_format="pyarrow",
-            concurrency=ray_config.embed_concurrency,
-            num_gpus=ray_config.embed_gpus,
-            num_cpus=ray_config.embed_cpus,
-        )
-        .map_batches(
-            ChunkWriter,
-            fn_constructor_kwargs={
-                "config": config.store,
-                "database_url": database_url,
-                "index_signature": signature,
-            },
-            batch_size=ray_config.batch_pages,
-            batch_format="pyarrow",
-            concurrency=ray_config.write_concurrency,
-            num_cpus=ray_config.write_cpus,
-        )
+    chunked = _run_stage(
+        documents,
+        Chunker,
+        **per_batch,
+        cpus=ray_config.chunk_cpus,
+        concurrency=ray_config.chunk_concurrency,
+        config=config.chunk,
+        embed=config.embed,
+    )
+    embedded = _run_stage(
+        chunked,
+        EmbedStage,
+        **per_batch,
+        cpus=ray_config.embed_cpus,
+        gpus=ray_config.embed_gpus,
+        concurrency=ray_config.embed_concurrency,
+        config=config.embed,
+    )
+    return _run_stage(
+        embedded,
+        ChunkWriter,
+        **per_batch,
+        cpus=ray_config.write_cpus,
+        concurrency=ray_config.write_concurrency,
+        **store,
     )
 
 
