@@ -25,6 +25,9 @@ from pipelines.store.sources import record_source
 
 log = logging.getLogger("jobs.crawl")
 
+# Reasons can name URLs ("redirected off site to …"), so a big site can have hundreds.
+FAILURE_REASONS_SHOWN = 10
+
 
 @dataclass
 class RunReport:
@@ -74,8 +77,11 @@ class RunReport:
             f"(already indexed), {self.pages_failed} failed, "
             f"{self.chunks} chunks, {self.vectors} vectors in {self.seconds:.1f} s",
         ]
-        for reason, count in self.failures.most_common():
+        for reason, count in self.failures.most_common(FAILURE_REASONS_SHOWN):
             lines.append(f"  failed x{count}: {reason}")
+        hidden = len(self.failures) - FAILURE_REASONS_SHOWN
+        if hidden > 0:
+            lines.append(f"  … and {hidden} other reasons: see website_pages.error")
         if self.stage_seconds:
             lines.append("  time inside each stage (summed over workers):")
             width = max(len(name) for name in self.stage_seconds)
