@@ -28,8 +28,9 @@ def chunk_id(page: str, content_hash: str, chunk_index: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"chunk\x1f{page}\x1f{content_hash}\x1f{chunk_index}"))
 
 
-def index_signature(chunk: ChunkConfig, model_id: str) -> str:
+def index_signature(chunk: ChunkConfig, chunker_version: str, model_id: str) -> str:
     """What a page's stored chunks were made with; a page is only skipped as unchanged when
-    its text AND this signature match, so changing the model or the chunking re-indexes."""
+    its text AND this signature match, so changing the model, the chunk settings or the
+    chunking code (its version) re-indexes."""
     settings = json.dumps(dataclasses.asdict(chunk), sort_keys=True)
-    return hashlib.sha256(f"{model_id}\x1f{settings}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{model_id}\x1f{chunker_version}\x1f{settings}".encode()).hexdigest()[:16]

