@@ -42,15 +42,22 @@ def load_config(args: argparse.Namespace, **sections: dict) -> PipelineConfig:
         sys.exit(f"configuration error: {exc}")
 
 
-def open_store(config: PipelineConfig, embedder: Embedder | None = None) -> tuple[str, Embedder]:
-    """The database URL (embedded server started if needed) with its schema up to date.
-
-    Exits with the reason (not a traceback) when the database cannot be used."""
-    embedder = embedder or make_embedder(config.embed)
+def database_url(config: PipelineConfig) -> str:
+    """The database URL (embedded server started if needed); exits with the reason, not a
+    traceback, when there is no usable database."""
     try:
-        url = db.resolve_database_url(config.store)
+        return db.resolve_database_url(config.store)
+    except db.DatabaseUnavailable as exc:
+        sys.exit(f"database error: {exc}")
+
+
+def open_store(config: PipelineConfig, embedder: Embedder | None = None) -> tuple[str, Embedder]:
+    """The database URL with its schema brought up to date, for jobs that write."""
+    embedder = embedder or make_embedder(config.embed)
+    url = database_url(config)
+    try:
         migrations.migrate(url, embedder.dim, config.store)
-    except (db.DatabaseUnavailable, migrations.SchemaMismatch) as exc:
+    except migrations.SchemaMismatch as exc:
         sys.exit(f"database error: {exc}")
     except psycopg.OperationalError as exc:
         sys.exit(f"database error: cannot connect ({exc}); check DATABASE_URL / store.database_url")

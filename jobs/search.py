@@ -6,10 +6,13 @@ python -m jobs.search --tenant T [--k 5] [--vectors both|full|tldr] QUERY
 from __future__ import annotations
 
 import json
+import sys
 
-from jobs._common import load_config, open_store, parser
+import psycopg
+
+from jobs._common import database_url, load_config, parser
 from pipelines.config import PipelineConfig
-from pipelines.embed import Embedder
+from pipelines.embed import Embedder, make_embedder
 from pipelines.store import db
 from pipelines.store.search import VECTOR_COLUMNS, SearchHit, search
 
@@ -22,10 +25,18 @@ def run_search(
     vectors: str = "both",
     embedder: Embedder | None = None,
 ) -> list[SearchHit]:
-    url, embedder = open_store(config, embedder)
+    """Reads only: a search never migrates (the application's role may not own the schema)."""
+    embedder = embedder or make_embedder(config.embed)
     query_vector = embedder.embed_queries([query])[0]
-    with db.connect(url) as conn:
-        return search(conn, tenant, query_vector, embedder.model_id, k, vectors, config.store.hnsw_ef_search)
+    try:
+        with db.connect(database_url(config)) as conn:
+            return search(
+                conn, tenant, query_vector, embedder.model_id, k, vectors, config.store.hnsw_ef_search
+            )
+    except db.DatabaseUnavailable as exc:
+        sys.exit(f"database error: {exc}")
+    except psycopg.errors.UndefinedTable:
+        sys.exit("no knowledge base in this database yet: run jobs.migrate or jobs.crawl first")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,5 +52,9 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
         conn = psycopg.connect(url, autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
-    register_vector(conn)
+    try:
+        register_vector(conn)
+    except psycopg.ProgrammingError as exc:  # pgvector's "vector type not found in the database"
+        conn.close()
+        raise DatabaseUnavailable(f"{exc}: run jobs.migrate (or a crawl) against it first") from exc
     return conn

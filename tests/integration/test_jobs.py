@@ -1,9 +1,13 @@
 """The command lines a user types: clear messages and exit codes on bad input."""
 
+import psycopg
 import pytest
 
 from jobs import crawl, evaluate, migrate
+from jobs.search import run_search
+from pipelines.config import build_config
 from pipelines.devserver import serve_directory
+from pipelines.store import db
 from tests.conftest import HAZM_SITE
 
 pytestmark = pytest.mark.integration
@@ -28,6 +32,17 @@ def test_crawl_refuses_loopback_without_the_flag_and_says_why(ray_local, databas
 def test_unreachable_database_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="database error"):
         migrate.main(["--set", f"store.database_url=postgresql://nobody@/x?host={tmp_path}"])
+
+
+def test_search_reads_without_migrating_and_says_what_to_do_on_an_empty_database(tmp_path, embedder):
+    empty = db.start_embedded(tmp_path / "empty")
+    config = build_config(store={"database_url": empty})
+    with pytest.raises(SystemExit, match=r"run jobs\.migrate"):
+        run_search("t", "پرسش", config, embedder=embedder)
+    with psycopg.connect(empty) as conn:
+        assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None, (
+            "search migrated"
+        )
 
 
 def test_malformed_qa_file_is_a_one_line_error(database_url, tmp_path):
