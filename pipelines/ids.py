@@ -11,6 +11,9 @@ import hashlib
 import json
 import uuid
 
+import pyarrow as pa
+
+from pipelines import schema
 from pipelines.config import ChunkConfig
 
 _NAMESPACE = uuid.UUID("5b0f7f3e-1c2a-4d59-9a57-6b8e2f0c9d11")
@@ -22,6 +25,16 @@ def source_id(tenant: str, start_url: str) -> str:
 
 def page_id(source: str, url: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"page\x1f{source}\x1f{url}"))
+
+
+def page_ids(batch: pa.Table) -> list[str]:
+    """The page id of every row of a per-page batch (any schema with source_id and url)."""
+    return [
+        page_id(source, url)
+        for source, url in zip(
+            batch.column(schema.SOURCE).to_pylist(), batch.column(schema.URL).to_pylist(), strict=True
+        )
+    ]
 
 
 def chunk_id(page: str, content_hash: str, chunk_index: int) -> str:

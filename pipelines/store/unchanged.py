@@ -34,12 +34,7 @@ class SkipUnchanged:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         fetched = pc.equal(batch.column(schema.STATUS), schema.STATUS_OK).to_pylist()
-        page_ids = [
-            ids.page_id(source, url)
-            for source, url in zip(
-                batch.column(schema.SOURCE).to_pylist(), batch.column(schema.URL).to_pylist(), strict=True
-            )
-        ]
+        page_ids = ids.page_ids(batch)
         hashes = batch.column(schema.CONTENT_HASH).to_pylist()
         candidates = [(pid, h) for pid, h, ok in zip(page_ids, hashes, fetched, strict=True) if ok]
         if not candidates:

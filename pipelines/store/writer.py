@@ -98,16 +98,14 @@ _TOUCH_UNCHANGED = """
 """
 
 
-def _latest_per_page(batch: pa.Table) -> pa.Table:
+def _latest_per_page(batch: pa.Table, page_ids: list[str]) -> tuple[pa.Table, list[str]]:
     """Keep the last row of a page that occurs twice in one batch: one upsert may not touch a
     row twice, and the later row is the newer fetch."""
-    keys = list(
-        zip(batch.column(schema.SOURCE).to_pylist(), batch.column(schema.URL).to_pylist(), strict=True)
-    )
-    last = {key: index for index, key in enumerate(keys)}
-    if len(last) == len(keys):
-        return batch
-    return batch.take(sorted(last.values()))
+    last = {pid: index for index, pid in enumerate(page_ids)}
+    if len(last) == len(page_ids):
+        return batch, page_ids
+    kept = sorted(last.values())
+    return batch.take(kept), [page_ids[i] for i in kept]
 
 
 class ChunkWriter:
@@ -130,9 +128,8 @@ class ChunkWriter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
-        batch = _latest_per_page(batch)
+        batch, page_ids = _latest_per_page(batch, ids.page_ids(batch))
         pages = batch.drop_columns([schema.CHUNKS]).to_pylist()
-        page_ids = [ids.page_id(p[schema.SOURCE], p[schema.URL]) for p in pages]
         chunk_rows = list(self._chunk_rows(batch, pages, page_ids))
         chunks_per_page = pc.list_value_length(batch.column(schema.CHUNKS)).fill_null(0).to_pylist()
         status = [p[schema.STATUS] for p in pages]
