@@ -1,6 +1,7 @@
 """Crawl a tenant's website into its knowledge base: crawl → clean → chunk → embed → pgvector.
 
-    python -m jobs.crawl --tenant T --url URL [--max-pages N] [--allow-private-network]
+    python -m jobs.crawl --tenant T --url URL [--max-pages N] [--include RE] [--exclude RE]
+                         [--allow-private-network]
     ray job submit --working-dir . -- python -m jobs.crawl --tenant T --url URL
 
 Prints what it did: pages crawled and failed (with reasons), chunks, vectors, time per stage.
@@ -10,9 +11,12 @@ Exits 1 when no page could be indexed.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
+import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray.data
@@ -21,7 +25,7 @@ from jobs._common import load_config, open_store, parser
 from pipelines import pipeline, schema
 from pipelines.config import PipelineConfig
 from pipelines.embed import Embedder
-from pipelines.store.sources import record_source
+from pipelines.store.sources import record_progress, record_source
 
 log = logging.getLogger("jobs.crawl")
 
@@ -30,52 +34,68 @@ FAILURE_REASONS_SHOWN = 10
 
 
 @dataclass
-class RunReport:
-    """What a run did, summed from the writer's per-page results."""
+class SourceProgress:
+    """One source's crawl so far: what `website_sources.crawl_progress` shows while it runs."""
 
-    tenant: str
+    pages_found: int = 0  # URLs queued for fetching (grows as links are discovered)
     pages_completed: int = 0
     pages_unchanged: int = 0
     pages_failed: int = 0
     chunks: int = 0
     vectors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        crawled = self.pages_completed + self.pages_unchanged + self.pages_failed
+        return {"pages_crawled": crawled, **dataclasses.asdict(self)}
+
+
+@dataclass
+class RunReport:
+    """What a run did, summed from the writer's per-page results."""
+
+    tenant: str
+    sources: dict[str, SourceProgress] = field(default_factory=dict)
     failures: collections.Counter = field(default_factory=collections.Counter)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def add(self, results: dict[str, list]) -> None:
-        for status, error, chunks, vectors in zip(
+        for source, status, error, chunks, vectors, found in zip(
+            results[schema.SOURCE],
             results[schema.STATUS],
             results[schema.ERROR],
             results[schema.CHUNKS_WRITTEN],
             results[schema.VECTORS_WRITTEN],
+            results[schema.PAGES_FOUND],
             strict=True,
         ):
+            progress = self.sources.setdefault(source, SourceProgress())
+            progress.pages_found = max(progress.pages_found, found or 0)
             if status == schema.STATUS_OK:
-                self.pages_completed += 1
+                progress.pages_completed += 1
             elif status == schema.STATUS_UNCHANGED:
-                self.pages_unchanged += 1
+                progress.pages_unchanged += 1
             else:
-                self.pages_failed += 1
+                progress.pages_failed += 1
                 self.failures[error or "unknown"] += 1
-            self.chunks += chunks
-            self.vectors += vectors
+            progress.chunks += chunks
+            progress.vectors += vectors
 
-    def progress(self) -> dict[str, int]:
-        return {
-            "pages_crawled": self.pages_completed + self.pages_unchanged + self.pages_failed,
-            "pages_completed": self.pages_completed,
-            "pages_unchanged": self.pages_unchanged,
-            "pages_failed": self.pages_failed,
-            "chunks": self.chunks,
-            "vectors": self.vectors,
-        }
+    @property
+    def totals(self) -> SourceProgress:
+        """All sources of the run together."""
+        summed = SourceProgress()
+        for progress in self.sources.values():
+            for name, value in dataclasses.asdict(progress).items():
+                setattr(summed, name, getattr(summed, name) + value)
+        return summed
 
     def render(self) -> str:
+        t = self.totals
         lines = [
-            f"tenant {self.tenant}: {self.pages_completed} pages indexed, {self.pages_unchanged} unchanged "
-            f"(already indexed), {self.pages_failed} failed, "
-            f"{self.chunks} chunks, {self.vectors} vectors in {self.seconds:.1f} s",
+            f"tenant {self.tenant}: {t.pages_completed} pages indexed, {t.pages_unchanged} unchanged "
+            f"(already indexed), {t.pages_failed} failed, "
+            f"{t.chunks} chunks, {t.vectors} vectors in {self.seconds:.1f} s",
         ]
         for reason, count in self.failures.most_common(FAILURE_REASONS_SHOWN):
             lines.append(f"  failed x{count}: {reason}")
@@ -90,36 +110,57 @@ class RunReport:
         return "\n".join(lines)
 
 
-def collect(results: ray.data.Dataset, tenant: str, started: float) -> RunReport:
-    """Run the pipeline to the end, summing its per-page results as they stream in."""
+def collect(
+    results: ray.data.Dataset,
+    tenant: str,
+    started: float,
+    on_progress: Callable[[RunReport], None] | None = None,
+    progress_interval_seconds: float = 2.0,
+) -> RunReport:
+    """Run the pipeline to the end, summing its per-page results as they stream in, and
+    reporting progress at most every `progress_interval_seconds` (never per page)."""
     report = RunReport(tenant)
+    last_reported = time.monotonic()
     for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
         report.add(batch.to_pydict())
+        if on_progress is not None and time.monotonic() - last_reported >= progress_interval_seconds:
+            on_progress(report)
+            last_reported = time.monotonic()
     report.seconds = time.perf_counter() - started
     report.stage_seconds = pipeline.StageTimes.of(results).seconds
     return report
 
 
 def run_crawl(
-    tenant: str, start_urls: list[str], config: PipelineConfig, embedder: Embedder | None = None
+    tenant: str,
+    start_urls: list[str],
+    config: PipelineConfig,
+    embedder: Embedder | None = None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
 ) -> RunReport:
     database_url, _ = open_store(config, embedder)
     pipeline.init_ray(config)
     started = time.perf_counter()
-    requests = [
-        {
-            schema.TENANT: tenant,
-            schema.SOURCE: record_source(database_url, tenant, start_url, "in_progress"),
-            schema.URL: start_url,
-        }
-        for start_url in start_urls
-    ]
-    results = pipeline.index_documents(pipeline.crawl_documents(requests, config), config, database_url)
-    report = collect(results, tenant, started)
-    final_status = "completed" if report.pages_completed or report.pages_unchanged else "failed"
-    for start_url in start_urls:
-        record_source(database_url, tenant, start_url, final_status, report.progress())
-    log.info("crawl.done tenant=%s %s", tenant, " ".join(f"{k}={v}" for k, v in report.progress().items()))
+    sources = {
+        start_url: record_source(database_url, tenant, start_url, "in_progress") for start_url in start_urls
+    }
+    requests = [schema.crawl_request(tenant, sources[url], url, include, exclude) for url in start_urls]
+    documents = pipeline.crawl_documents(requests, config, pipeline.page_history(config, database_url))
+    results = pipeline.index_documents(documents, config, database_url)
+
+    def write_progress(report: RunReport) -> None:
+        record_progress(database_url, {source: p.as_dict() for source, p in report.sources.items()})
+
+    report = collect(results, tenant, started, write_progress, config.crawl.progress_interval_seconds)
+    for start_url, source in sources.items():
+        progress = report.sources.get(source, SourceProgress())
+        indexed = progress.pages_completed or progress.pages_unchanged
+        record_source(
+            database_url, tenant, start_url, "completed" if indexed else "failed", progress.as_dict()
+        )
+    totals = " ".join(f"{k}={v}" for k, v in report.totals.as_dict().items())
+    log.info("crawl.done tenant=%s %s", tenant, totals)
     return report
 
 
@@ -133,16 +174,27 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="allow loopback/private addresses (tests, self-hosted sites); refused by default",
     )
+    p.add_argument(
+        "--include", action="append", metavar="REGEX", help="crawl only URLs matching (repeatable)"
+    )
+    p.add_argument(
+        "--exclude", action="append", metavar="REGEX", help="never crawl URLs matching (repeatable)"
+    )
     args = p.parse_args(argv)
+    for pattern in (args.include or []) + (args.exclude or []):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            sys.exit(f"invalid URL pattern {pattern!r}: {exc}")
     crawl_settings: dict[str, object] = {}
     if args.max_pages:
         crawl_settings["max_pages"] = args.max_pages
     if args.allow_private_network:
         crawl_settings["allow_private_network"] = True
     config = load_config(args, crawl=crawl_settings)
-    report = run_crawl(args.tenant, args.url, config)
+    report = run_crawl(args.tenant, args.url, config, include=args.include, exclude=args.exclude)
     print(report.render())
-    if not report.pages_completed and not report.pages_unchanged:
+    if not report.totals.pages_completed and not report.totals.pages_unchanged:
         sys.exit(1)
 
 

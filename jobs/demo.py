@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         report = run_crawl(args.tenant, [start_url], config, embedder)
     print()
     print(report.render())
-    if not report.pages_completed and not report.pages_unchanged:
+    if not report.totals.pages_completed and not report.totals.pages_unchanged:
         sys.exit("no page was indexed; see the failure reasons above")
 
     for query in DEMO_QUERIES:

@@ -83,7 +83,7 @@ def evaluate(
     documents = ray.data.from_arrow(passages_as_documents(passages, tenant, source))
     report = collect(pipeline.index_documents(documents, config, database_url), tenant, started)
     print(report.render())
-    record_source(database_url, tenant, qa_path.resolve().as_uri(), "completed", report.progress())
+    record_source(database_url, tenant, qa_path.resolve().as_uri(), "completed", report.totals.as_dict())
 
     started = time.perf_counter()
     query_vectors = embedder.embed_queries([q["question"] for q in questions])

@@ -194,15 +194,8 @@ class Cleaner:
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: list[dict[str, object]] = []
         for page in batch.to_pylist():
-            row = {
-                schema.TENANT: page[schema.TENANT],
-                schema.SOURCE: page[schema.SOURCE],
-                schema.URL: page[schema.URL],
-                schema.STATUS: page[schema.STATUS],
-                schema.ERROR: page[schema.ERROR],
-                schema.HTTP_STATUS: page[schema.HTTP_STATUS],
-                schema.CHUNK_TYPE: CHUNK_TYPE_WEBSITE,
-            }
+            row = {name: page[name] for name in schema.PAGE_OUTCOME_COLUMNS}
+            row[schema.CHUNK_TYPE] = CHUNK_TYPE_WEBSITE
             if page[schema.STATUS] == schema.STATUS_OK:
                 try:
                     row.update(self.extract(page[schema.HTML] or ""))

@@ -38,16 +38,35 @@ class CrawlConfig:
     total_timeout_seconds: float = 30.0  # whole request, body included
     max_redirects: int = 5
     max_response_bytes: int = 5_000_000  # larger bodies are cut off and the page marked failed
+    max_connections: int = 64  # open requests per crawl worker, all sites together; shared fairly
+    retries: int = 2  # extra attempts after a timeout, a dropped connection, HTTP 429 or 5xx
+    retry_backoff_seconds: float = 0.5  # first retry waits up to this (full jitter), doubling each time
+    max_retry_wait_seconds: float = 30.0  # cap on one wait, Retry-After included
+    max_url_length: int = 2048  # longer links are not followed (crawler traps grow URLs)
     pages_per_block: int = 16  # pages per Arrow block the crawl yields: bounds memory
     user_agent: str = "kb-pipeline-bot/0.1 (+https://github.com/kb-pipeline)"
     allow_private_network: bool = False  # tests and self-hosted sites only: see SSRF notes in README
     use_sitemap: bool = True
     respect_robots: bool = True
+    # Re-crawls send If-None-Match / If-Modified-Since; a 304 page skips download, chunk and embed.
+    # Off when store.skip_unchanged is false (a forced re-index fetches everything).
+    conditional_requests: bool = True
+    progress_interval_seconds: float = 2.0  # how often a job writes website_sources.crawl_progress
 
     def __post_init__(self) -> None:
-        _positive(self, "max_pages", "concurrency_per_site", "total_timeout_seconds", "pages_per_block")
-        if self.max_depth < 0 or self.delay_seconds < 0 or self.max_redirects < 0:
-            raise ConfigError("crawl.max_depth, crawl.delay_seconds and crawl.max_redirects must be >= 0")
+        _positive(
+            self,
+            "max_pages",
+            "concurrency_per_site",
+            "total_timeout_seconds",
+            "pages_per_block",
+            "max_connections",
+            "max_url_length",
+            "progress_interval_seconds",
+        )
+        non_negative = ("max_depth", "delay_seconds", "max_redirects", "retries", "retry_backoff_seconds")
+        if any(getattr(self, name) < 0 for name in non_negative):
+            raise ConfigError(f"crawl.{', crawl.'.join(non_negative)} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -116,7 +135,8 @@ class RayConfig:
     address: str = ""  # empty: a local Ray (or the cluster `ray job submit` runs us on)
     num_cpus: int = 0  # local Ray only; 0 means all cores
     batch_pages: int = 16  # pages per map_batches call in clean/chunk/embed/write
-    crawl_concurrency: int = 2  # sites crawled at once (actors, each crawling many pages concurrently)
+    crawl_concurrency: int = 2  # crawl actors; each crawls a batch of sites concurrently
+    crawl_sites_per_batch: int = 16  # sites one crawl actor works on at once (asyncio, fair shares)
     crawl_cpus: float = 0.25  # crawling waits on the network
     clean_concurrency: int = 2  # at most this many clean tasks at once
     clean_cpus: float = 0.25
@@ -134,6 +154,7 @@ class RayConfig:
             self,
             "batch_pages",
             "crawl_concurrency",
+            "crawl_sites_per_batch",
             "crawl_cpus",
             "clean_concurrency",
             "clean_cpus",

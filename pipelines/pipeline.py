@@ -8,6 +8,7 @@ actor); an instance of a cheap stage runs as plain tasks.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -19,8 +20,10 @@ from pipelines.chunk import CHUNKER_VERSION, Chunker
 from pipelines.clean import Cleaner
 from pipelines.config import PipelineConfig
 from pipelines.crawl import Crawler
+from pipelines.crawl.crawler import PageHistory
 from pipelines.embed import model_id
 from pipelines.embed.stage import EmbedStage
+from pipelines.store.history import StoredPageHistory
 from pipelines.store.unchanged import SkipUnchanged
 from pipelines.store.writer import ChunkWriter
 
@@ -70,17 +73,38 @@ def _run_stage(
     )
 
 
-def crawl_documents(requests: list[dict], config: PipelineConfig) -> ray.data.Dataset:
-    """Crawl requests (schema.CRAWL_REQUEST rows) → cleaned documents (schema.DOCUMENT)."""
+def page_history(config: PipelineConfig, database_url: str) -> StoredPageHistory | None:
+    """What the crawl needs from earlier runs to send conditional requests; None when every
+    page must be fetched in full (conditional requests off, or a forced re-index)."""
+    if not (config.crawl.conditional_requests and config.store.skip_unchanged):
+        return None
+    return StoredPageHistory(database_url, _index_signature(config))
+
+
+def _index_signature(config: PipelineConfig) -> str:
+    return ids.index_signature(config.chunk, CHUNKER_VERSION, model_id(config.embed))
+
+
+def crawl_documents(
+    requests: list[dict], config: PipelineConfig, history: PageHistory | None = None
+) -> ray.data.Dataset:
+    """Crawl requests (schema.CRAWL_REQUEST rows) → cleaned documents (schema.DOCUMENT).
+
+    Sites are dealt to the crawl actors in batches; an actor crawls its batch's sites at once,
+    sharing its connections fairly between them, and streams their pages out as they come.
+    """
     ray_config = config.ray
-    sources = ray.data.from_items(requests, override_num_blocks=max(1, len(requests)))
+    sites_per_batch = ray_config.crawl_sites_per_batch
+    batches = max(1, math.ceil(len(requests) / sites_per_batch))
+    sources = ray.data.from_items(requests, override_num_blocks=batches)
     pages = _run_stage(
         sources,
         Crawler,
-        batch_size=1,  # one site per call; the crawler streams its pages out in blocks
+        batch_size=sites_per_batch,
         cpus=ray_config.crawl_cpus,
-        concurrency=min(ray_config.crawl_concurrency, max(1, len(requests))),
+        concurrency=min(ray_config.crawl_concurrency, batches),
         config=config.crawl,
+        history=history,
     )
     return _run_stage(
         pages,
@@ -100,7 +124,7 @@ def index_documents(
     store = {
         "config": config.store,
         "database_url": database_url,
-        "index_signature": ids.index_signature(config.chunk, CHUNKER_VERSION, model_id(config.embed)),
+        "index_signature": _index_signature(config),
     }
     if config.store.skip_unchanged:
         # One indexed query per batch: never the bottleneck, so one actor.

@@ -24,12 +24,25 @@ ERROR = "error"
 # Page outcomes, as stored in website_pages.status.
 STATUS_OK = "completed"
 STATUS_FAILED = "failed"
-# Fetched again, same main text, already indexed with the same model and chunking: the page
-# skips chunk and embed, and its stored chunks stay as they are.
+# Fetched again, same main text (or 304 Not Modified), already indexed with the same model and
+# chunking: the page skips chunk and embed, and its stored chunks stay as they are.
 STATUS_UNCHANGED = "unchanged"
+
+# Crawl request: optional per-source URL filters (regular expressions, searched in the URL).
+INCLUDE_PATTERNS = "include_patterns"
+EXCLUDE_PATTERNS = "exclude_patterns"
+
+# Crawl → write: what the next crawl of the page needs (validators for a conditional request,
+# the page's links to follow when the answer is 304 Not Modified) and the source's progress.
+ETAG = "etag"
+LAST_MODIFIED = "last_modified"
+LINKS = "links"
+PAGES_FOUND = "pages_found"  # URLs the source's crawl had queued when this page was emitted
 
 # Crawl → clean.
 HTTP_STATUS = "http_status"
+# A failed page with one of these HTTP statuses is gone from its site: the writer removes its chunks.
+GONE_HTTP_STATUSES = frozenset({404, 410})
 CONTENT_TYPE = "content_type"
 HTML = "html"
 FETCHED_AT = "fetched_at"
@@ -69,8 +82,24 @@ CRAWL_REQUEST = pa.schema(
         pa.field(TENANT, pa.string(), nullable=False),
         pa.field(SOURCE, pa.string(), nullable=False),
         pa.field(URL, pa.string(), nullable=False),
+        pa.field(INCLUDE_PATTERNS, pa.list_(pa.string())),
+        pa.field(EXCLUDE_PATTERNS, pa.list_(pa.string())),
     ]
 )
+
+
+def crawl_request(
+    tenant: str, source: str, url: str, include: list[str] | None = None, exclude: list[str] | None = None
+) -> dict:
+    """One CRAWL_REQUEST row."""
+    return {
+        TENANT: tenant,
+        SOURCE: source,
+        URL: url,
+        INCLUDE_PATTERNS: list(include or []),
+        EXCLUDE_PATTERNS: list(exclude or []),
+    }
+
 
 # Who a page belongs to and how fetching it went: carried by every per-page schema.
 _PAGE_OUTCOME = [
@@ -80,7 +109,12 @@ _PAGE_OUTCOME = [
     pa.field(STATUS, pa.string(), nullable=False),
     pa.field(ERROR, pa.string()),
     pa.field(HTTP_STATUS, pa.int32()),
+    pa.field(ETAG, pa.string()),
+    pa.field(LAST_MODIFIED, pa.string()),
+    pa.field(LINKS, pa.list_(pa.string())),
+    pa.field(PAGES_FOUND, pa.int32()),
 ]
+PAGE_OUTCOME_COLUMNS = tuple(f.name for f in _PAGE_OUTCOME)
 
 PAGE = pa.schema(
     [
@@ -151,6 +185,7 @@ WRITE_RESULT = pa.schema(
         pa.field(ERROR, pa.string()),
         pa.field(CHUNKS_WRITTEN, pa.int32(), nullable=False),
         pa.field(VECTORS_WRITTEN, pa.int32(), nullable=False),
+        pa.field(PAGES_FOUND, pa.int32()),
     ]
 )
 

@@ -14,16 +14,22 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import random
 import re
 import time
+import zlib
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from functools import partial
+from http import HTTPStatus
+from typing import Protocol
 
 import aiohttp
+import charset_normalizer
 import lxml.etree
 import lxml.html
 import pyarrow as pa
@@ -34,12 +40,16 @@ from pipelines import schema
 from pipelines.config import CrawlConfig
 from pipelines.crawl.safety import CrawlError, SafeResolver, check_url_async
 from pipelines.crawl.urls import in_scope, is_non_html, normalize_url, site_of
+from pipelines.metrics import CRAWL_PAGES, CRAWL_SOURCES
 
 log = logging.getLogger(__name__)
 
 BLOCKED_BY_ROBOTS = "blocked by robots.txt"
 _HTML_CONTENT_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Worth asking again: the server is busy or briefly broken (RFC 9110 §15.6, RFC 6585 §4).
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_GZIP_MAGIC = b"\x1f\x8b"
 _READ_CHUNK_BYTES = 64 * 1024
 # The HTML standard looks for <meta charset> in the first 1024 bytes; so do we.
 _CHARSET_PRESCAN_BYTES = 1024
@@ -60,8 +70,39 @@ def _now() -> datetime:
 
 
 @dataclass(frozen=True)
+class Validators:
+    """What the last fetch of a page said about its version, for a conditional request."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+class PageHistory(Protocol):
+    """What earlier crawls stored about a source's pages (see pipelines.store.history).
+
+    Blocking calls: the crawler runs them in a thread so the event loop keeps fetching.
+    """
+
+    def validators(self, source_id: str) -> dict[str, Validators]:
+        """Validators of the source's indexed pages, by URL."""
+        ...
+
+    def links(self, source_id: str, url: str) -> list[str]:
+        """The links the page had when it was last fetched (to follow after a 304)."""
+        ...
+
+
+@dataclass(frozen=True)
 class _Response:
-    """What fetching one URL came to: a body, or the reason there is none."""
+    """What fetching one URL came to: a body, a 304, or the reason there is neither."""
 
     url: str  # the final URL when redirects succeeded, else the one requested
     error: str | None = None
@@ -70,6 +111,15 @@ class _Response:
     charset: str | None = None
     body: bytes | None = None
     fetched_at: datetime | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    transient: bool = False  # the error may go away if we ask again
+    retry_after: float | None = None  # seconds the server asked us to wait (429/503)
+    attempts: int = 1
+
+    @property
+    def not_modified(self) -> bool:
+        return self.http_status == HTTPStatus.NOT_MODIFIED
 
 
 @dataclass(frozen=True)
@@ -121,13 +171,38 @@ class _Site:
 HopCheck = Callable[[str], Awaitable[str | None]]
 
 
+def _http_error(status: int) -> str:
+    """`HTTP 503 Service Unavailable`: the code for people who know it, the phrase for the rest."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds: either delay-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - _now()).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
 class _Downloader:
-    """HTTP for one batch: the session, per-site politeness, robots.txt, redirects and limits."""
+    """HTTP for one batch: the session, per-site politeness, a global connection limit shared
+    fairly between sites, robots.txt, retries, redirects and limits."""
 
     def __init__(self, config: CrawlConfig, http: aiohttp.ClientSession) -> None:
         self._config = config
         self._http = http
         self._sites: dict[str, _Site] = {}
+        # FIFO: each site holds at most `concurrency_per_site` places in the queue, so a huge
+        # site gets no more turns than a small one while both have pages left.
+        self._connections = asyncio.Semaphore(config.max_connections)
 
     def _site(self, origin: str) -> _Site:
         if origin not in self._sites:
@@ -173,14 +248,18 @@ class _Downloader:
         )
         return robots
 
-    async def fetch(self, url: str, html_only: bool, check_hop: HopCheck) -> _Response:
+    async def fetch(
+        self, url: str, html_only: bool, check_hop: HopCheck, validators: Validators | None = None
+    ) -> _Response:
         """GET `url`, following redirects by hand so that every hop passes `check_hop`.
 
         `check_hop(target)` returns why a redirect target is refused, or None to follow it.
+        `validators` make the first hop conditional: the answer may be 304 Not Modified.
         """
         chain = [url]
+        headers = validators.headers() if validators else {}
         while True:
-            response, target = await self._get(chain[-1], html_only)
+            response, target = await self._get_with_retries(chain[-1], html_only, headers)
             if target is None:
                 return response
             if target in chain:
@@ -192,22 +271,61 @@ class _Downloader:
             if failure is not None:
                 return replace(response, url=url, error=failure)
             chain.append(target)
+            headers = {}  # validators belong to the URL they were stored for
 
-    async def _get(self, url: str, html_only: bool) -> tuple[_Response, str | None]:
+    async def _get_with_retries(
+        self, url: str, html_only: bool, headers: dict[str, str]
+    ) -> tuple[_Response, str | None]:
+        """`_get`, asked again after transient failures with jittered exponential backoff.
+
+        Full jitter (a random wait up to the doubling cap) spreads the retries of many
+        workers hit by the same outage; a server's Retry-After is a floor on the wait.
+        """
+        config = self._config
+        for attempt in range(config.retries + 1):
+            response, target = await self._get(url, html_only, headers)
+            if not response.transient or attempt == config.retries:
+                break
+            backoff = random.uniform(0, config.retry_backoff_seconds * 2**attempt)
+            wait = min(max(backoff, response.retry_after or 0.0), config.max_retry_wait_seconds)
+            log.info(
+                "crawl.retry url=%s reason=%s attempt=%d wait=%.2f", url, response.error, attempt + 1, wait
+            )
+            await asyncio.sleep(wait)
+        attempts = attempt + 1
+        if response.error is not None and attempts > 1:
+            response = replace(response, error=f"{response.error} (after {attempts} attempts)")
+        return replace(response, attempts=attempts), target
+
+    async def _get(self, url: str, html_only: bool, headers: dict[str, str]) -> tuple[_Response, str | None]:
         """One HTTP exchange: the response, and the redirect target (None when not a redirect)."""
-        async with self._site(site_of(url)).slot():
+        async with self._site(site_of(url)).slot(), self._connections:
+            CRAWL_PAGES.inc()
             try:
-                async with self._http.get(URL(url, encoded=True), allow_redirects=False) as resp:
+                async with self._http.get(
+                    URL(url, encoded=True), allow_redirects=False, headers=headers
+                ) as resp:
                     return await self._read(url, resp, html_only)
             except (aiohttp.ClientError, TimeoutError, CrawlError) as exc:
-                return _Response(url, error=self._describe(exc), fetched_at=_now()), None
+                return (
+                    _Response(
+                        url, error=self._describe(exc), fetched_at=_now(), transient=_is_transient(exc)
+                    ),
+                    None,
+                )
 
     async def _read(
         self, url: str, resp: aiohttp.ClientResponse, html_only: bool
     ) -> tuple[_Response, str | None]:
         declared_type = resp.content_type if "Content-Type" in resp.headers else None
         response = _Response(
-            url, http_status=resp.status, content_type=declared_type, charset=resp.charset, fetched_at=_now()
+            url,
+            http_status=resp.status,
+            content_type=declared_type,
+            charset=resp.charset,
+            fetched_at=_now(),
+            etag=resp.headers.get("ETag"),
+            last_modified=resp.headers.get("Last-Modified"),
         )
         location = resp.headers.get("Location")
         if resp.status in _REDIRECT_STATUSES and location:
@@ -215,14 +333,23 @@ class _Downloader:
             if target is None:
                 return replace(response, error=f"redirected to a URL that is not http(s): {location}"), None
             return response, target
+        if response.not_modified:
+            return response, None
         if not 200 <= resp.status < 300:
-            return replace(response, error=f"HTTP {resp.status}"), None
+            return replace(
+                response,
+                error=_http_error(resp.status),
+                transient=resp.status in _TRANSIENT_STATUSES,
+                retry_after=_retry_after_seconds(resp.headers.get("Retry-After")),
+            ), None
         if html_only and declared_type not in _HTML_CONTENT_TYPES:
             return replace(response, error=f"not HTML ({declared_type or 'no content-type'})"), None
         cap = self._config.max_response_bytes
         too_large = replace(response, error=f"response larger than {cap} bytes")
         if resp.content_length is not None and resp.content_length > cap:
             return too_large, None
+        # Counted after decompression, a piece at a time: a gzip/deflate/br bomb is cut off
+        # at the cap instead of filling memory.
         body = bytearray()
         async for piece in resp.content.iter_chunked(_READ_CHUNK_BYTES):
             body += piece
@@ -242,6 +369,8 @@ class _Downloader:
             return f"could not resolve host {exc.host}"
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             return f"TLS certificate not accepted: {exc.certificate_error}"
+        if isinstance(exc, aiohttp.ClientConnectorSSLError):
+            return f"TLS handshake failed: {exc.os_error}"
         if isinstance(exc, aiohttp.ClientConnectorError):
             if exc.os_error.errno == errno.ECONNREFUSED:
                 return "connection refused"
@@ -249,10 +378,20 @@ class _Downloader:
         if isinstance(exc, aiohttp.ServerDisconnectedError):
             return "server closed the connection"
         if isinstance(exc, aiohttp.ClientPayloadError):
-            return f"incomplete response body: {exc}"
+            return f"incomplete or undecodable response body: {exc}"
         if isinstance(exc, aiohttp.ClientResponseError):
             return f"invalid HTTP response: {exc.message}"
         return f"request failed: {exc}"
+
+
+def _is_transient(exc: Exception) -> bool:
+    """Timeouts and dropped connections may pass; refusals by DNS, TLS or our own checks won't."""
+    if isinstance(exc, CrawlError | aiohttp.ClientConnectorDNSError | aiohttp.ClientSSLError):
+        return False
+    return isinstance(
+        exc,
+        TimeoutError | aiohttp.ServerDisconnectedError | aiohttp.ClientConnectorError | aiohttp.ClientOSError,
+    )
 
 
 def _meta_charset(body: bytes) -> str | None:
@@ -261,35 +400,73 @@ def _meta_charset(body: bytes) -> str | None:
 
 
 def _decode(body: bytes, header_charset: str | None) -> str:
-    """The page's text: the header's charset, else <meta charset>, else UTF-8 with bad bytes replaced."""
-    for label in (header_charset, _meta_charset(body)):
+    """The page's text, whatever its labels claim.
+
+    A byte-order mark wins; then UTF-8 when the bytes are valid UTF-8, because Persian sites
+    often send UTF-8 under a stale `windows-1256` or `iso-8859-1` header, and text in those
+    encodings is almost never valid UTF-8 by accident. Then the header's charset, then
+    <meta charset>, then a statistical guess (charset-normalizer), then UTF-8 with bad bytes
+    replaced: decoding never fails a page.
+    """
+    for bom, encoding in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
+        if body.startswith(bom):
+            return body.decode(encoding, errors="replace")
+    for label in ("utf-8", header_charset, _meta_charset(body)):
         if not label:
             continue
         try:
             return body.decode(label)
         except (LookupError, UnicodeDecodeError) as exc:
             log.debug("crawl.decode charset=%s failed=%s", label, type(exc).__name__)
+    guess = charset_normalizer.from_bytes(body).best()
+    if guess is not None:
+        return str(guess)
     return body.decode("utf-8", errors="replace")
 
 
-def _extract_links(html: str, page_url: str) -> list[str]:
-    """Normalised targets of the page's <a href> links, resolved against its <base href> if any."""
+@dataclass(frozen=True)
+class _PageLinks:
+    links: list[str]
+    canonical: str | None
+
+
+def _parse_links(html: str, page_url: str) -> _PageLinks:
+    """Normalised targets of the page's <a href> links (resolved against its <base href> if
+    any) and its <link rel="canonical">."""
     # Parsed from UTF-8 bytes: lxml refuses a str that carries an XML encoding declaration.
     root = lxml.etree.fromstring(html.encode("utf-8"), lxml.html.HTMLParser(encoding="utf-8"))
     if root is None:
-        return []
+        return _PageLinks([], None)
     base = page_url
     for element in root.iter("base"):
         href = element.get("href")
         if href:
             base = normalize_url(href, page_url) or page_url
             break
+    canonical = None
+    for element in root.iter("link"):
+        if "canonical" in (element.get("rel") or "").lower().split() and element.get("href"):
+            canonical = normalize_url(element.get("href"), base)
+            break
     links = (normalize_url(a.get("href"), base) for a in root.iter("a") if a.get("href"))
-    return [link for link in dict.fromkeys(links) if link is not None]
+    return _PageLinks([link for link in dict.fromkeys(links) if link is not None], canonical)
 
 
-def _sitemap_locs(body: bytes) -> tuple[bool, list[str]]:
-    """(whether it is a sitemap index, its <loc> values); (False, []) when it is not XML."""
+def _sitemap_locs(body: bytes, max_bytes: int) -> tuple[bool, list[str]]:
+    """(whether it is a sitemap index, its <loc> values); (False, []) when it is not XML.
+
+    `sitemap.xml.gz` files arrive gzipped without a Content-Encoding header; they are
+    unpacked here, never past `max_bytes` (a gzip bomb stops there).
+    """
+    if body.startswith(_GZIP_MAGIC):
+        unpacker = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+        try:
+            body = unpacker.decompress(body, max_bytes + 1)
+        except zlib.error:
+            return False, []
+        if len(body) > max_bytes:
+            log.info("crawl.sitemap skipped=larger than %d bytes unpacked", max_bytes)
+            return False, []
     parser = lxml.etree.XMLParser(recover=True, resolve_entities=False, no_network=True)
     try:
         root = lxml.etree.fromstring(body, parser)
@@ -301,6 +478,26 @@ def _sitemap_locs(body: bytes) -> tuple[bool, list[str]]:
     return is_index, [loc.text.strip() for loc in root.iter("{*}loc") if loc.text and loc.text.strip()]
 
 
+class _UrlFilter:
+    """A source's include/exclude patterns (regular expressions searched in the URL)."""
+
+    def __init__(self, include: list[str], exclude: list[str]) -> None:
+        self._include = [self._compile(p, "include") for p in include]
+        self._exclude = [self._compile(p, "exclude") for p in exclude]
+
+    @staticmethod
+    def _compile(pattern: str, kind: str) -> re.Pattern:
+        try:
+            return re.compile(pattern)
+        except re.error as exc:
+            raise CrawlError(f"invalid {kind} pattern {pattern!r}: {exc}") from exc
+
+    def allows(self, url: str) -> bool:
+        if self._include and not any(p.search(url) for p in self._include):
+            return False
+        return not any(p.search(url) for p in self._exclude)
+
+
 class _SourceCrawl:
     """One crawl request: breadth-first over its site, with its own frontier, seen set and budget."""
 
@@ -310,39 +507,59 @@ class _SourceCrawl:
         downloader: _Downloader,
         request: dict,
         emit: Callable[[dict], Awaitable[None]],
+        history: PageHistory | None,
     ) -> None:
         self._config = config
         self._downloader = downloader
         self._request = request
         self._emit_row = emit
+        self._history = history
+        self._validators: dict[str, Validators] = {}
         self._frontier: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
         self._seen: set[str] = set()
         self._admitted = 0  # URLs queued for fetching: at most config.max_pages
         self._over_budget = 0  # distinct URLs found after the budget was spent
         self._site = ""
         self._robots = _Robots(config.user_agent)
+        self._filter = _UrlFilter([], [])
         self._outcomes: Counter[str] = Counter()
 
     async def run(self) -> None:
         started = time.monotonic()
         tenant, source, url = (self._request[k] for k in (schema.TENANT, schema.SOURCE, schema.URL))
         log.info("crawl.source.start tenant=%s source=%s url=%s", tenant, source, url)
+        outcome = "failed"
         try:
             await self._crawl(url)
+            outcome = (
+                "completed"
+                if self._outcomes[schema.STATUS_FAILED] < sum(self._outcomes.values())
+                else outcome
+            )
         finally:
+            CRAWL_SOURCES.inc(tags={"status": outcome})
             log.info(
-                "crawl.source.done tenant=%s source=%s url=%s completed=%d failed=%d "
+                "crawl.source.done tenant=%s source=%s url=%s completed=%d unchanged=%d failed=%d "
                 "not_queued_over_max_pages=%d seconds=%.1f",
                 tenant,
                 source,
                 url,
                 self._outcomes[schema.STATUS_OK],
+                self._outcomes[schema.STATUS_UNCHANGED],
                 self._outcomes[schema.STATUS_FAILED],
                 self._over_budget,
                 time.monotonic() - started,
             )
 
     async def _crawl(self, url: str) -> None:
+        try:
+            self._filter = _UrlFilter(
+                self._request.get(schema.INCLUDE_PATTERNS) or [],
+                self._request.get(schema.EXCLUDE_PATTERNS) or [],
+            )
+        except CrawlError as exc:
+            await self._emit(self._row(url, 0, error=str(exc)))
+            return
         start = normalize_url(url)
         if start is None:
             await self._emit(self._row(url, 0, error=f"not an http(s) URL: {url!r}"))
@@ -358,6 +575,8 @@ class _SourceCrawl:
         if refusal is not None:
             await self._emit(self._row(start, 0, error=refusal))
             return
+        if self._history is not None:
+            self._validators = await asyncio.to_thread(self._history.validators, self._request[schema.SOURCE])
         self._admitted = 1
         await self._crawl_page(start, 0, is_start=True)
         if self._config.use_sitemap:
@@ -389,29 +608,51 @@ class _SourceCrawl:
         """Fetch one page, record its row, then queue its links one hop deeper.
 
         The start page may redirect to another origin (http → https, example.ir →
-        www.example.ir): the crawl then continues on the site it landed on.
+        www.example.ir): the crawl then continues on the site it landed on. A page that
+        names another URL as its canonical one is recorded under that URL, once.
         """
         check_hop = partial(self._check_redirect, any_site=is_start)
         try:
-            response = await self._downloader.fetch(url, html_only=True, check_hop=check_hop)
+            response = await self._downloader.fetch(
+                url, html_only=True, check_hop=check_hop, validators=self._validators.get(url)
+            )
         except _AlreadySeen as seen:
             log.debug("crawl.page url=%s skipped=redirect to %s, already queued", url, seen)
             return
         html = None
         links: list[str] = []
-        if response.error is None and response.body is not None:
+        row_url = response.url
+        if response.not_modified:
+            stored = await asyncio.to_thread(self._history.links, self._request[schema.SOURCE], url)
+            links = [link for link in stored if self._follows(link)]
+        elif response.error is None and response.body is not None:
             html = _decode(response.body, response.charset)
             if is_start:
                 await self._move_to(site_of(response.url))
-            if depth < self._config.max_depth:
-                links = [
-                    link
-                    for link in _extract_links(html, response.url)
-                    if in_scope(link, self._site) and not is_non_html(link)
-                ]
-        await self._emit(self._row(response.url, depth, error=response.error, response=response, html=html))
-        for link in links:
-            await self._admit(link, depth + 1)
+            parsed = _parse_links(html, response.url)
+            canonical = parsed.canonical
+            if canonical and canonical != response.url and self._follows(canonical):
+                if canonical in self._seen:
+                    log.debug("crawl.page url=%s skipped=canonical %s already queued", url, canonical)
+                    return
+                self._seen.add(canonical)
+                row_url = canonical
+            links = [link for link in parsed.links if self._follows(link)]
+        await self._emit(
+            self._row(row_url, depth, error=response.error, response=response, html=html, links=links)
+        )
+        if depth < self._config.max_depth:
+            for link in links:
+                await self._admit(link, depth + 1)
+
+    def _follows(self, url: str) -> bool:
+        """Whether a link is ours to crawl: same site, a web page, not too long, allowed by the filters."""
+        return (
+            in_scope(url, self._site)
+            and not is_non_html(url)
+            and len(url) <= self._config.max_url_length
+            and self._filter.allows(url)
+        )
 
     async def _move_to(self, site: str) -> None:
         if site != self._site:
@@ -466,7 +707,7 @@ class _SourceCrawl:
             if response.error is not None or response.body is None:
                 log.debug("crawl.sitemap url=%s skipped=%s", url, response.error)
                 continue
-            is_index, locs = _sitemap_locs(response.body)
+            is_index, locs = _sitemap_locs(response.body, self._config.max_response_bytes)
             off_site = 0
             for loc in locs:
                 target = normalize_url(loc)
@@ -474,7 +715,7 @@ class _SourceCrawl:
                     off_site += 1
                 elif is_index:
                     pending.append(target)
-                elif not is_non_html(target):
+                elif self._follows(target):
                     await self._admit(target, _SITEMAP_DEPTH)
             log.debug("crawl.sitemap url=%s entries=%d off_site=%d", url, len(locs), off_site)
 
@@ -485,14 +726,25 @@ class _SourceCrawl:
         error: str | None,
         response: _Response | None = None,
         html: str | None = None,
+        links: list[str] | None = None,
     ) -> dict:
+        if error is not None:
+            status = schema.STATUS_FAILED
+        elif response is not None and response.not_modified:
+            status = schema.STATUS_UNCHANGED
+        else:
+            status = schema.STATUS_OK
         return {
             schema.TENANT: self._request[schema.TENANT],
             schema.SOURCE: self._request[schema.SOURCE],
             schema.URL: url,
-            schema.STATUS: schema.STATUS_OK if error is None else schema.STATUS_FAILED,
+            schema.STATUS: status,
             schema.ERROR: error,
             schema.HTTP_STATUS: response.http_status if response else None,
+            schema.ETAG: response.etag if response else None,
+            schema.LAST_MODIFIED: response.last_modified if response else None,
+            schema.LINKS: links if status != schema.STATUS_FAILED else None,
+            schema.PAGES_FOUND: self._admitted,
             schema.CONTENT_TYPE: response.content_type if response else None,
             schema.HTML: html,
             schema.DEPTH: depth,
@@ -535,12 +787,14 @@ class Crawler:
     busy. It drives its own event loop, so it runs in a plain thread (a Ray worker, a test).
     """
 
-    def __init__(self, config: CrawlConfig) -> None:
+    def __init__(self, config: CrawlConfig, history: PageHistory | None = None) -> None:
         self._config = config
+        self._history = history  # without it every fetch is unconditional
 
     def __call__(self, requests: pa.Table) -> Iterator[pa.Table]:
         loop = asyncio.new_event_loop()
-        blocks = self._crawl(requests.select(schema.CRAWL_REQUEST.names).to_pylist())
+        columns = [name for name in schema.CRAWL_REQUEST.names if name in requests.column_names]
+        blocks = self._crawl(requests.select(columns).to_pylist())
         try:
             while True:
                 try:
@@ -559,13 +813,17 @@ class Crawler:
         timeout = aiohttp.ClientTimeout(
             total=config.total_timeout_seconds, sock_connect=config.connect_timeout_seconds
         )
-        connector = aiohttp.TCPConnector(resolver=None if config.allow_private_network else SafeResolver())
+        connector = aiohttp.TCPConnector(
+            limit=config.max_connections,
+            limit_per_host=config.concurrency_per_site,
+            resolver=None if config.allow_private_network else SafeResolver(),
+        )
         async with aiohttp.ClientSession(
             timeout=timeout, connector=connector, headers={"User-Agent": config.user_agent}
         ) as http:
             downloader = _Downloader(config, http)
             sources = [
-                asyncio.create_task(_SourceCrawl(config, downloader, request, rows.put).run())
+                asyncio.create_task(_SourceCrawl(config, downloader, request, rows.put, self._history).run())
                 for request in requests
             ]
             finished = asyncio.create_task(_end_when_done(sources, rows))

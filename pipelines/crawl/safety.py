@@ -38,12 +38,16 @@ class UnsafeURLError(CrawlError):
 def _kind_of_private(address: str) -> str | None:
     """What makes an address non-public ("loopback", "private", ...), or None if it is public."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # ::ffff:127.0.0.1 is 127.0.0.1, and a 6to4 address (2002:7f00:1::) carries an IPv4
+        # one too, which `ipaddress` (3.11) ignores: it calls all of 2002::/16 global. Judge
+        # the IPv4 address inside, as browsers do.
+        ip = ip.ipv4_mapped or ip.sixtofour or ip
     checks = (
         (ip.is_unspecified, "unspecified"),
         (ip.is_loopback, "loopback"),
         (ip.is_link_local, "link-local"),
+        (ip.version == 6 and ip.is_site_local, "site-local"),  # fec0::/10: deprecated, not global
         (ip.is_multicast, "multicast"),
         (ip.version == 4 and ip in _SHARED_ADDRESS_SPACE, "shared (CGNAT)"),
         (ip.is_reserved, "reserved"),
@@ -77,10 +81,15 @@ def _host_of(url: str) -> tuple[str, int]:
 
 
 def _still_to_resolve(url: str, allow_private_network: bool) -> tuple[str, int] | None:
-    """Check what the URL's spelling decides; return the (host, port) left to resolve, if any."""
+    """Check what the URL's spelling decides; return the (host, port) left to resolve, if any.
+
+    A trailing dot only marks a name as fully qualified: `127.0.0.1.` is judged as 127.0.0.1 and
+    `localhost.` as localhost, whether or not the system resolver accepts the dot.
+    """
     host, port = _host_of(url)
     if allow_private_network:
         return None
+    host = host.removesuffix(".") or host
     try:
         literal = str(ipaddress.ip_address(host))
     except ValueError:

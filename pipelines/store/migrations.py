@@ -106,6 +106,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             WITH (m = {hnsw_m}, ef_construction = {hnsw_ef_construction});
         """,
     ),
+    Migration(
+        2,
+        "website_pages: HTTP validators and links, for conditional re-crawls",
+        # Expand only: nullable columns without defaults are a catalogue change, no table
+        # rewrite, so readers and writers of version 1 keep working while it runs.
+        """
+        ALTER TABLE website_pages
+            ADD COLUMN IF NOT EXISTS etag          text,
+            ADD COLUMN IF NOT EXISTS last_modified text,
+            ADD COLUMN IF NOT EXISTS links         jsonb;
+        """,
+    ),
 )
 
 

@@ -24,3 +24,16 @@ def record_source(
             (source, tenant, start_url, status, Jsonb(progress or {})),
         )
     return source
+
+
+def record_progress(database_url: str, progress: dict[str, dict]) -> None:
+    """Set `crawl_progress` of several sources in one statement (a running job calls this
+    every few seconds, not per page)."""
+    if not progress:
+        return
+    with db.connect(database_url) as conn:
+        conn.execute(
+            """UPDATE website_sources AS s SET crawl_progress = p.progress, updated_at = now()
+               FROM unnest(%s::uuid[], %s::jsonb[]) AS p (id, progress) WHERE s.id = p.id""",
+            (list(progress), [Jsonb(v) for v in progress.values()]),
+        )

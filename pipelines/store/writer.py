@@ -65,10 +65,11 @@ _LOCK_PAGES = """
 
 _UPSERT_PAGES = """
     INSERT INTO website_pages AS p (id, source_id, user_id, url, status, error, http_status, title,
-                                    language, content_hash, chunk_count, embedding_model, index_signature,
-                                    attempts)
+                                    language, content_hash, chunk_count, embedding_model, etag,
+                                    last_modified, links, index_signature, attempts)
     SELECT *, %s, 1 FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
-                                %s::int[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[])
+                                %s::int[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[],
+                                %s::text[], %s::text[], %s::jsonb[])
     ON CONFLICT (id) DO UPDATE SET
         status = EXCLUDED.status,
         error = EXCLUDED.error,
@@ -85,16 +86,32 @@ _UPSERT_PAGES = """
         embedding_model = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.embedding_model
                                ELSE p.embedding_model END,
         index_signature = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.index_signature
-                               ELSE p.index_signature END
+                               ELSE p.index_signature END,
+        etag = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.etag ELSE p.etag END,
+        last_modified = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.last_modified
+                             ELSE p.last_modified END,
+        links = CASE WHEN EXCLUDED.status = 'completed' THEN EXCLUDED.links ELSE p.links END
 """
 
-# Fetched again with the same text: the stored chunks stand, only the visit is recorded.
+# Fetched again with the same text (or 304 Not Modified): the stored chunks stand, only the
+# visit and the newest validators are recorded.
 _TOUCH_UNCHANGED = """
-    UPDATE website_pages
+    UPDATE website_pages AS p
     SET status = 'completed', error = NULL, http_status = fetched.http_status,
-        attempts = attempts + 1, updated_at = now()
-    FROM unnest(%s::uuid[], %s::int[]) AS fetched (id, http_status)
-    WHERE website_pages.id = fetched.id
+        etag = coalesce(fetched.etag, p.etag),
+        last_modified = coalesce(fetched.last_modified, p.last_modified),
+        links = coalesce(fetched.links, p.links), attempts = attempts + 1, updated_at = now()
+    FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::text[], %s::jsonb[])
+         AS fetched (id, http_status, etag, last_modified, links)
+    WHERE p.id = fetched.id
+"""
+
+# 404/410: the page is gone from the site, so is everything indexed from it.
+_FORGET_GONE = """
+    UPDATE website_pages
+    SET content_hash = NULL, chunk_count = 0, embedding_model = NULL, index_signature = NULL,
+        etag = NULL, last_modified = NULL, links = NULL
+    WHERE id = ANY(%s::uuid[])
 """
 
 
@@ -106,6 +123,15 @@ def _latest_per_page(batch: pa.Table, page_ids: list[str]) -> tuple[pa.Table, li
         return batch, page_ids
     kept = sorted(last.values())
     return batch.take(kept), [page_ids[i] for i in kept]
+
+
+def _columns(pages: list[dict], *names: str) -> list[list]:
+    """Column-wise values of `pages`, the shape `unnest(array, array, ...)` takes."""
+    return [[p[name] for p in pages] for name in names]
+
+
+def _links(pages: list[dict]) -> list[Jsonb | None]:
+    return [None if p[schema.LINKS] is None else Jsonb(p[schema.LINKS]) for p in pages]
 
 
 class ChunkWriter:
@@ -134,11 +160,12 @@ class ChunkWriter:
         chunks_per_page = pc.list_value_length(batch.column(schema.CHUNKS)).fill_null(0).to_pylist()
         status = [p[schema.STATUS] for p in pages]
         replaced = [pid for pid, s in zip(page_ids, status, strict=True) if s == schema.STATUS_OK]
-        unchanged = [
-            (pid, p[schema.HTTP_STATUS])
+        gone = [
+            pid
             for pid, p in zip(page_ids, pages, strict=True)
-            if p[schema.STATUS] == schema.STATUS_UNCHANGED
+            if p[schema.STATUS] == schema.STATUS_FAILED and p[schema.HTTP_STATUS] in schema.GONE_HTTP_STATUSES
         ]
+        unchanged = [i for i, s in enumerate(status) if s == schema.STATUS_UNCHANGED]
         upserted = [i for i, s in enumerate(status) if s != schema.STATUS_UNCHANGED]
 
         with self._pool.connection() as conn, conn.transaction():
@@ -154,8 +181,20 @@ class ChunkWriter:
                     ),
                 ),
             )
-            conn.execute(_TOUCH_UNCHANGED, ([pid for pid, _ in unchanged], [code for _, code in unchanged]))
-            conn.execute("DELETE FROM tenant_knowledge WHERE document_id = ANY(%s::uuid[])", (replaced,))
+            conn.execute(
+                _TOUCH_UNCHANGED,
+                (
+                    [page_ids[i] for i in unchanged],
+                    *_columns(
+                        [pages[i] for i in unchanged], schema.HTTP_STATUS, schema.ETAG, schema.LAST_MODIFIED
+                    ),
+                    _links([pages[i] for i in unchanged]),
+                ),
+            )
+            conn.execute(_FORGET_GONE, (gone,))
+            conn.execute(
+                "DELETE FROM tenant_knowledge WHERE document_id = ANY(%s::uuid[])", (replaced + gone,)
+            )
             conn.execute(
                 "CREATE TEMP TABLE kb_staging (LIKE tenant_knowledge INCLUDING DEFAULTS) ON COMMIT DROP"
             )
@@ -167,9 +206,10 @@ class ChunkWriter:
                         copy.write_row(row)
             conn.execute("INSERT INTO tenant_knowledge SELECT * FROM kb_staging ON CONFLICT (id) DO NOTHING")
         log.info(
-            "write.batch pages=%d chunks=%d seconds=%.3f",
+            "write.batch pages=%d chunks=%d gone=%d seconds=%.3f",
             len(pages),
             len(chunk_rows),
+            len(gone),
             time.perf_counter() - started,
         )
         return pa.Table.from_pylist(
@@ -183,6 +223,7 @@ class ChunkWriter:
                     schema.ERROR: p[schema.ERROR],
                     schema.CHUNKS_WRITTEN: n if p[schema.STATUS] == schema.STATUS_OK else 0,
                     schema.VECTORS_WRITTEN: 2 * n if p[schema.STATUS] == schema.STATUS_OK else 0,
+                    schema.PAGES_FOUND: p[schema.PAGES_FOUND],
                 }
                 for p, pid, n in zip(pages, page_ids, chunks_per_page, strict=True)
             ],
@@ -191,22 +232,23 @@ class ChunkWriter:
 
     @staticmethod
     def _page_columns(pages: list[dict], page_ids: list[str], chunk_counts: list[int]) -> tuple:
-        def column(name: str) -> list:
-            return [p[name] for p in pages]
-
         return (
             page_ids,
-            column(schema.SOURCE),
-            column(schema.TENANT),
-            column(schema.URL),
-            column(schema.STATUS),
-            column(schema.ERROR),
-            column(schema.HTTP_STATUS),
-            column(schema.TITLE),
-            column(schema.LANGUAGE),
-            column(schema.CONTENT_HASH),
+            *_columns(
+                pages,
+                schema.SOURCE,
+                schema.TENANT,
+                schema.URL,
+                schema.STATUS,
+                schema.ERROR,
+                schema.HTTP_STATUS,
+                schema.TITLE,
+                schema.LANGUAGE,
+                schema.CONTENT_HASH,
+            ),
             chunk_counts,
-            column(schema.EMBEDDING_MODEL),
+            *_columns(pages, schema.EMBEDDING_MODEL, schema.ETAG, schema.LAST_MODIFIED),
+            _links(pages),
         )
 
     @staticmethod

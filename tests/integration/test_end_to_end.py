@@ -43,7 +43,7 @@ def test_crawl_twice_gives_the_same_chunks_and_search_finds_persian_answers(
         store={"database_url": database_url},
         crawl={"allow_private_network": True, "max_pages": MAX_PAGES},
     )
-    first = run_crawl(tenant, [hazm_site], config, embedder)
+    first = run_crawl(tenant, [hazm_site], config, embedder).totals
     assert first.pages_completed >= MAX_PAGES // 2
     assert first.pages_completed + first.pages_failed <= MAX_PAGES
     assert first.chunks > first.pages_completed
@@ -57,7 +57,7 @@ def test_crawl_twice_gives_the_same_chunks_and_search_finds_persian_answers(
     assert all(len(c[3].split()) <= 100 for c in chunks)
     assert any("\u200c" in c[2] for c in chunks), "ZWNJ must survive the whole path"
 
-    second = run_crawl(tenant, [hazm_site], config, embedder)
+    second = run_crawl(tenant, [hazm_site], config, embedder).totals
     assert (second.pages_unchanged, second.pages_completed, second.chunks) == (first.pages_completed, 0, 0)
     assert _snapshot(database_url, tenant) == (chunks, pages)
 
@@ -65,7 +65,7 @@ def test_crawl_twice_gives_the_same_chunks_and_search_finds_persian_answers(
         store={"database_url": database_url, "skip_unchanged": False},
         crawl={"allow_private_network": True, "max_pages": MAX_PAGES},
     )
-    third = run_crawl(tenant, [hazm_site], forced, embedder)
+    third = run_crawl(tenant, [hazm_site], forced, embedder).totals
     assert third.chunks == first.chunks, "a full re-index rewrites every chunk…"
     assert _snapshot(database_url, tenant) == (chunks, pages), "…with exactly the same rows"
 

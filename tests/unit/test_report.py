@@ -8,14 +8,19 @@ def test_report_counts_outcomes_and_keeps_the_failure_list_short():
     statuses = [schema.STATUS_OK, schema.STATUS_UNCHANGED] + [schema.STATUS_FAILED] * len(reasons)
     report.add(
         {
+            schema.SOURCE: ["a", "b"] + ["a"] * len(reasons),
+            schema.PAGES_FOUND: [1, 1, *range(2, 2 + len(reasons))],
             schema.STATUS: statuses,
             schema.ERROR: [None, None, *reasons],
             schema.CHUNKS_WRITTEN: [3, 0] + [0] * len(reasons),
             schema.VECTORS_WRITTEN: [6, 0] + [0] * len(reasons),
         }
     )
-    assert (report.pages_completed, report.pages_unchanged, report.pages_failed) == (1, 1, len(reasons))
-    assert report.progress()["pages_crawled"] == 2 + len(reasons)
+    totals = report.totals
+    assert (totals.pages_completed, totals.pages_unchanged, totals.pages_failed) == (1, 1, len(reasons))
+    assert totals.as_dict()["pages_crawled"] == 2 + len(reasons)
+    assert report.sources["a"].pages_found == 1 + len(reasons), "found is the latest count, not a sum"
+    assert report.sources["b"].as_dict()["pages_crawled"] == 1
     text = report.render()
     assert text.count("failed x1:") == FAILURE_REASONS_SHOWN
     assert "and 3 other reasons: see website_pages.error" in text

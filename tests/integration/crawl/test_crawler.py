@@ -135,15 +135,21 @@ def test_a_start_url_that_redirects_to_another_origin_moves_the_crawl_there(serv
 @pytest.mark.parametrize(
     "respect_robots, error",
     [
-        (False, "connection refused"),
-        (True, f"{BLOCKED_BY_ROBOTS} (robots.txt unavailable: connection refused)"),
+        (False, "connection refused (after 2 attempts)"),
+        (True, f"{BLOCKED_BY_ROBOTS} (robots.txt unavailable: connection refused (after 2 attempts))"),
     ],
 )
 def test_a_site_that_is_down_is_one_failed_row(respect_robots, error):
     with socket.socket() as sock:  # a port nobody listens on once closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    config = CrawlConfig(allow_private_network=True, respect_robots=respect_robots, use_sitemap=False)
+    config = CrawlConfig(
+        allow_private_network=True,
+        respect_robots=respect_robots,
+        use_sitemap=False,
+        retries=1,
+        retry_backoff_seconds=0.01,
+    )
     _, rows = crawl(config, f"http://127.0.0.1:{port}/")
     assert [(row[schema.STATUS], row[schema.ERROR]) for row in rows] == [(schema.STATUS_FAILED, error)]
 
@@ -321,6 +327,8 @@ EDGE_CONFIG = CrawlConfig(
     max_response_bytes=BODY_CAP,
     max_redirects=3,
     pages_per_block=4,
+    retries=1,
+    retry_backoff_seconds=0.01,
 )
 
 # path → (status, error, http status, depth)
@@ -338,12 +346,12 @@ EXPECTED = {
     "/loop/a": (schema.STATUS_FAILED, "redirect loop back to {base}loop/a", 302, 1),
     "/chain/0": (schema.STATUS_FAILED, "more than 3 redirects (last to {base}chain/4)", 301, 1),
     "/offsite": (schema.STATUS_FAILED, "redirected off site to http://elsewhere.example/page.html", 302, 1),
-    "/missing.html": (schema.STATUS_FAILED, "HTTP 404", 404, 1),
-    "/error.html": (schema.STATUS_FAILED, "HTTP 500", 500, 1),
+    "/missing.html": (schema.STATUS_FAILED, "HTTP 404 Not Found", 404, 1),
+    "/error.html": (schema.STATUS_FAILED, "HTTP 500 Internal Server Error (after 2 attempts)", 500, 1),
     "/report": (schema.STATUS_FAILED, "not HTML (application/pdf)", 200, 1),
     "/big.html": (schema.STATUS_FAILED, f"response larger than {BODY_CAP} bytes", 200, 1),
     "/big-stream.html": (schema.STATUS_FAILED, f"response larger than {BODY_CAP} bytes", 200, 1),
-    "/slow.html": (schema.STATUS_FAILED, "timed out after 1s", None, 1),
+    "/slow.html": (schema.STATUS_FAILED, "timed out after 1s (after 2 attempts)", None, 1),
     "/persian.html": (schema.STATUS_OK, None, 200, 1),
     "/with-base.html": (schema.STATUS_OK, None, 200, 1),
     "/based/inner.html": (schema.STATUS_OK, None, 200, 2),
