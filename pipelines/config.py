@@ -7,6 +7,7 @@ is validated when the config is built, so a typo fails at start-up, not hours in
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import os
 import typing
@@ -43,6 +44,8 @@ class CrawlConfig:
     retry_backoff_seconds: float = 0.5  # first retry waits up to this (full jitter), doubling each time
     max_retry_wait_seconds: float = 30.0  # cap on one wait, Retry-After included
     max_url_length: int = 2048  # longer links are not followed (crawler traps grow URLs)
+    # Guessed between (in this order of preference) for a non-UTF-8 page that names no charset.
+    fallback_encodings: str = "windows-1256,windows-1252"
     pages_per_block: int = 16  # pages per Arrow block the crawl yields: bounds memory
     user_agent: str = "kb-pipeline-bot/0.1 (+https://github.com/kb-pipeline)"
     allow_private_network: bool = False  # tests and self-hosted sites only: see SSRF notes in README
@@ -64,9 +67,20 @@ class CrawlConfig:
             "max_url_length",
             "progress_interval_seconds",
         )
+        for name in self.fallback_encoding_list:
+            try:
+                codecs.lookup(name)
+            except LookupError as exc:
+                raise ConfigError(f"crawl.fallback_encodings: unknown encoding {name!r}") from exc
+        if not self.fallback_encoding_list:
+            raise ConfigError("crawl.fallback_encodings must name at least one encoding")
         non_negative = ("max_depth", "delay_seconds", "max_redirects", "retries", "retry_backoff_seconds")
         if any(getattr(self, name) < 0 for name in non_negative):
             raise ConfigError(f"crawl.{', crawl.'.join(non_negative)} must be >= 0")
+
+    @property
+    def fallback_encoding_list(self) -> list[str]:
+        return [name.strip() for name in self.fallback_encodings.split(",") if name.strip()]
 
 
 @dataclass(frozen=True)

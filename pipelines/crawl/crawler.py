@@ -399,14 +399,15 @@ def _meta_charset(body: bytes) -> str | None:
     return match.group(1).decode("ascii") if match else None
 
 
-def _decode(body: bytes, header_charset: str | None) -> str:
+def _decode(body: bytes, header_charset: str | None, fallback_encodings: list[str]) -> str:
     """The page's text, whatever its labels claim.
 
     A byte-order mark wins; then UTF-8 when the bytes are valid UTF-8, because Persian sites
     often send UTF-8 under a stale `windows-1256` or `iso-8859-1` header, and text in those
     encodings is almost never valid UTF-8 by accident. Then the header's charset, then
-    <meta charset>, then a statistical guess (charset-normalizer), then UTF-8 with bad bytes
-    replaced: decoding never fails a page.
+    <meta charset>. Unlabelled legacy bytes are guessed among `fallback_encodings` only
+    (an open guess calls windows-1256 Persian "cp1251" Cyrillic), else decoded as the first
+    of them with bad bytes replaced: decoding never fails a page.
     """
     for bom, encoding in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
         if body.startswith(bom):
@@ -418,10 +419,10 @@ def _decode(body: bytes, header_charset: str | None) -> str:
             return body.decode(label)
         except (LookupError, UnicodeDecodeError) as exc:
             log.debug("crawl.decode charset=%s failed=%s", label, type(exc).__name__)
-    guess = charset_normalizer.from_bytes(body).best()
+    guess = charset_normalizer.from_bytes(body, cp_isolation=fallback_encodings).best()
     if guess is not None:
         return str(guess)
-    return body.decode("utf-8", errors="replace")
+    return body.decode(fallback_encodings[0], errors="replace")
 
 
 @dataclass(frozen=True)
@@ -626,7 +627,7 @@ class _SourceCrawl:
             stored = await asyncio.to_thread(self._history.links, self._request[schema.SOURCE], url)
             links = [link for link in stored if self._follows(link)]
         elif response.error is None and response.body is not None:
-            html = _decode(response.body, response.charset)
+            html = _decode(response.body, response.charset, self._config.fallback_encoding_list)
             if is_start:
                 await self._move_to(site_of(response.url))
             parsed = _parse_links(html, response.url)

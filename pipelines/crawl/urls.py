@@ -2,11 +2,14 @@
 
 One page has many spellings (`HTTP://Site:80/a/./b#top`, `/a/b`, `b` relative to `/a/`);
 the crawler de-duplicates on the normalised form, so every spelling of a page must normalise
-to the same string, and that string must still fetch the same resource (query kept as is).
+to the same string, and that string must still fetch the same resource. The query is kept
+in its order, less session ids and click-tracking parameters: they name the visitor, not the
+page, and a site that puts a fresh session id in every link is an endless crawler trap.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
@@ -36,6 +39,16 @@ NON_HTML_EXTENSIONS = frozenset(
 _PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
 _STRIPPED = str.maketrans("", "", "\t\n\r")  # browsers drop these inside URLs
+# Query parameters (lower-cased) that never change what a page says.
+_VISITOR_PARAMETERS = frozenset(
+    {
+        "sid", "sessionid", "session_id", "phpsessid", "jsessionid", "aspsessionid", "cfid", "cftoken",
+        "fbclid", "gclid", "dclid", "msclkid", "yclid", "mc_cid", "mc_eid", "_ga", "_gl",
+    }
+)  # fmt: skip
+_VISITOR_PREFIXES = ("utm_",)
+# Java and PHP servers also put the session in the path: /shop;jsessionid=ABC?x=1
+_PATH_SESSION = re.compile(r";(jsessionid|phpsessid|sid)=[^/?#]*", re.IGNORECASE)
 
 
 def normalize_url(url: str, base: str | None = None) -> str | None:
@@ -65,9 +78,17 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None or port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    path = quote(_remove_dot_segments(parts.path), safe=_PATH_SAFE)
-    query = quote(parts.query, safe=_QUERY_SAFE)
+    path = quote(_remove_dot_segments(_PATH_SESSION.sub("", parts.path)), safe=_PATH_SAFE)
+    query = quote(_without_visitor_parameters(parts.query), safe=_QUERY_SAFE)
     return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def _without_visitor_parameters(query: str) -> str:
+    def names_the_page(pair: str) -> bool:
+        name = pair.split("=", 1)[0].lower()
+        return name not in _VISITOR_PARAMETERS and not name.startswith(_VISITOR_PREFIXES)
+
+    return "&".join(pair for pair in query.split("&") if pair and names_the_page(pair))
 
 
 def _remove_dot_segments(path: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -41,13 +42,14 @@ class ThreadedApp:
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_SERVER_CALL_TIMEOUT_SECONDS)
 
-    def start(self) -> str:
+    def start(self, ssl_context: ssl.SSLContext | None = None) -> str:
         self._thread.start()
         self._call(self._runner.setup())
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        self._call(web.SockSite(self._runner, sock).start())
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        self._call(web.SockSite(self._runner, sock, ssl_context=ssl_context).start())
+        scheme = "https" if ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{sock.getsockname()[1]}/"
 
     def stop(self) -> None:
         self._call(self._runner.cleanup())
@@ -61,10 +63,10 @@ def serve_app() -> Iterator:
     """Start an aiohttp app on loopback: `server, base_url = serve_app(app)`; stopped after the test."""
     servers: list[ThreadedApp] = []
 
-    def start(app: web.Application) -> tuple[ThreadedApp, str]:
+    def start(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> tuple[ThreadedApp, str]:
         server = ThreadedApp(app)
         servers.append(server)
-        return server, server.start()
+        return server, server.start(ssl_context)
 
     yield start
     for server in servers:

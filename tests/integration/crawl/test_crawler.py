@@ -10,9 +10,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import pyarrow as pa
 import pytest
 from aiohttp import web
 
@@ -21,6 +19,7 @@ from pipelines.config import CrawlConfig
 from pipelines.crawl import Crawler
 from pipelines.crawl.crawler import BLOCKED_BY_ROBOTS
 from pipelines.devserver import serve_directory
+from tests.integration.crawl.crawling import by_path, crawl, requests
 
 pytestmark = pytest.mark.integration
 
@@ -29,20 +28,6 @@ HAZM_SITE = REPO_ROOT / ".." / "shared" / "corpora" / "hazm-docs-site"
 HAZM_HTML_PAGES = 42
 PERSIAN_TEXT = "سلام بر پژوهشگران"  # every letter exists in windows-1256
 BODY_CAP = 20_000
-
-
-def requests(*urls: str, tenant: str = "tenant-a") -> pa.Table:
-    rows = [{schema.TENANT: tenant, schema.SOURCE: f"source-{i}", schema.URL: u} for i, u in enumerate(urls)]
-    return pa.Table.from_pylist(rows, schema=schema.CRAWL_REQUEST)
-
-
-def crawl(config: CrawlConfig, *urls: str) -> tuple[list[pa.Table], list[dict]]:
-    blocks = list(Crawler(config)(requests(*urls)))
-    return blocks, [row for block in blocks for row in block.to_pylist()]
-
-
-def by_path(rows: list[dict]) -> dict[str, dict]:
-    return {urlsplit(row[schema.URL]).path: row for row in rows}
 
 
 @pytest.fixture(scope="module")

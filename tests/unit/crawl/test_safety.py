@@ -1,6 +1,7 @@
 """SSRF checks. Every host here resolves locally (literals, /etc/hosts): no network needed."""
 
 import asyncio
+import re
 
 import pytest
 
@@ -24,6 +25,11 @@ PRIVATE = [
     ("http://0x7f000001/", "loopback"),  # hex
     ("http://0177.0.0.1/", "loopback"),  # octal
     ("http://240.0.0.1/", "reserved"),
+    ("http://[2002:7f00:1::]/", "loopback"),  # 6to4 wrapping 127.0.0.1
+    ("http://[2002:a9fe:a9fe::]/", "link-local"),  # 6to4 wrapping the metadata service
+    ("http://[fec0::1]/", "site-local"),
+    ("http://localhost./", "loopback"),  # trailing dot
+    ("http://127.0.0.1./", "loopback"),
 ]
 BAD_SCHEMES = ["ftp://example.com/file", "file:///etc/passwd", "gopher://example.com/", "javascript:alert(1)"]
 
@@ -61,7 +67,10 @@ def test_refuses_other_schemes_always(url, allow):
 
 def test_public_literal_passes():
     check_url("https://93.184.216.34/page", allow_private_network=False)
+    check_url("https://93.184.216.34./page", allow_private_network=False)
     check_url("http://[2606:4700:4700::1111]/", allow_private_network=False)
+    check_url("http://[::ffff:93.184.216.34]/", allow_private_network=False)
+    check_url("http://[2002:5db8:d822::1]/", allow_private_network=False)  # 6to4 of 93.184.216.34
 
 
 def test_unsafe_is_a_crawl_error():
@@ -78,3 +87,58 @@ def test_resolver_refuses_names_that_resolve_to_private_addresses():
 
     with pytest.raises(UnsafeURLError, match=r"localhost resolves to .* loopback"):
         asyncio.run(resolve())
+
+
+class _StubResolver:
+    """An inner resolver whose answer changes from one call to the next, as in DNS rebinding."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self._answers = list(answers)  # one list of addresses per call; the last one repeats
+
+    async def resolve(self, host, port=0, family=None):
+        addresses = self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
+        return [
+            {"hostname": host, "host": a, "port": port, "family": 0, "proto": 6, "flags": 0}
+            for a in addresses
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+def resolve_with(stub: _StubResolver, host: str, times: int = 1) -> list:
+    """Resolve `host` `times` times through a SafeResolver around `stub`; the last call's answer."""
+
+    async def resolve() -> list:
+        resolver = SafeResolver()
+        resolver._inner = stub
+        try:
+            for _ in range(times):
+                results = await resolver.resolve(host, 80)
+            return results
+        finally:
+            await resolver.close()
+
+    return asyncio.run(resolve())
+
+
+def test_resolver_refuses_a_second_answer_that_turned_private():
+    """DNS rebinding: the first answer (the one check_url saw) is public, the next is loopback."""
+    stub = _StubResolver(["93.184.216.34"], ["127.0.0.1"])
+    assert [r["host"] for r in resolve_with(stub, "rebind.example")] == ["93.184.216.34"]
+    with pytest.raises(
+        UnsafeURLError, match=r"rebind\.example resolves to 127\.0\.0\.1, which is a loopback"
+    ):
+        resolve_with(stub, "rebind.example")
+
+
+def test_resolver_passes_public_answers_through():
+    stub = _StubResolver(["93.184.216.34", "2606:4700:4700::1111"])
+    results = resolve_with(stub, "public.example", times=2)
+    assert [r["host"] for r in results] == ["93.184.216.34", "2606:4700:4700::1111"]
+
+
+@pytest.mark.parametrize("answer", ["127.0.0.1", "::1", "::ffff:169.254.169.254", "10.0.0.1", "fe80::1%2"])
+def test_resolver_refuses_a_private_answer_among_public_ones(answer):
+    with pytest.raises(UnsafeURLError, match=f"mixed\\.example resolves to {re.escape(answer)}"):
+        resolve_with(_StubResolver(["93.184.216.34", answer]), "mixed.example")
