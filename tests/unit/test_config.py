@@ -28,6 +28,11 @@ def test_yaml_then_overrides(tmp_path):
         ("embed.backend=word2vec", "embed.backend must be one of"),
         ("crawl.use_sitemap=perhaps", "expected true/false"),
         ("no-dot=1", "section.field=value"),
+        ("crawl.retries=-1", "must be >= 0"),
+        ("crawl.max_connections=0", "max_connections must be > 0"),
+        ("crawl.fallback_encodings=windows-1256,klingon", "unknown encoding 'klingon'"),
+        ("crawl.fallback_encodings=,", "at least one encoding"),
+        ("ray.crawl_sites_per_batch=0", "crawl_sites_per_batch must be > 0"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(override, message):

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from pipelines import schema
 from pipelines.config import CrawlConfig
+from pipelines.metrics import CRAWL_PAGES, CRAWL_SOURCES
 from tests.integration.crawl.crawling import by_path, crawl
 
 pytestmark = pytest.mark.integration
@@ -377,8 +378,11 @@ def test_one_huge_site_does_not_starve_small_ones_and_limits_hold(serve_app):
     assert all(r[schema.STATUS] == schema.STATUS_OK for r in rows)
 
 
-def test_pages_found_grows_as_links_are_discovered(serve_app):
+def test_progress_counts_and_metrics(serve_app):
     _, base_url = serve_app(chain_site(20, InFlight(), "site", latency=0))
+    requests_before, sites_before = CRAWL_PAGES.value(), CRAWL_SOURCES.value(status="completed")
     _, rows = crawl(dataclasses.replace(CONFIG, respect_robots=False, use_sitemap=False), base_url)
     found = [r[schema.PAGES_FOUND] for r in rows]
-    assert found == sorted(found) and found[-1] == 20
+    assert found == sorted(found) and found[-1] == 20, "pages found grows as links are discovered"
+    assert CRAWL_PAGES.value() - requests_before == 20
+    assert CRAWL_SOURCES.value(status="completed") - sites_before == 1

@@ -25,6 +25,11 @@ PAGE = "http://site.test/docs/sub/page.html"
         ("http://[::1]:8080/x", None, "http://[::1]:8080/x"),
         ("http://site.test/سلام", None, "http://site.test/%D8%B3%D9%84%D8%A7%D9%85"),
         ("http://site.test/s?q=کتاب", None, "http://site.test/s?q=%DA%A9%D8%AA%D8%A7%D8%A8"),
+        # session ids and click tracking name the visitor, not the page
+        ("http://site.test/p?id=7&PHPSESSID=abc&utm_source=x&utm_medium=y", None, "http://site.test/p?id=7"),
+        ("http://site.test/shop;jsessionid=0A1B?page=2", None, "http://site.test/shop?page=2"),
+        ("http://site.test/a?sid=1&fbclid=2&gclid=3", None, "http://site.test/a"),
+        ("http://site.test/a?side=1&said=2", None, "http://site.test/a?side=1&said=2"),
     ],
 )
 def test_normalize(url, base, expected):

@@ -1,0 +1,58 @@
+"""What the crawler makes of a page's bytes, its headers and its links (no network)."""
+
+import gzip
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from pipelines.crawl.crawler import _decode, _parse_links, _retry_after_seconds, _sitemap_locs
+
+FALLBACKS = ["windows-1256", "windows-1252"]
+PERSIAN = "کتابخانهٔ هضم برای پردازش زبان فارسی است."
+LEGACY = "كتابخانه هضم براي پردازش زبان فارسي نوشته شده است و ابزارهاي نرمال سازي دارد. " * 3
+
+
+@pytest.mark.parametrize(
+    "body, header, expected",
+    [
+        (PERSIAN.encode("utf-8"), "windows-1256", PERSIAN),  # UTF-8 under a stale legacy header
+        (PERSIAN.encode("utf-8"), "iso-8859-1", PERSIAN),
+        (LEGACY.encode("cp1256"), "windows-1256", LEGACY),
+        (LEGACY.encode("cp1256"), None, LEGACY),  # no label at all
+        (
+            b'<meta charset="windows-1256">' + LEGACY.encode("cp1256"),
+            None,
+            '<meta charset="windows-1256">' + LEGACY,
+        ),
+        (b"\xef\xbb\xbf" + PERSIAN.encode("utf-8"), "windows-1256", PERSIAN),  # the BOM wins
+        ("Café crème, très délicieux. ".encode("cp1252") * 4, None, "Café crème, très délicieux. " * 4),
+        (LEGACY.encode("cp1256"), "no-such-charset", LEGACY),
+    ],
+)
+def test_decode(body, header, expected):
+    assert _decode(body, header, FALLBACKS) == expected
+
+
+def test_retry_after_accepts_seconds_and_dates():
+    assert _retry_after_seconds("7") == 7.0
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= _retry_after_seconds(soon) <= 30
+    assert _retry_after_seconds("soon") is None
+    assert _retry_after_seconds(None) is None
+
+
+def test_links_and_canonical_are_resolved_against_base():
+    html = (
+        '<html><head><base href="/docs/"><link rel="Canonical" href="page?utm_source=x"></head>'
+        '<body><a href="a.html">a</a><a href="a.html#x">again</a><a href="mailto:x@y">m</a></body></html>'
+    )
+    parsed = _parse_links(html, "http://site.test/other/")
+    assert parsed.links == ["http://site.test/docs/a.html"]
+    assert parsed.canonical == "http://site.test/docs/page"
+
+
+def test_gzipped_sitemaps_unpack_but_not_past_the_cap():
+    urlset = b'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"><url><loc>http://s.test/a</loc></url></urlset>'
+    assert _sitemap_locs(gzip.compress(urlset), 10_000) == (False, ["http://s.test/a"])
+    assert _sitemap_locs(gzip.compress(urlset + b" " * 20_000), 10_000) == (False, [])
