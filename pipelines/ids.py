@@ -47,3 +47,9 @@ def index_signature(chunk: ChunkConfig, chunker_version: str, model_id: str) -> 
     chunking code (its version) re-indexes."""
     settings = json.dumps(dataclasses.asdict(chunk), sort_keys=True)
     return hashlib.sha256(f"{model_id}\x1f{chunker_version}\x1f{settings}".encode()).hexdigest()[:16]
+
+
+def text_key(text: str) -> bytes:
+    """The embedding cache key of a text (with the model id beside it). The writer computes
+    the same in SQL: sha256(convert_to(text, 'UTF8'))."""
+    return hashlib.sha256(text.encode("utf-8")).digest()

@@ -23,6 +23,7 @@ from pipelines.crawl import Crawler
 from pipelines.crawl.crawler import PageHistory
 from pipelines.embed import model_id
 from pipelines.embed.stage import EmbedStage
+from pipelines.store.cache import StoredVectorCache
 from pipelines.store.history import StoredPageHistory
 from pipelines.store.unchanged import SkipUnchanged
 from pipelines.store.writer import ChunkWriter
@@ -148,6 +149,7 @@ def index_documents(
         gpus=ray_config.embed_gpus,
         concurrency=ray_config.embed_concurrency,
         config=config.embed,
+        cache=StoredVectorCache(database_url) if config.store.vector_cache else None,
     )
     return _run_stage(
         embedded,

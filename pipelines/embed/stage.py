@@ -1,20 +1,23 @@
 """Embed stage: every chunk's TL;DR and full text, in one batched model call per page batch.
 
-Runs on an actor pool so each actor loads the model once. A backend failure marks the
-batch's pages failed with the reason (nothing is half-written: the writer stores a page's
-chunks only with its vectors), and a later run retries them.
+Runs on an actor pool so each actor loads the model once. Each distinct text is embedded
+once per batch (a short chunk's TL;DR is often the chunk itself), and not at all when the
+cache already holds its vector for this model. A backend failure marks the batch's pages
+failed with the reason (nothing is half-written: the writer stores a page's chunks only
+with its vectors), and a later run retries them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import schema
+from pipelines import ids, schema
 from pipelines.config import EmbedConfig
 from pipelines.embed import Embedder, EmbeddingError, make_embedder
 
@@ -25,12 +28,41 @@ def _vectors_array(vectors: np.ndarray, dim: int) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
 
 
+class VectorCache(Protocol):
+    """Vectors already computed, by (model id, ids.text_key(text)); see pipelines.store.cache."""
+
+    def lookup(self, model_id: str, keys: list[bytes]) -> dict[bytes, np.ndarray]: ...
+
+
 class EmbedStage:
     """Stage: CHUNKED rows → EMBEDDED rows."""
 
-    def __init__(self, config: EmbedConfig, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self, config: EmbedConfig, embedder: Embedder | None = None, cache: VectorCache | None = None
+    ) -> None:
         self.embedder = embedder or make_embedder(config)
+        self.cache = cache
         self.output_schema = schema.embedded(self.embedder.dim)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Vectors of `texts`, in order: each distinct text embedded once, cached ones not at all."""
+        keys = [ids.text_key(text) for text in texts]
+        text_of = dict(zip(keys, texts, strict=True))
+        known = self.cache.lookup(self.embedder.model_id, list(text_of)) if self.cache else {}
+        missing = [key for key in text_of if key not in known]
+        if missing:
+            known.update(
+                zip(missing, self.embedder.embed_passages([text_of[k] for k in missing]), strict=True)
+            )
+        log.debug(
+            "embed.texts texts=%d distinct=%d cached=%d",
+            len(texts),
+            len(text_of),
+            len(text_of) - len(missing),
+        )
+        if not keys:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        return np.stack([known[key] for key in keys]).astype(np.float32, copy=False)
 
     def _with_vectors(self, chunk_lists: pa.ListArray, tldr: np.ndarray, full: np.ndarray) -> pa.ListArray:
         flat = chunk_lists.flatten()
@@ -51,7 +83,7 @@ class EmbedStage:
         status = batch.column(schema.STATUS)
         error = batch.column(schema.ERROR)
         try:
-            vectors = self.embedder.embed_passages(tldrs + texts)
+            vectors = self.embed(tldrs + texts)
         except EmbeddingError as exc:
             log.warning("embed.failed pages=%d reason=%s", batch.num_rows, exc)
             vectors = np.zeros((2 * len(texts), self.embedder.dim), dtype=np.float32)

@@ -118,6 +118,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             ADD COLUMN IF NOT EXISTS links         jsonb;
         """,
     ),
+    Migration(
+        3,
+        "embedding_cache: vectors by (model, text hash), so no text is embedded twice",
+        # `vector` without a dimension: a re-embedding run caches another model's vectors
+        # beside these. Looked up by primary key only, so it needs no vector index.
+        """
+        CREATE TABLE IF NOT EXISTS embedding_cache (
+            model_id   text NOT NULL,
+            text_hash  bytea NOT NULL,  -- sha256 of the UTF-8 text as embedded
+            embedding  vector NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (model_id, text_hash)
+        );
+        """,
+    ),
 )
 
 

@@ -106,6 +106,19 @@ _TOUCH_UNCHANGED = """
     WHERE p.id = fetched.id
 """
 
+# Every text's vector, for the embed stage's cache. Sorted, so that two writers caching the
+# same texts take their index locks in the same order and cannot deadlock.
+_CACHE_VECTORS = """
+    INSERT INTO embedding_cache (model_id, text_hash, embedding)
+    SELECT DISTINCT ON (model_id, text_hash) model_id, text_hash, embedding
+    FROM (SELECT embedding_model, sha256(convert_to(full_text, 'UTF8')), full_embedding FROM kb_staging
+          UNION ALL
+          SELECT embedding_model, sha256(convert_to(tldr, 'UTF8')), tldr_embedding FROM kb_staging)
+         AS fresh (model_id, text_hash, embedding)
+    ORDER BY model_id, text_hash
+    ON CONFLICT DO NOTHING
+"""
+
 # 404/410: the page is gone from the site, so is everything indexed from it.
 _FORGET_GONE = """
     UPDATE website_pages
@@ -205,6 +218,7 @@ class ChunkWriter:
                     for row in chunk_rows:
                         copy.write_row(row)
             conn.execute("INSERT INTO tenant_knowledge SELECT * FROM kb_staging ON CONFLICT (id) DO NOTHING")
+            conn.execute(_CACHE_VECTORS)
         log.info(
             "write.batch pages=%d chunks=%d gone=%d seconds=%.3f",
             len(pages),

@@ -1,0 +1,60 @@
+"""The embedding cache: a text already embedded by a model is never embedded by it again.
+
+Keyed by (model id, sha256 of the text): a re-crawled page with one changed paragraph
+embeds only the chunks that changed, boilerplate shared by many pages (or tenants) is
+embedded once, and a killed re-embedding run resumes without paying twice. The writer fills
+it in the same transaction as the chunks; the embed stage reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool
+
+log = logging.getLogger(__name__)
+
+
+class StoredVectorCache:
+    """`VectorCache` over the embedding_cache table. Picklable until first used, so Ray can
+    ship it to the embed actors, where each opens its own one-connection pool."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._pool: ConnectionPool | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pool": None}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def lookup(self, model_id: str, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        """The cached vectors among `keys`. A cache that cannot be read is an empty cache:
+        it only saves work, so its failure must not fail pages."""
+        if not keys:
+            return {}
+        try:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.database_url,
+                    min_size=1,
+                    max_size=1,
+                    configure=register_vector,
+                    open=True,
+                    name="vector-cache",
+                )
+            with self._pool.connection() as conn:
+                rows = conn.execute(
+                    "SELECT text_hash, embedding FROM embedding_cache "
+                    "WHERE model_id = %s AND text_hash = ANY(%s)",
+                    (model_id, keys),
+                ).fetchall()
+        except psycopg.Error as exc:
+            log.warning("embed.cache_unavailable reason=%s", exc)
+            return {}
+        return {bytes(key): vector.to_numpy().astype(np.float32, copy=False) for key, vector in rows}
