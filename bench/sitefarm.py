@@ -1,0 +1,279 @@
+"""A farm of generated websites on loopback, for benchmarks and load tests of the crawler.
+
+Benchmarks need sites of any size (a thousand pages, ten thousand, five hundred small sites)
+that behave like real ones and cost nothing to keep: a saved corpus is too small, and the
+internet is neither reachable nor reproducible. So every page here is generated on request
+from (seed, site, page number): the same URL always returns the same bytes, and the farm holds
+no page in memory, so its own footprint does not grow with the sites it serves.
+
+Shape of one site of N pages (numbered 0 … N-1):
+
+- page 0 is `/`, page i is `/page/i`; anything else is 404;
+- page i links to its children 2i+1 and 2i+2, its parent, its neighbours i-1 and i+1, and
+  the home page (links past N-1 are left out), so a breadth-first crawl from `/` reaches
+  every page within `max_depth_needed(N)` hops, and most links point at pages already seen,
+  as on a real site with a menu;
+- pages are HTML5, `lang="fa" dir="rtl"`, a few KB of Persian text (ZWNJ compounds included)
+  in headed sections inside `<main>`, with the links in a `<nav>` the cleaner strips;
+- responses carry a stable ETag and answer `If-None-Match` with 304, like a static host;
+- no robots.txt and no sitemap.xml (both 404): the crawler then allows everything and finds
+  pages through links only.
+
+Each site is its own origin, one listening port per site on 127.0.0.1: the crawler scopes a
+crawl and applies its per-site politeness by origin (scheme, host, port), so sites behind
+different ports are crawled as the distinct sites they stand for. Virtual hosts by Host
+header would need names that resolve to loopback (DNS or /etc/hosts changes), and sites under
+path prefixes would share one origin, hence one politeness budget.
+
+    python -m bench.sitefarm --pages 1000 [--sites 3]     # serve until Ctrl-C, print the URLs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import html
+import logging
+import random
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+_SERVER_CALL_TIMEOUT_SECONDS = 30
+_PAGE_PATH = re.compile(r"/page/([1-9][0-9]*)")  # page 0 is only "/"
+# A fixed date: the pages never change, and a clock-dependent header would break determinism.
+_LAST_MODIFIED = "Mon, 01 Jan 2024 00:00:00 GMT"
+_PERSIAN_DIGITS = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
+
+# Common words of Persian prose, ZWNJ (U+200C) compounds included: the cleaner and chunker
+# must keep them whole, so benchmark pages should contain them like real pages do.
+_WORDS = """
+    ما شما آنها این آن که را از به در با برای تا یا اما اگر چون هم نیز همه هر چند بسیار
+    کتاب دانش پژوهش زبان فارسی متن نوشته کلمه جمله واژه معنا ریشه دستور نگارش خواندن
+    سامانه داده پایگاه جستجو پرسش پاسخ کاربر مشتری فروشگاه خدمات پشتیبانی سفارش ارسال
+    قیمت تخفیف محصول کیفیت گارانتی بازگشت هزینه پرداخت حساب ثبت‌نام ورود رمز نشانی تماس
+    شهر تهران اصفهان شیراز تبریز مشهد کشور ایران جهان مردم خانه کار روز سال ماه هفته
+    امروز فردا دیروز زمان مکان راه آب هوا باران آفتاب کوه دریا درخت گل باغ
+    می‌شود می‌کند می‌توان می‌خواهیم نمی‌شود کرده‌اند شده‌است بوده‌است کتاب‌ها داده‌ها
+    پرسش‌ها پاسخ‌ها کاربران فروشگاه‌ها خدمات‌رسانی هم‌اکنون به‌روزرسانی بی‌درنگ
+    است هستند بود شد کرد دارد داشت گفت رفت آمد دید خواست توانست باید شاید
+    خوب بزرگ کوچک تازه قدیمی ساده دشوار مهم روشن دقیق سریع آسان کامل
+""".split()
+_TOPICS = (
+    "راهنمای خرید",
+    "پرسش‌های متداول",
+    "شرایط ارسال",
+    "بازگشت کالا",
+    "درباره ما",
+    "تماس با ما",
+    "آموزش نرم‌افزار",
+    "معرفی محصول",
+    "اخبار شرکت",
+    "فرصت‌های شغلی",
+    "قوانین و مقررات",
+    "حریم خصوصی",
+)
+
+
+def persian_number(number: int) -> str:
+    """`number` in Persian digits, as Persian sites write page numbers."""
+    return str(number).translate(_PERSIAN_DIGITS)
+
+
+def max_depth_needed(pages: int) -> int:
+    """Link hops from `/` to the farthest of `pages` pages (a crawl's max_depth must reach it).
+
+    Page i sits at depth floor(log2(i+1)) of the binary tree of child links; the other links
+    only make some paths shorter.
+    """
+    return max(0, pages.bit_length() - 1)
+
+
+@dataclass(frozen=True)
+class SiteFarm:
+    """The content of `sites` generated sites of `pages_per_site` pages each: pure, no I/O."""
+
+    pages_per_site: int
+    sites: int = 1
+    words_per_page: int = 300  # about 2.5 KB of text, 4 KB of HTML
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pages_per_site < 1 or self.sites < 1 or self.words_per_page < 1:
+            raise ValueError("pages_per_site, sites and words_per_page must be >= 1")
+
+    @staticmethod
+    def path_of(page: int) -> str:
+        return "/" if page == 0 else f"/page/{page}"
+
+    def page_of(self, path: str) -> int | None:
+        """The page number `path` names, or None when it names no page of a site."""
+        if path == "/":
+            return 0
+        match = _PAGE_PATH.fullmatch(path)
+        if match is None:
+            return None
+        page = int(match[1])
+        return page if page < self.pages_per_site else None
+
+    def links_of(self, page: int) -> list[int]:
+        """Pages that `page` links to, in page order of appearance, without itself."""
+        candidates = (2 * page + 1, 2 * page + 2, (page - 1) // 2, page - 1, page + 1, 0)
+        linked = (p for p in candidates if 0 <= p < self.pages_per_site and p != page)
+        return list(dict.fromkeys(linked))
+
+    def etag(self, site: int, page: int) -> str:
+        digest = hashlib.sha1(f"{self.seed}:{site}:{page}:{self.words_per_page}".encode()).hexdigest()
+        return f'"{digest[:16]}"'
+
+    def title(self, site: int, page: int) -> str:
+        topic = _TOPICS[(site + page) % len(_TOPICS)]
+        return f"{topic}، بخش {persian_number(page)}"
+
+    def page_html(self, site: int, page: int) -> str:
+        """The HTML of `page` of `site`: the same string on every call, for every process."""
+        rng = random.Random(f"{self.seed}:{site}:{page}")  # str seeds hash the same in every process
+        sections: list[str] = []
+        words_left = self.words_per_page
+        while words_left > 0:
+            heading = " ".join(rng.choices(_WORDS, k=rng.randint(2, 5)))
+            paragraphs = []
+            for _ in range(rng.randint(1, 3)):
+                sentences = []
+                for _ in range(rng.randint(2, 5)):
+                    length = min(words_left, rng.randint(6, 16))
+                    if length <= 0:
+                        break
+                    words_left -= length
+                    sentences.append(" ".join(rng.choices(_WORDS, k=length)) + ".")
+                if sentences:
+                    paragraphs.append(f"<p>{' '.join(sentences)}</p>")
+            sections.append(f"<section><h2>{heading}</h2>{''.join(paragraphs)}</section>")
+        nav = "".join(
+            f'<li><a href="{self.path_of(p)}">{html.escape(self.title(site, p))}</a></li>'
+            for p in self.links_of(page)
+        )
+        title = html.escape(self.title(site, page))
+        return (
+            '<!doctype html><html lang="fa" dir="rtl"><head><meta charset="utf-8">'
+            f"<title>{title}</title></head><body>"
+            f"<header><nav><ul>{nav}</ul></nav></header>"
+            f"<main><article><h1>{title}</h1>{''.join(sections)}</article></main>"
+            f"<footer><p>سایت نمونهٔ شمارهٔ {persian_number(site)}، همهٔ حقوق محفوظ است.</p></footer>"
+            "</body></html>"
+        )
+
+
+class SiteFarmServer:
+    """Serves a `SiteFarm` from a background thread with its own event loop, one port per site.
+
+    A thread rather than the caller's loop: the Crawler drives its own event loop in the
+    caller's thread (and Ray workers are other processes), so the server must not depend on
+    anyone else's loop running. `requests_served` counts every request answered, 404s included.
+    """
+
+    def __init__(self, farm: SiteFarm) -> None:
+        self.farm = farm
+        self.requests_served = 0
+        self._site_by_port: dict[int, int] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sitefarm", daemon=True)
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        self.base_urls: list[str] = []
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_SERVER_CALL_TIMEOUT_SECONDS)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests_served += 1
+        port = request.transport.get_extra_info("sockname")[1] if request.transport else None
+        site = self._site_by_port.get(port)
+        page = self.farm.page_of(request.path)
+        if site is None or page is None:
+            return web.Response(status=404, text="not found")
+        headers = {"ETag": self.farm.etag(site, page), "Last-Modified": _LAST_MODIFIED}
+        if request.headers.get("If-None-Match") == headers["ETag"]:
+            return web.Response(status=304, headers=headers)
+        return web.Response(
+            text=self.farm.page_html(site, page), content_type="text/html", charset="utf-8", headers=headers
+        )
+
+    async def _start_sites(self) -> list[str]:
+        await self._runner.setup()
+        urls = []
+        for site in range(self.farm.sites):
+            sock = socket.socket()
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+            await web.SockSite(self._runner, sock).start()
+            self._site_by_port[port] = site
+            urls.append(f"http://{LOOPBACK}:{port}/")
+        return urls
+
+    def start(self) -> list[str]:
+        """Start serving; returns each site's base URL (ending in "/"), site 0 first."""
+        self._thread.start()
+        self.base_urls = self._call(self._start_sites())
+        log.info(
+            "sitefarm.start sites=%d pages_per_site=%d first=%s",
+            self.farm.sites,
+            self.farm.pages_per_site,
+            self.base_urls[0],
+        )
+        return self.base_urls
+
+    def stop(self) -> None:
+        self._call(self._runner.cleanup())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(_SERVER_CALL_TIMEOUT_SECONDS)
+        self._loop.close()
+        log.info("sitefarm.stop requests_served=%d", self.requests_served)
+
+
+@contextmanager
+def serve_site_farm(
+    pages_per_site: int, sites: int = 1, *, words_per_page: int = 300, seed: int = 0
+) -> Iterator[SiteFarmServer]:
+    """Serve `sites` generated sites on loopback while the block runs.
+
+    Yields the running server: `.base_urls` lists the sites' start URLs, `.farm` their content
+    (to compute expected pages or links), `.requests_served` what was asked of it.
+    """
+    server = SiteFarmServer(SiteFarm(pages_per_site, sites, words_per_page, seed))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pages", type=int, required=True, help="pages per site")
+    parser.add_argument("--sites", type=int, default=1, help="number of sites (one port each)")
+    parser.add_argument("--words", type=int, default=300, help="words of text per page")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    with serve_site_farm(args.pages, args.sites, words_per_page=args.words, seed=args.seed) as server:
+        for url in server.base_urls:
+            print(url, flush=True)
+        print(f"crawl needs max_depth >= {max_depth_needed(args.pages)}; Ctrl-C stops", flush=True)
+        with suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
