@@ -56,7 +56,7 @@ def open_store(config: PipelineConfig, embedder: Embedder | None = None) -> tupl
     embedder = embedder or make_embedder(config.embed)
     url = database_url(config)
     try:
-        migrations.migrate(url, embedder.dim, config.store)
+        migrations.migrate(url, embedder.dim, config.store, embedder.model_id)
     except migrations.SchemaMismatch as exc:
         sys.exit(f"database error: {exc}")
     except psycopg.OperationalError as exc:

@@ -14,7 +14,7 @@ from jobs._common import database_url, load_config, parser
 from pipelines.config import PipelineConfig
 from pipelines.embed import Embedder, make_embedder
 from pipelines.store import db
-from pipelines.store.search import VECTOR_COLUMNS, SearchHit, search
+from pipelines.store.search import VECTOR_COLUMNS, ModelNotLoaded, SearchHit, search_text
 
 
 def run_search(
@@ -27,16 +27,18 @@ def run_search(
 ) -> list[SearchHit]:
     """Reads only: a search never migrates (the application's role may not own the schema)."""
     embedder = embedder or make_embedder(config.embed)
-    query_vector = embedder.embed_queries([query])[0]
     try:
         with db.connect(database_url(config)) as conn:
-            return search(
-                conn, tenant, query_vector, embedder.model_id, k, vectors, config.store.hnsw_ef_search
+            _, hits = search_text(
+                conn, tenant, query, {embedder.model_id: embedder}, k, vectors, config.store.hnsw_ef_search
             )
+            return hits
     except db.DatabaseUnavailable as exc:
         sys.exit(f"database error: {exc}")
     except psycopg.errors.UndefinedTable:
         sys.exit("no knowledge base in this database yet: run jobs.migrate or jobs.crawl first")
+    except ModelNotLoaded as exc:
+        sys.exit(f"{exc}: search with that model (--set embed.backend=…)")
 
 
 def main(argv: list[str] | None = None) -> None:

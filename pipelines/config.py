@@ -214,6 +214,7 @@ class StoreConfig:
     database_url: str = ""
     skip_unchanged: bool = True  # false re-chunks and re-embeds pages whose text is already indexed
     vector_cache: bool = True  # reuse the stored vector of a text this model has embedded before
+    reembed_rows_per_block: int = 256  # chunks per block a re-embedding run reads, embeds and writes
     data_dir: str = str(REPO_ROOT / ".data" / "pgdata")
     pool_max_size: int = 2  # connections per writer actor
     hnsw_m: int = 16
@@ -221,7 +222,14 @@ class StoreConfig:
     hnsw_ef_search: int = 100
 
     def __post_init__(self) -> None:
-        _positive(self, "pool_max_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search")
+        _positive(
+            self,
+            "pool_max_size",
+            "hnsw_m",
+            "hnsw_ef_construction",
+            "hnsw_ef_search",
+            "reembed_rows_per_block",
+        )
 
 
 @dataclass(frozen=True)
@@ -233,6 +241,9 @@ class RayConfig:
     address: str = ""  # empty: a local Ray (or the cluster `ray job submit` runs us on)
     num_cpus: int = 0  # local Ray only; 0 means all cores
     batch_pages: int = 16  # pages per map_batches call in clean/chunk/embed/write
+    # Ray Data merges a stage's output into blocks up to this size before passing them on. Its
+    # 128 MiB default held a whole site's pages in the crawl actor before clean saw the first.
+    max_block_bytes: int = 4_000_000
     crawl_concurrency: int = 2  # crawl actors; each crawls a batch of sites concurrently
     crawl_sites_per_batch: int = 16  # sites one crawl actor works on at once (asyncio, fair shares)
     crawl_cpus: float = 0.25  # crawling waits on the network
@@ -246,11 +257,13 @@ class RayConfig:
     write_concurrency: int = 1  # actors, each holding a connection pool
     write_cpus: float = 0.25  # writing waits on the database
     lookup_cpus: float = 0.25  # the unchanged-page check: one query per batch
+    reembed_readers: int = 2  # re-embedding: tasks reading chunks, each a share of the id space (max 16)
 
     def __post_init__(self) -> None:
         _positive(
             self,
             "batch_pages",
+            "max_block_bytes",
             "crawl_concurrency",
             "crawl_sites_per_batch",
             "crawl_cpus",
@@ -263,6 +276,7 @@ class RayConfig:
             "write_concurrency",
             "write_cpus",
             "lookup_cpus",
+            "reembed_readers",
         )
         if self.embed_gpus < 0:
             raise ConfigError("ray.embed_gpus must be >= 0")

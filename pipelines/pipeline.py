@@ -22,9 +22,11 @@ from pipelines.config import PipelineConfig
 from pipelines.crawl import Crawler
 from pipelines.crawl.crawler import PageHistory
 from pipelines.embed import model_id
-from pipelines.embed.stage import EmbedStage
+from pipelines.embed.stage import ChunkTextEmbedder, EmbedStage
+from pipelines.store import model_switch
 from pipelines.store.cache import StoredVectorCache
 from pipelines.store.history import StoredPageHistory
+from pipelines.store.model_switch import ChunkReader, NextVectorWriter, Target
 from pipelines.store.unchanged import SkipUnchanged
 from pipelines.store.writer import ChunkWriter
 
@@ -46,6 +48,12 @@ def init_ray(config: PipelineConfig) -> None:
         configure_logging=True,
     )
     ray.data.DataContext.get_current().enable_progress_bars = True
+
+
+def _stream_small_blocks(config: PipelineConfig) -> None:
+    """Pass stage outputs on in blocks of at most `ray.max_block_bytes` (see RayConfig), so that
+    pages flow from crawl to write as they come instead of once a whole site is crawled."""
+    ray.data.DataContext.get_current().target_max_block_size = config.ray.max_block_bytes
 
 
 def _run_stage(
@@ -94,6 +102,7 @@ def crawl_documents(
     Sites are dealt to the crawl actors in batches; an actor crawls its batch's sites at once,
     sharing its connections fairly between them, and streams their pages out as they come.
     """
+    _stream_small_blocks(config)
     ray_config = config.ray
     sites_per_batch = ray_config.crawl_sites_per_batch
     batches = max(1, math.ceil(len(requests) / sites_per_batch))
@@ -120,6 +129,7 @@ def index_documents(
     documents: ray.data.Dataset, config: PipelineConfig, database_url: str
 ) -> ray.data.Dataset:
     """Documents → chunks → vectors → PostgreSQL; yields one schema.WRITE_RESULT row per page."""
+    _stream_small_blocks(config)
     ray_config = config.ray
     per_batch = {"batch_size": ray_config.batch_pages}
     store = {
@@ -158,6 +168,43 @@ def index_documents(
         cpus=ray_config.write_cpus,
         concurrency=ray_config.write_concurrency,
         **store,
+    )
+
+
+def reembed_chunks(config: PipelineConfig, database_url: str, target: Target) -> ray.data.Dataset:
+    """Stored chunks lacking `target`'s vectors → their new vectors in the `_next` columns;
+    yields one row per chunk written. Streams in blocks: memory does not grow with the table."""
+    _stream_small_blocks(config)
+    ray_config = config.ray
+    readers = model_switch.shards(ray_config.reembed_readers)
+    chunks = _run_stage(
+        ray.data.from_items(readers, override_num_blocks=len(readers)),
+        ChunkReader,
+        batch_size=1,
+        cpus=ray_config.lookup_cpus,
+        concurrency=len(readers),
+        database_url=database_url,
+        target=target,
+        rows_per_block=config.store.reembed_rows_per_block,
+    )
+    vectors = _run_stage(
+        chunks,
+        ChunkTextEmbedder,
+        batch_size=config.store.reembed_rows_per_block,
+        cpus=ray_config.embed_cpus,
+        gpus=ray_config.embed_gpus,
+        concurrency=ray_config.embed_concurrency,
+        config=config.embed,
+        cache=StoredVectorCache(database_url) if config.store.vector_cache else None,
+    )
+    return _run_stage(
+        vectors,
+        NextVectorWriter,
+        batch_size=config.store.reembed_rows_per_block,
+        cpus=ray_config.write_cpus,
+        concurrency=ray_config.write_concurrency,
+        database_url=database_url,
+        target=target,
     )
 
 

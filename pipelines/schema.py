@@ -190,6 +190,28 @@ WRITE_RESULT = pa.schema(
 )
 
 
+# Re-embedding (jobs.reembed): stored chunks' texts → the new model's vectors.
+CHUNK_ID = "chunk_id"
+CHUNK_TEXTS = pa.schema(
+    [
+        pa.field(CHUNK_ID, pa.string(), nullable=False),
+        pa.field(TLDR, pa.string()),
+        pa.field(FULL_TEXT, pa.string()),
+    ]
+)
+
+
+def chunk_vectors(dim: int) -> pa.Schema:
+    vector = pa.list_(pa.float32(), dim)
+    return pa.schema(
+        [
+            pa.field(CHUNK_ID, pa.string(), nullable=False),
+            pa.field(TLDR_EMBEDDING, vector),
+            pa.field(FULL_EMBEDDING, vector),
+        ]
+    )
+
+
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Select and cast `table` to `schema`: the one way a stage hands its output on."""
     return table.select(schema.names).cast(schema)

@@ -33,8 +33,21 @@ def database_url(tmp_path_factory, embedder) -> str:
     from pipelines.store import db, migrations
 
     url = os.environ.get("TEST_DATABASE_URL") or db.start_embedded(tmp_path_factory.mktemp("pg") / "data")
-    migrations.migrate(url, embedder.dim, StoreConfig())
+    migrations.migrate(url, embedder.dim, StoreConfig(), embedder.model_id)
     return url
+
+
+@pytest.fixture
+def fresh_database_url(database_url) -> str:
+    """An empty database of its own on the same server, for tests that change what the whole
+    knowledge base is (its model, its dimension)."""
+    import psycopg
+    from psycopg import conninfo, sql
+
+    name = f"kb_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return conninfo.make_conninfo(database_url, dbname=name)
 
 
 @pytest.fixture

@@ -105,3 +105,29 @@ class EmbedStage:
             time.perf_counter() - started,
         )
         return schema.conform(out, self.output_schema)
+
+
+class ChunkTextEmbedder:
+    """Stage for re-embedding: schema.CHUNK_TEXTS → schema.chunk_vectors(dim), with the same
+    de-duplication and cache as the pipeline's embed stage. An EmbeddingError stops the run
+    (nothing was written for the block; the next run resumes there)."""
+
+    def __init__(
+        self, config: EmbedConfig, embedder: Embedder | None = None, cache: VectorCache | None = None
+    ) -> None:
+        self._stage = EmbedStage(config, embedder, cache)
+        self.output_schema = schema.chunk_vectors(self._stage.embedder.dim)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tldrs = batch.column(schema.TLDR).to_pylist()
+        texts = batch.column(schema.FULL_TEXT).to_pylist()
+        vectors = self._stage.embed(tldrs + texts)
+        dim = self._stage.embedder.dim
+        return pa.Table.from_arrays(
+            [
+                batch.column(schema.CHUNK_ID),
+                _vectors_array(vectors[: len(tldrs)], dim),
+                _vectors_array(vectors[len(tldrs) :], dim),
+            ],
+            schema=self.output_schema,
+        )

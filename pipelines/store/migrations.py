@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 from pipelines.config import StoreConfig
 
@@ -29,7 +30,7 @@ class SchemaMismatch(RuntimeError):
 class Migration:
     version: int
     description: str
-    sql: str  # may use {dim}, {hnsw_m}, {hnsw_ef_construction}
+    sql: str  # may use {dim}, {hnsw_m}, {hnsw_ef_construction}, {model_id} (a quoted literal)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -133,6 +134,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "kb_settings.embedding_model: the one model whose vectors the knowledge base holds",
+        # An existing knowledge base keeps the model its vectors were made with.
+        """
+        INSERT INTO kb_settings (key, value)
+        SELECT 'embedding_model', coalesce((SELECT embedding_model FROM tenant_knowledge LIMIT 1), {model_id})
+        ON CONFLICT (key) DO NOTHING;
+        """,
+    ),
 )
 
 
@@ -147,15 +158,24 @@ def _applied_versions(conn: psycopg.Connection) -> set[int]:
 
 
 def vector_dim(conn: psycopg.Connection) -> int | None:
+    value = setting(conn, "vector_dim")
+    return int(value) if value is not None else None
+
+
+def setting(conn: psycopg.Connection, key: str) -> str | None:
     exists = conn.execute("SELECT to_regclass('kb_settings') IS NOT NULL").fetchone()[0]
     if not exists:
         return None
-    row = conn.execute("SELECT value FROM kb_settings WHERE key = 'vector_dim'").fetchone()
-    return int(row[0]) if row else None
+    row = conn.execute("SELECT value FROM kb_settings WHERE key = %s", (key,)).fetchone()
+    return row[0] if row else None
 
 
-def migrate(url: str, dim: int, config: StoreConfig) -> list[int]:
-    """Apply every missing migration in one transaction; return the versions applied."""
+def migrate(url: str, dim: int, config: StoreConfig, model_id: str) -> list[int]:
+    """Apply every missing migration in one transaction; return the versions applied.
+
+    Refuses a model other than the one the knowledge base holds: switching models is
+    `jobs.reembed`'s work, which keeps search online while it happens.
+    """
     with psycopg.connect(url) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
@@ -170,7 +190,8 @@ def migrate(url: str, dim: int, config: StoreConfig) -> list[int]:
         if existing_dim is not None and existing_dim != dim:
             raise SchemaMismatch(
                 f"database vectors have {existing_dim} dimensions but the embedding model has {dim}: "
-                "use a model of the same dimension, or another database (DATABASE_URL / store.data_dir)"
+                "use that model, switch every vector to this one with `python -m jobs.reembed`, "
+                "or use another database (DATABASE_URL / store.data_dir)"
             )
         applied = []
         for migration in MIGRATIONS:
@@ -178,7 +199,10 @@ def migrate(url: str, dim: int, config: StoreConfig) -> list[int]:
                 continue
             conn.execute(
                 migration.sql.format(
-                    dim=dim, hnsw_m=config.hnsw_m, hnsw_ef_construction=config.hnsw_ef_construction
+                    dim=dim,
+                    hnsw_m=config.hnsw_m,
+                    hnsw_ef_construction=config.hnsw_ef_construction,
+                    model_id=sql.Literal(model_id).as_string(conn),
                 )
             )
             conn.execute(
@@ -187,4 +211,10 @@ def migrate(url: str, dim: int, config: StoreConfig) -> list[int]:
             )
             applied.append(migration.version)
             log.info("db.migrated version=%s description=%s", migration.version, migration.description)
+        active = setting(conn, "embedding_model")
+        if active != model_id:
+            raise SchemaMismatch(
+                f"the knowledge base holds vectors of {active}, not {model_id}: configure {active}, "
+                f"or switch every vector to {model_id} with `python -m jobs.reembed` (search stays online)"
+            )
     return applied

@@ -2,15 +2,20 @@
 
 Only vectors of the query's own model are compared. pgvector's iterative index scan keeps
 scanning the HNSW index until k rows pass the tenant filter, so a small tenant in a large
-table still gets k results.
+table still gets k results. `search_text` embeds the query with whichever model the
+knowledge base holds at that instant, so searches go on while `jobs.reembed` switches models.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import psycopg
+
+from pipelines.embed.base import Embedder
+from pipelines.store.migrations import setting
 
 VECTOR_COLUMNS = {
     "full": ("full_embedding",),
@@ -76,3 +81,35 @@ def search(
         conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
         rows = conn.execute(sql, params).fetchall()
     return [SearchHit(float(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+class ModelNotLoaded(LookupError):
+    """The knowledge base holds vectors of a model the caller did not provide."""
+
+
+def search_text(
+    conn: psycopg.Connection,
+    tenant: str,
+    query: str,
+    embedders: Mapping[str, Embedder],
+    k: int = 5,
+    vectors: str = "both",
+    ef_search: int = 100,
+) -> tuple[str, list[SearchHit]]:
+    """(the model used, the k nearest chunks) for a query text, with the knowledge base's
+    current model taken from `embedders` (model id → embedder).
+
+    The model is read under a share lock on tenant_knowledge, which a model switch needs
+    exclusively: the model and the vectors searched always belong together, even while
+    `jobs.reembed` switches (a search then waits for the switch's milliseconds).
+    """
+    with conn.transaction():
+        conn.execute("LOCK TABLE tenant_knowledge IN ACCESS SHARE MODE")
+        model_id = setting(conn, "embedding_model")
+        embedder = embedders.get(model_id)
+        if embedder is None:
+            raise ModelNotLoaded(
+                f"the knowledge base holds vectors of {model_id}; this search has {sorted(embedders)}"
+            )
+        query_vector = embedder.embed_queries([query])[0]
+        return model_id, search(conn, tenant, query_vector, model_id, k, vectors, ef_search)

@@ -147,6 +147,22 @@ def _links(pages: list[dict]) -> list[Jsonb | None]:
     return [None if p[schema.LINKS] is None else Jsonb(p[schema.LINKS]) for p in pages]
 
 
+def _fail_other_models(conn, pages: list[dict]) -> None:
+    """Refuse vectors of any model but the knowledge base's: two models' vectors are never
+    compared, so a job still running the old model after a switch (jobs.reembed) must not
+    write. Its pages are recorded failed, and the next run, with the right model, redoes them.
+    FOR SHARE: a switch waits for writers in flight, and writers after it see the new model."""
+    row = conn.execute("SELECT value FROM kb_settings WHERE key = 'embedding_model' FOR SHARE").fetchone()
+    active = row[0] if row else None
+    for page in pages:
+        if page[schema.STATUS] == schema.STATUS_OK and page[schema.EMBEDDING_MODEL] != active:
+            page[schema.STATUS] = schema.STATUS_FAILED
+            page[schema.ERROR] = (
+                f"embedded with {page[schema.EMBEDDING_MODEL]}, but the knowledge base now uses {active}: "
+                "run the crawl again with that model"
+            )
+
+
 class ChunkWriter:
     """Stage: EMBEDDED rows → WRITE_RESULT rows (one per page), via a pooled connection."""
 
@@ -169,8 +185,30 @@ class ChunkWriter:
         started = time.perf_counter()
         batch, page_ids = _latest_per_page(batch, ids.page_ids(batch))
         pages = batch.drop_columns([schema.CHUNKS]).to_pylist()
-        chunk_rows = list(self._chunk_rows(batch, pages, page_ids))
         chunks_per_page = pc.list_value_length(batch.column(schema.CHUNKS)).fill_null(0).to_pylist()
+        with self._pool.connection() as conn, conn.transaction():
+            _fail_other_models(conn, pages)
+            chunks_per_page = [
+                n if p[schema.STATUS] == schema.STATUS_OK else 0
+                for p, n in zip(pages, chunks_per_page, strict=True)
+            ]
+            gone = self._write(conn, batch, pages, page_ids, chunks_per_page)
+        log.info(
+            "write.batch pages=%d chunks=%d gone=%d seconds=%.3f",
+            len(pages),
+            sum(
+                n for p, n in zip(pages, chunks_per_page, strict=True) if p[schema.STATUS] == schema.STATUS_OK
+            ),
+            len(gone),
+            time.perf_counter() - started,
+        )
+        return self._results(pages, page_ids, chunks_per_page)
+
+    def _write(
+        self, conn, batch: pa.Table, pages: list[dict], page_ids: list[str], chunks_per_page: list[int]
+    ) -> list[str]:
+        """Everything the batch changes, in the caller's transaction; returns the gone pages."""
+        chunk_rows = self._chunk_rows(batch, pages, page_ids)
         status = [p[schema.STATUS] for p in pages]
         replaced = [pid for pid, s in zip(page_ids, status, strict=True) if s == schema.STATUS_OK]
         gone = [
@@ -181,51 +219,43 @@ class ChunkWriter:
         unchanged = [i for i, s in enumerate(status) if s == schema.STATUS_UNCHANGED]
         upserted = [i for i, s in enumerate(status) if s != schema.STATUS_UNCHANGED]
 
-        with self._pool.connection() as conn, conn.transaction():
-            conn.execute(_LOCK_PAGES, (sorted(set(page_ids)),))
-            conn.execute(
-                _UPSERT_PAGES,
-                (
-                    self.index_signature,
-                    *self._page_columns(
-                        [pages[i] for i in upserted],
-                        [page_ids[i] for i in upserted],
-                        [chunks_per_page[i] for i in upserted],
-                    ),
+        conn.execute(_LOCK_PAGES, (sorted(set(page_ids)),))
+        conn.execute(
+            _UPSERT_PAGES,
+            (
+                self.index_signature,
+                *self._page_columns(
+                    [pages[i] for i in upserted],
+                    [page_ids[i] for i in upserted],
+                    [chunks_per_page[i] for i in upserted],
                 ),
-            )
-            conn.execute(
-                _TOUCH_UNCHANGED,
-                (
-                    [page_ids[i] for i in unchanged],
-                    *_columns(
-                        [pages[i] for i in unchanged], schema.HTTP_STATUS, schema.ETAG, schema.LAST_MODIFIED
-                    ),
-                    _links([pages[i] for i in unchanged]),
-                ),
-            )
-            conn.execute(_FORGET_GONE, (gone,))
-            conn.execute(
-                "DELETE FROM tenant_knowledge WHERE document_id = ANY(%s::uuid[])", (replaced + gone,)
-            )
-            conn.execute(
-                "CREATE TEMP TABLE kb_staging (LIKE tenant_knowledge INCLUDING DEFAULTS) ON COMMIT DROP"
-            )
-            with conn.cursor() as cur:
-                columns = ", ".join(_CHUNK_COLUMNS)
-                with cur.copy(f"COPY kb_staging ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(list(_CHUNK_TYPES))
-                    for row in chunk_rows:
-                        copy.write_row(row)
-            conn.execute("INSERT INTO tenant_knowledge SELECT * FROM kb_staging ON CONFLICT (id) DO NOTHING")
-            conn.execute(_CACHE_VECTORS)
-        log.info(
-            "write.batch pages=%d chunks=%d gone=%d seconds=%.3f",
-            len(pages),
-            len(chunk_rows),
-            len(gone),
-            time.perf_counter() - started,
+            ),
         )
+        conn.execute(
+            _TOUCH_UNCHANGED,
+            (
+                [page_ids[i] for i in unchanged],
+                *_columns(
+                    [pages[i] for i in unchanged], schema.HTTP_STATUS, schema.ETAG, schema.LAST_MODIFIED
+                ),
+                _links([pages[i] for i in unchanged]),
+            ),
+        )
+        conn.execute(_FORGET_GONE, (gone,))
+        conn.execute("DELETE FROM tenant_knowledge WHERE document_id = ANY(%s::uuid[])", (replaced + gone,))
+        conn.execute("CREATE TEMP TABLE kb_staging (LIKE tenant_knowledge INCLUDING DEFAULTS) ON COMMIT DROP")
+        with conn.cursor() as cur:
+            columns = ", ".join(_CHUNK_COLUMNS)
+            with cur.copy(f"COPY kb_staging ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(list(_CHUNK_TYPES))
+                for row in chunk_rows:
+                    copy.write_row(row)
+        conn.execute("INSERT INTO tenant_knowledge SELECT * FROM kb_staging ON CONFLICT (id) DO NOTHING")
+        conn.execute(_CACHE_VECTORS)
+        return gone
+
+    @staticmethod
+    def _results(pages: list[dict], page_ids: list[str], chunks_per_page: list[int]) -> pa.Table:
         return pa.Table.from_pylist(
             [
                 {

@@ -15,12 +15,13 @@ pytestmark = pytest.mark.integration
 
 
 class CountingEmbedder(HashingEmbedder):
-    """The test double's vectors are beside the point here; what it counts is."""
+    """The test double's vectors are beside the point here; what it counts is. It poses as
+    the knowledge base's model (the writer refuses any other), on texts no other test uses."""
 
-    model_id = "test/counting-384"
-    dim = 384  # the test database's dimension
+    dim = 384
 
-    def __init__(self) -> None:
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
         self.embedded: list[str] = []
 
     def embed_passages(self, texts):
@@ -28,28 +29,28 @@ class CountingEmbedder(HashingEmbedder):
         return super().embed_passages(texts)
 
 
-def test_a_text_is_embedded_once_per_model_across_batches_and_runs(database_url, tenant):
+def test_a_text_is_embedded_once_per_model_across_batches_and_runs(database_url, embedder, tenant):
     record_source(database_url, tenant, "http://site/", "in_progress")
     cache = StoredVectorCache(database_url)
     writer = ChunkWriter(StoreConfig(database_url=database_url), database_url, "sig")
-    texts = ["first paragraph of the page", "second paragraph of the page"]
+    texts = [f"first paragraph of {tenant}'s page", f"second paragraph of {tenant}'s page"]
     page = chunked_page(tenant, "http://site/a", texts)
 
-    first_embedder = CountingEmbedder()
+    first_embedder = CountingEmbedder(embedder.model_id)
     first = EmbedStage(EmbedConfig(), first_embedder, cache)(chunked_table([page]))
     distinct = set(texts) | {t[:20] for t in texts}
     assert sorted(first_embedder.embedded) == sorted(distinct), "each distinct text once, TL;DRs included"
     writer(first)
 
-    edited = chunked_page(tenant, "http://site/a", [texts[0], "a rewritten second paragraph"])
-    second_embedder = CountingEmbedder()
+    rewritten = f"a rewritten second paragraph for {tenant}"
+    edited = chunked_page(tenant, "http://site/a", [texts[0], rewritten])
+    second_embedder = CountingEmbedder(embedder.model_id)
     second = EmbedStage(EmbedConfig(), second_embedder, cache)(chunked_table([edited]))
-    assert sorted(second_embedder.embedded) == ["a rewritten second p", "a rewritten second paragraph"]
+    assert sorted(second_embedder.embedded) == sorted([rewritten, rewritten[:20]])
     np.testing.assert_array_equal(second.to_pylist()[0]["chunks"][0]["full_embedding"],
                                   first.to_pylist()[0]["chunks"][0]["full_embedding"])  # fmt: skip
 
-    other_model = CountingEmbedder()
-    other_model.model_id = "test/another-model"
+    other_model = CountingEmbedder("test/another-model")
     EmbedStage(EmbedConfig(), other_model, cache)(chunked_table([page]))
     assert sorted(other_model.embedded) == sorted(distinct), "another model's vectors are never reused"
     writer.close()

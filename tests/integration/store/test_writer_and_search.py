@@ -123,10 +123,12 @@ def test_search_finds_the_right_chunk_and_never_another_tenants(database_url, em
         assert search(conn, tenant, query, "another/model", k=5) == []
 
 
-def test_migrate_is_idempotent_and_refuses_another_dimension(database_url, embedder):
-    assert migrations.migrate(database_url, embedder.dim, StoreConfig()) == []
+def test_migrate_is_idempotent_and_refuses_another_dimension_or_model(database_url, embedder):
+    assert migrations.migrate(database_url, embedder.dim, StoreConfig(), embedder.model_id) == []
     with pytest.raises(migrations.SchemaMismatch, match="dimensions"):
-        migrations.migrate(database_url, embedder.dim + 1, StoreConfig())
+        migrations.migrate(database_url, embedder.dim + 1, StoreConfig(), embedder.model_id)
+    with pytest.raises(migrations.SchemaMismatch, match=r"jobs\.reembed"):
+        migrations.migrate(database_url, embedder.dim, StoreConfig(), "another/model-of-the-same-size")
 
 
 def _as_documents(embedded: pa.Table) -> pa.Table:
