@@ -252,6 +252,9 @@ class RayConfig:
     chunk_concurrency: int = 1  # actors, each holding the model's tokenizer
     chunk_cpus: float = 0.25
     embed_concurrency: int = 1  # actors, each holding one model
+    # > embed_concurrency: the pool autoscales between the two as the queue of batches grows
+    # (Ray adds actors, and the autoscaler adds GPU nodes for them, see cluster.yaml).
+    embed_max_concurrency: int = 0
     embed_cpus: float = 0.5
     embed_gpus: float = 0.0  # per embed actor; set 1 on GPU workers
     write_concurrency: int = 1  # actors, each holding a connection pool
@@ -280,6 +283,15 @@ class RayConfig:
         )
         if self.embed_gpus < 0:
             raise ConfigError("ray.embed_gpus must be >= 0")
+        if self.embed_max_concurrency and self.embed_max_concurrency < self.embed_concurrency:
+            raise ConfigError("ray.embed_max_concurrency must be 0 (fixed pool) or >= ray.embed_concurrency")
+
+    @property
+    def embed_pool(self) -> int | tuple[int, int]:
+        """The embed actor pool's size: fixed, or (min, max) to autoscale."""
+        if self.embed_max_concurrency > self.embed_concurrency:
+            return (self.embed_concurrency, self.embed_max_concurrency)
+        return self.embed_concurrency
 
 
 @dataclass(frozen=True)

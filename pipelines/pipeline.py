@@ -62,7 +62,7 @@ def _run_stage(
     *,
     batch_size: int,
     cpus: float,
-    concurrency: int,
+    concurrency: int | tuple[int, int],
     gpus: float = 0.0,
     **constructor_kwargs: object,
 ) -> ray.data.Dataset:
@@ -157,7 +157,7 @@ def index_documents(
         **per_batch,
         cpus=ray_config.embed_cpus,
         gpus=ray_config.embed_gpus,
-        concurrency=ray_config.embed_concurrency,
+        concurrency=ray_config.embed_pool,
         config=config.embed,
         cache=StoredVectorCache(database_url) if config.store.vector_cache else None,
     )
@@ -193,7 +193,7 @@ def reembed_chunks(config: PipelineConfig, database_url: str, target: Target) ->
         batch_size=config.store.reembed_rows_per_block,
         cpus=ray_config.embed_cpus,
         gpus=ray_config.embed_gpus,
-        concurrency=ray_config.embed_concurrency,
+        concurrency=ray_config.embed_pool,
         config=config.embed,
         cache=StoredVectorCache(database_url) if config.store.vector_cache else None,
     )

@@ -33,8 +33,16 @@ def test_yaml_then_overrides(tmp_path):
         ("crawl.fallback_encodings=windows-1256,klingon", "unknown encoding 'klingon'"),
         ("crawl.fallback_encodings=,", "at least one encoding"),
         ("ray.crawl_sites_per_batch=0", "crawl_sites_per_batch must be > 0"),
+        ("ray.embed_max_concurrency=0.5", "expected int"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(override, message):
     with pytest.raises(ConfigError, match=message):
         build_config(overrides=[override])
+
+
+def test_the_embed_pool_is_fixed_or_autoscales():
+    assert build_config().ray.embed_pool == 1
+    assert build_config(overrides=["ray.embed_max_concurrency=4"]).ray.embed_pool == (1, 4)
+    with pytest.raises(ConfigError, match="embed_max_concurrency"):
+        build_config(overrides=["ray.embed_concurrency=3", "ray.embed_max_concurrency=2"])
