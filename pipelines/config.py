@@ -217,6 +217,10 @@ class StoreConfig:
     reembed_rows_per_block: int = 256  # chunks per block a re-embedding run reads, embeds and writes
     data_dir: str = str(REPO_ROOT / ".data" / "pgdata")
     pool_max_size: int = 2  # connections per writer actor
+    # A batch whose connection breaks (database restart, failover) is written again from the
+    # start, after 1, 2, 4… seconds (capped at 30): six attempts ride out a minute-long restart.
+    write_retries: int = 5
+    write_retry_seconds: float = 1.0
     hnsw_m: int = 16
     hnsw_ef_construction: int = 64
     hnsw_ef_search: int = 100

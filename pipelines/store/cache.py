@@ -12,8 +12,9 @@ import logging
 
 import numpy as np
 import psycopg
-from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
+
+from pipelines.store import db
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,7 @@ class StoredVectorCache:
             return {}
         try:
             if self._pool is None:
-                self._pool = ConnectionPool(
-                    self.database_url,
-                    min_size=1,
-                    max_size=1,
-                    configure=register_vector,
-                    open=True,
-                    name="vector-cache",
-                )
+                self._pool = db.pool(self.database_url, "vector-cache")
             with self._pool.connection() as conn:
                 rows = conn.execute(
                     "SELECT text_hash, embedding FROM embedding_cache "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool
 
 from pipelines.config import StoreConfig, database_url_from_env
 
@@ -46,10 +47,32 @@ def resolve_database_url(config: StoreConfig) -> str:
     return database_url_from_env(config) or start_embedded(config.data_dir)
 
 
+# Every connection of ours holds no state between transactions (advisory locks, temp tables
+# and settings are all transaction-scoped) and prepares no statements on the server, so each
+# works through PgBouncer in transaction mode, where consecutive transactions may land on
+# different server connections.
+_STATELESS = {"prepare_threshold": None}
+
+
+def pool(url: str, name: str, max_size: int = 1, vectors: bool = True) -> ConnectionPool:
+    """A small, bounded pool for one stage actor. A connection that broke (the server
+    restarted, an administrator ended it) is discarded on return and replaced on demand."""
+    return ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        kwargs=_STATELESS,
+        configure=register_vector if vectors else None,
+        check=ConnectionPool.check_connection,
+        open=True,
+        name=name,
+    )
+
+
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
     """A connection that speaks pgvector (the extension must exist: run jobs.migrate first)."""
     try:
-        conn = psycopg.connect(url, autocommit=autocommit)
+        conn = psycopg.connect(url, autocommit=autocommit, **_STATELESS)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
     try:

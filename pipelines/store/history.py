@@ -9,6 +9,7 @@ from __future__ import annotations
 from psycopg_pool import ConnectionPool
 
 from pipelines.crawl.crawler import Validators
+from pipelines.store import db
 
 
 class StoredPageHistory:
@@ -25,9 +26,7 @@ class StoredPageHistory:
 
     def _connection(self):
         if self._pool is None:
-            self._pool = ConnectionPool(
-                self.database_url, min_size=1, max_size=2, open=True, name="page-history"
-            )
+            self._pool = db.pool(self.database_url, "page-history", vectors=False)
         return self._pool.connection()
 
     def close(self) -> None:

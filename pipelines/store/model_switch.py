@@ -26,9 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
-from pgvector.psycopg import register_vector
 from psycopg import sql
-from psycopg_pool import ConnectionPool
 
 from pipelines import schema
 from pipelines.config import StoreConfig
@@ -294,9 +292,7 @@ class NextVectorWriter:
 
     def __init__(self, database_url: str, target: Target) -> None:
         self.target = target
-        self._pool = ConnectionPool(
-            database_url, min_size=1, max_size=1, configure=register_vector, open=True, name="reembed-writer"
-        )
+        self._pool = db.pool(database_url, "reembed-writer")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         dim = self.target.dim

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from psycopg_pool import ConnectionPool
 
 from pipelines import ids, schema
 from pipelines.config import StoreConfig
+from pipelines.store import db
 
 _INDEXED = """
     SELECT p.id::text
@@ -27,7 +27,7 @@ class SkipUnchanged:
 
     def __init__(self, config: StoreConfig, database_url: str, index_signature: str) -> None:
         self.index_signature = index_signature
-        self._pool = ConnectionPool(database_url, min_size=1, max_size=1, open=True, name="skip-unchanged")
+        self._pool = db.pool(database_url, "skip-unchanged", vectors=False)
 
     def close(self) -> None:
         self._pool.close()

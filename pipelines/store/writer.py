@@ -14,14 +14,14 @@ import time
 import uuid
 
 import numpy as np
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
 from pipelines import ids, schema
 from pipelines.config import StoreConfig
+from pipelines.store import db
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ _CHUNK_TYPES = (
     "text",
     "jsonb",
 )
+
+_MAX_RETRY_WAIT_SECONDS = 30.0
 
 _LOCK_PAGES = """
     SELECT pg_advisory_xact_lock(hashtextextended(page_key, 0))
@@ -169,45 +171,53 @@ class ChunkWriter:
     def __init__(self, config: StoreConfig, database_url: str, index_signature: str) -> None:
         self.config = config
         self.index_signature = index_signature
-        self._pool = ConnectionPool(
-            database_url,
-            min_size=1,
-            max_size=config.pool_max_size,
-            configure=register_vector,
-            open=True,
-            name="chunk-writer",
-        )
+        self._pool = db.pool(database_url, "chunk-writer", max_size=config.pool_max_size)
 
     def close(self) -> None:
         self._pool.close()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Write the batch in one transaction, again from the start if the connection breaks
+        (the database restarted, failed over, ended the session): the batch is idempotent."""
         started = time.perf_counter()
         batch, page_ids = _latest_per_page(batch, ids.page_ids(batch))
-        pages = batch.drop_columns([schema.CHUNKS]).to_pylist()
-        chunks_per_page = pc.list_value_length(batch.column(schema.CHUNKS)).fill_null(0).to_pylist()
-        with self._pool.connection() as conn, conn.transaction():
-            _fail_other_models(conn, pages)
-            chunks_per_page = [
-                n if p[schema.STATUS] == schema.STATUS_OK else 0
-                for p, n in zip(pages, chunks_per_page, strict=True)
-            ]
-            gone = self._write(conn, batch, pages, page_ids, chunks_per_page)
+        for attempt in range(self.config.write_retries + 1):
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    results = self.write_batch(conn, batch, page_ids)
+                break
+            except psycopg.OperationalError as exc:
+                if attempt == self.config.write_retries:
+                    raise
+                wait = min(self.config.write_retry_seconds * 2**attempt, _MAX_RETRY_WAIT_SECONDS)
+                log.warning("write.retry attempt=%d wait=%.1f reason=%s", attempt + 1, wait, exc)
+                time.sleep(wait)
         log.info(
-            "write.batch pages=%d chunks=%d gone=%d seconds=%.3f",
-            len(pages),
-            sum(
-                n for p, n in zip(pages, chunks_per_page, strict=True) if p[schema.STATUS] == schema.STATUS_OK
-            ),
-            len(gone),
+            "write.batch pages=%d chunks=%d seconds=%.3f attempts=%d",
+            results.num_rows,
+            pc.sum(results.column(schema.CHUNKS_WRITTEN)).as_py() or 0,
             time.perf_counter() - started,
+            attempt + 1,
         )
+        return results
+
+    def write_batch(self, conn: psycopg.Connection, batch: pa.Table, page_ids: list[str]) -> pa.Table:
+        """Everything one batch changes, inside the caller's transaction (nothing is visible
+        until it commits; a writer killed before then leaves the previous version intact)."""
+        pages = batch.drop_columns([schema.CHUNKS]).to_pylist()
+        _fail_other_models(conn, pages)
+        chunks_per_page = [
+            n if p[schema.STATUS] == schema.STATUS_OK else 0
+            for p, n in zip(
+                pages, pc.list_value_length(batch.column(schema.CHUNKS)).fill_null(0).to_pylist(), strict=True
+            )
+        ]
+        self._write(conn, batch, pages, page_ids, chunks_per_page)
         return self._results(pages, page_ids, chunks_per_page)
 
     def _write(
         self, conn, batch: pa.Table, pages: list[dict], page_ids: list[str], chunks_per_page: list[int]
-    ) -> list[str]:
-        """Everything the batch changes, in the caller's transaction; returns the gone pages."""
+    ) -> None:
         chunk_rows = self._chunk_rows(batch, pages, page_ids)
         status = [p[schema.STATUS] for p in pages]
         replaced = [pid for pid, s in zip(page_ids, status, strict=True) if s == schema.STATUS_OK]
@@ -252,7 +262,6 @@ class ChunkWriter:
                     copy.write_row(row)
         conn.execute("INSERT INTO tenant_knowledge SELECT * FROM kb_staging ON CONFLICT (id) DO NOTHING")
         conn.execute(_CACHE_VECTORS)
-        return gone
 
     @staticmethod
     def _results(pages: list[dict], page_ids: list[str], chunks_per_page: list[int]) -> pa.Table:
