@@ -9,6 +9,7 @@ dimension is refused with a message instead of corrupting the index.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -18,6 +19,8 @@ from pipelines.config import StoreConfig
 
 log = logging.getLogger(__name__)
 
+# How long a migration's DDL may wait for its lock before giving up (see `migrate`).
+_LOCK_TIMEOUT = "10s"
 # Serialises concurrent `migrate` runs (any constant would do; this one spells "kbmigrate").
 _MIGRATION_LOCK_KEY = 0x6B626D6967726174
 
@@ -31,6 +34,9 @@ class Migration:
     version: int
     description: str
     sql: str  # may use {dim}, {hnsw_m}, {hnsw_ef_construction}, {model_id} (a quoted literal)
+    # Indexes on tables that already hold data: "name ON table USING method (...)", built
+    # CONCURRENTLY after the migration commits, so reads and writes go on while they build.
+    indexes: tuple[str, ...] = ()
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -170,15 +176,24 @@ def setting(conn: psycopg.Connection, key: str) -> str | None:
     return row[0] if row else None
 
 
-def migrate(url: str, dim: int, config: StoreConfig, model_id: str) -> list[int]:
-    """Apply every missing migration in one transaction; return the versions applied.
+def migrate(url: str, dim: int, config: StoreConfig, model_id: str, up_to: int | None = None) -> list[int]:
+    """Apply every missing migration (up to version `up_to`, default all) in one transaction,
+    then build their indexes concurrently; return the versions applied.
+
+    Expand/contract: a migration only adds (nullable columns, tables, indexes), so code of the
+    previous version keeps working while and after it runs; removing what old code reads is a
+    later migration, once no such code runs. DDL waits at most `_LOCK_TIMEOUT` for its brief
+    exclusive lock, so a long query cannot make every reader queue behind the migration; on a
+    timeout nothing is applied and running it again is safe.
 
     Refuses a model other than the one the knowledge base holds: switching models is
     `jobs.reembed`'s work, which keeps search online while it happens.
     """
+    wanted = [m for m in MIGRATIONS if up_to is None or m.version <= up_to]
     with psycopg.connect(url) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
         done = _applied_versions(conn)
         newest_known = max(m.version for m in MIGRATIONS)
         if done and max(done) > newest_known:
@@ -194,7 +209,7 @@ def migrate(url: str, dim: int, config: StoreConfig, model_id: str) -> list[int]
                 "or use another database (DATABASE_URL / store.data_dir)"
             )
         applied = []
-        for migration in MIGRATIONS:
+        for migration in wanted:
             if migration.version in done:
                 continue
             conn.execute(
@@ -212,9 +227,30 @@ def migrate(url: str, dim: int, config: StoreConfig, model_id: str) -> list[int]
             applied.append(migration.version)
             log.info("db.migrated version=%s description=%s", migration.version, migration.description)
         active = setting(conn, "embedding_model")
-        if active != model_id:
+        if active is not None and active != model_id:
             raise SchemaMismatch(
                 f"the knowledge base holds vectors of {active}, not {model_id}: configure {active}, "
                 f"or switch every vector to {model_id} with `python -m jobs.reembed` (search stays online)"
             )
+    build_indexes_concurrently(url, [index for m in wanted for index in m.indexes])
     return applied
+
+
+def build_indexes_concurrently(url: str, definitions: list[str]) -> None:
+    """CREATE INDEX CONCURRENTLY each missing index; one a crash left invalid is rebuilt.
+    Runs on every migrate, so an index build that was interrupted is finished by the next."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for definition in definitions:
+            name = definition.split()[0]
+            valid = conn.execute(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = %s",
+                (name,),
+            ).fetchone()
+            if valid is not None and valid[0]:
+                continue
+            if valid is not None:
+                conn.execute(sql.SQL("DROP INDEX CONCURRENTLY {}").format(sql.Identifier(name)))
+            started = time.perf_counter()
+            conn.execute(f"CREATE INDEX CONCURRENTLY {definition}")
+            log.info("db.index_built name=%s seconds=%.1f", name, time.perf_counter() - started)

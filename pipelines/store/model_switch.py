@@ -20,7 +20,6 @@ writer and `search_text` take them in that order too, so nobody can deadlock the
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,28 +144,17 @@ class ModelSwitch:
             ).fetchone()[0]
 
     def build_indexes(self) -> None:
-        """The new model's indexes, built CONCURRENTLY; an invalid one a killed run left is rebuilt."""
-        with db.connect(self.database_url, autocommit=True) as conn:
-            for name, definition in NEXT_INDEXES.values():
-                valid = conn.execute(
-                    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                    "WHERE c.relname = %s",
-                    (name,),
-                ).fetchone()
-                if valid is not None and not valid[0]:
-                    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY {}").format(sql.Identifier(name)))
-                with_options = ""
-                if definition.startswith("hnsw"):
-                    m, ef_construction = int(self.store.hnsw_m), int(self.store.hnsw_ef_construction)
-                    with_options = f" WITH (m = {m}, ef_construction = {ef_construction})"
-                started = time.perf_counter()
-                conn.execute(
-                    sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON tenant_knowledge USING ").format(
-                        sql.Identifier(name)
-                    )
-                    + sql.SQL(definition + with_options)
-                )
-                log.info("reembed.index name=%s seconds=%.1f", name, time.perf_counter() - started)
+        """The new model's indexes, built CONCURRENTLY while searches and writes go on."""
+        hnsw = (
+            f"WITH (m = {int(self.store.hnsw_m)}, ef_construction = {int(self.store.hnsw_ef_construction)})"
+        )
+        migrations.build_indexes_concurrently(
+            self.database_url,
+            [
+                f"{name} ON tenant_knowledge USING {method} {hnsw if method.startswith('hnsw') else ''}"
+                for name, method in NEXT_INDEXES.values()
+            ],
+        )
 
     def switch(self) -> bool:
         """Make the new model live, atomically; False (and nothing changed) when chunks written
