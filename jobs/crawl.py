@@ -2,6 +2,8 @@
 
     python -m jobs.crawl --tenant T --url URL [--max-pages N] [--include RE] [--exclude RE]
                          [--allow-private-network]
+    python -m jobs.crawl --serve | --once     crawl the sources queued in website_sources
+    python -m jobs.crawl --enqueue --tenant T --url URL
     ray job submit --working-dir . -- python -m jobs.crawl --tenant T --url URL
 
 Prints what it did: pages crawled and failed (with reasons), chunks, vectors, time per stage.
@@ -13,7 +15,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -21,10 +25,11 @@ from dataclasses import dataclass, field
 
 import ray.data
 
-from jobs._common import load_config, open_store, parser
+from jobs._common import database_url, load_config, open_store, parser
 from pipelines import pipeline, schema
 from pipelines.config import PipelineConfig
 from pipelines.embed import Embedder
+from pipelines.store.queue import CrawlQueue, LeaseKeeper, Priority, enqueue
 from pipelines.store.sources import record_progress, record_source
 
 log = logging.getLogger("jobs.crawl")
@@ -131,6 +136,25 @@ def collect(
     return report
 
 
+def index_sources(requests: list[dict], config: PipelineConfig, database_url: str, label: str) -> RunReport:
+    """Crawl and index the sources of `requests` (any tenants) in one streaming run."""
+    started = time.perf_counter()
+    documents = pipeline.crawl_documents(requests, config, pipeline.page_history(config, database_url))
+    results = pipeline.index_documents(documents, config, database_url)
+
+    def write_progress(report: RunReport) -> None:
+        record_progress(database_url, {source: p.as_dict() for source, p in report.sources.items()})
+
+    report = collect(results, label, started, write_progress, config.crawl.progress_interval_seconds)
+    totals = " ".join(f"{k}={v}" for k, v in report.totals.as_dict().items())
+    log.info("crawl.done %s sources=%d %s", label, len(requests), totals)
+    return report
+
+
+def _outcome(progress: SourceProgress) -> str:
+    return "completed" if progress.pages_completed or progress.pages_unchanged else "failed"
+
+
 def run_crawl(
     tenant: str,
     start_urls: list[str],
@@ -141,33 +165,59 @@ def run_crawl(
 ) -> RunReport:
     database_url, _ = open_store(config, embedder)
     pipeline.init_ray(config)
-    started = time.perf_counter()
     sources = {
         start_url: record_source(database_url, tenant, start_url, "in_progress") for start_url in start_urls
     }
     requests = [schema.crawl_request(tenant, sources[url], url, include, exclude) for url in start_urls]
-    documents = pipeline.crawl_documents(requests, config, pipeline.page_history(config, database_url))
-    results = pipeline.index_documents(documents, config, database_url)
-
-    def write_progress(report: RunReport) -> None:
-        record_progress(database_url, {source: p.as_dict() for source, p in report.sources.items()})
-
-    report = collect(results, tenant, started, write_progress, config.crawl.progress_interval_seconds)
+    report = index_sources(requests, config, database_url, f"tenant {tenant}")
     for start_url, source in sources.items():
         progress = report.sources.get(source, SourceProgress())
-        indexed = progress.pages_completed or progress.pages_unchanged
-        record_source(
-            database_url, tenant, start_url, "completed" if indexed else "failed", progress.as_dict()
-        )
-    totals = " ".join(f"{k}={v}" for k, v in report.totals.as_dict().items())
-    log.info("crawl.done tenant=%s %s", tenant, totals)
+        record_source(database_url, tenant, start_url, _outcome(progress), progress.as_dict())
     return report
+
+
+def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) -> int:
+    """Crawl what the queue holds, a claim at a time; with `once`, stop when it is empty.
+    Returns the number of sources crawled. Several services may run at once."""
+    database_url, _ = open_store(config, embedder)
+    pipeline.init_ray(config)
+    queue = CrawlQueue(database_url, config.queue, owner=f"{socket.gethostname()}:{os.getpid()}")
+    crawled = 0
+    while True:
+        claimed = queue.claim(config.queue.sources_per_claim)
+        if not claimed:
+            if once:
+                return crawled
+            time.sleep(config.queue.poll_seconds)  # an idle service looks for work again
+            continue
+        keeper = LeaseKeeper(queue, [c.id for c in claimed])
+        keeper.start()
+        try:
+            requests = [schema.crawl_request(c.tenant, c.id, c.url, c.include, c.exclude) for c in claimed]
+            report = index_sources(requests, config, database_url, f"claim of {len(claimed)} sources")
+        finally:
+            keeper.stop()
+        for source in claimed:
+            progress = report.sources.get(source.id, SourceProgress())
+            outcome = _outcome(progress)
+            error = None if outcome == "completed" else "no page could be indexed: see website_pages.error"
+            queue.finish(source.id, outcome, progress.as_dict(), error)
+        crawled += len(claimed)
+        print(report.render(), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
-    p.add_argument("--tenant", required=True, help="the tenant (user) the knowledge belongs to")
-    p.add_argument("--url", required=True, action="append", help="start URL (repeatable)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--serve", action="store_true", help="crawl queued sources (website_sources) until stopped"
+    )
+    mode.add_argument("--once", action="store_true", help="crawl queued sources until the queue is empty")
+    mode.add_argument(
+        "--enqueue", action="store_true", help="queue --url for --tenant instead of crawling now"
+    )
+    p.add_argument("--tenant", help="the tenant (user) the knowledge belongs to")
+    p.add_argument("--url", action="append", help="start URL (repeatable)")
     p.add_argument("--max-pages", type=int, help="pages per site (default: crawl.max_pages)")
     p.add_argument(
         "--allow-private-network",
@@ -181,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
         "--exclude", action="append", metavar="REGEX", help="never crawl URLs matching (repeatable)"
     )
     args = p.parse_args(argv)
+    queue_mode = args.serve or args.once
+    if not queue_mode and not (args.tenant and args.url):
+        p.error("--tenant and --url are required (or --serve / --once to crawl the queue)")
     for pattern in (args.include or []) + (args.exclude or []):
         try:
             re.compile(pattern)
@@ -192,6 +245,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.allow_private_network:
         crawl_settings["allow_private_network"] = True
     config = load_config(args, crawl=crawl_settings)
+    if queue_mode:
+        print(f"crawled {serve(config, once=args.once)} sources from the queue")
+        return
+    if args.enqueue:
+        url = database_url(config)
+        for start_url in args.url:
+            source = enqueue(url, args.tenant, start_url, Priority.NEW_SITE, args.include, args.exclude)
+            print(f"queued {start_url}: source {source}")
+        return
     report = run_crawl(args.tenant, args.url, config, include=args.include, exclude=args.exclude)
     print(report.render())
     if not report.totals.pages_completed and not report.totals.pages_unchanged:

@@ -237,6 +237,19 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """The crawl queue (`jobs.crawl --serve` / `--once`), see pipelines/store/queue.py."""
+
+    sources_per_claim: int = 16  # sites a service claims and crawls together
+    lease_seconds: float = 120.0  # a claimed site returns to the queue this long after its service died
+    max_attempts: int = 3  # claims of one site before it is failed as a site that kills its crawls
+    poll_seconds: float = 5.0  # --serve: how often an idle service looks for work
+
+    def __post_init__(self) -> None:
+        _positive(self, "sources_per_claim", "lease_seconds", "max_attempts", "poll_seconds")
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Where each stage runs. CPU figures are Ray scheduling reservations, not threads: the
     defaults let every stage hold a worker at once on a 2-core machine (a stage waiting for
@@ -305,6 +318,7 @@ class PipelineConfig:
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 

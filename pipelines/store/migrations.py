@@ -150,6 +150,27 @@ MIGRATIONS: tuple[Migration, ...] = (
         ON CONFLICT (key) DO NOTHING;
         """,
     ),
+    Migration(
+        6,
+        "website_sources as a work queue: priority, leases, attempts, per-source URL filters",
+        # The application enqueues by inserting (user_id, url): the id defaults, status is
+        # 'pending'. Crawl services claim with FOR UPDATE SKIP LOCKED and hold a lease.
+        """
+        ALTER TABLE website_sources
+            ALTER COLUMN id SET DEFAULT gen_random_uuid(),
+            ADD COLUMN IF NOT EXISTS priority         smallint NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS enqueued_at      timestamptz NOT NULL DEFAULT now(),
+            ADD COLUMN IF NOT EXISTS lease_owner      text,
+            ADD COLUMN IF NOT EXISTS lease_expires_at timestamptz,
+            ADD COLUMN IF NOT EXISTS attempts         integer NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS include_patterns text[],
+            ADD COLUMN IF NOT EXISTS exclude_patterns text[];
+        """,
+        indexes=(
+            "website_sources_claimable ON website_sources (priority, enqueued_at) "
+            "WHERE status IN ('pending', 'in_progress')",
+        ),
+    ),
 )
 
 

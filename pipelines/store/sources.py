@@ -11,19 +11,20 @@ from pipelines.store import db
 def record_source(
     database_url: str, tenant: str, start_url: str, status: str, progress: dict | None = None
 ) -> str:
-    """Create or update the source row; returns its (deterministic) id."""
-    source = ids.source_id(tenant, start_url)
+    """Create or update the source row; returns its id (deterministic, unless the application
+    enqueued the source first with an id of its own)."""
     with db.connect(database_url) as conn:
-        conn.execute(
+        row = conn.execute(
             """INSERT INTO website_sources AS s (id, user_id, url, status, crawl_progress)
                VALUES (%s, %s, %s, %s, %s)
-               ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, updated_at = now(),
+               ON CONFLICT (user_id, url) DO UPDATE SET status = EXCLUDED.status, updated_at = now(),
                    crawl_progress = EXCLUDED.crawl_progress,
                    last_crawled_at = CASE WHEN EXCLUDED.status = 'in_progress' THEN s.last_crawled_at
-                                          ELSE now() END""",
-            (source, tenant, start_url, status, Jsonb(progress or {})),
-        )
-    return source
+                                          ELSE now() END
+               RETURNING id::text""",
+            (ids.source_id(tenant, start_url), tenant, start_url, status, Jsonb(progress or {})),
+        ).fetchone()
+    return row[0]
 
 
 def record_progress(database_url: str, progress: dict[str, dict]) -> None:

@@ -1,0 +1,170 @@
+"""website_sources as the crawl queue: the application enqueues, crawl services claim.
+
+The application adds a website by inserting a row (user_id, url; status 'pending'), or with
+`enqueue`. A service (`jobs.crawl --serve`) claims a batch with `FOR UPDATE SKIP LOCKED`, so
+several services never claim the same row and never wait for each other, and holds a lease
+it renews while it works. A service that dies stops renewing; once the lease expires the row
+is claimable again (up to `max_attempts` claims, then it is failed with the reason). What a
+dead service already wrote stays: its pages are idempotent, and the next claim re-crawls.
+
+Order: priority first (a new site, with a tenant waiting, before a scheduled re-crawl), then
+fewest sites of the tenant already being crawled (so one tenant enqueueing a hundred sites
+does not hold the others back: every tenant's first site goes before anyone's second), then
+the order of arrival.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from enum import IntEnum
+
+from psycopg.types.json import Jsonb
+
+from pipelines.config import QueueConfig
+from pipelines.store import db
+
+log = logging.getLogger(__name__)
+
+
+class Priority(IntEnum):
+    NEW_SITE = 0  # a tenant just added it and is waiting
+    RECRAWL = 1  # scheduled refresh
+
+
+@dataclass(frozen=True)
+class ClaimedSource:
+    id: str
+    tenant: str
+    url: str
+    include: list[str]
+    exclude: list[str]
+    attempts: int
+
+
+# Claimable: pending, or in progress under a lease that has run out.
+_CLAIMABLE = "(status = 'pending' OR (status = 'in_progress' AND lease_expires_at < now()))"
+
+_CLAIM = f"""
+    WITH ranked AS (  -- a tenant's sites being crawled now come first in its ranking
+        SELECT id, row_number() OVER (
+            PARTITION BY user_id ORDER BY coalesce({_CLAIMABLE}, false), priority, enqueued_at
+        ) AS tenant_rank
+        FROM website_sources WHERE status IN ('pending', 'in_progress')
+    ),
+    chosen AS (
+        SELECT s.id FROM website_sources s JOIN ranked USING (id)
+        WHERE {_CLAIMABLE.replace("status", "s.status").replace("lease_expires_at", "s.lease_expires_at")}
+        ORDER BY s.priority, ranked.tenant_rank, s.enqueued_at, s.id
+        LIMIT %(limit)s
+        FOR UPDATE OF s SKIP LOCKED
+    )
+    UPDATE website_sources AS s
+    SET status = 'in_progress', lease_owner = %(owner)s, attempts = s.attempts + 1,
+        lease_expires_at = now() + make_interval(secs => %(lease)s), updated_at = now()
+    FROM chosen WHERE s.id = chosen.id
+    RETURNING s.id::text, s.user_id, s.url, coalesce(s.include_patterns, '{{}}'),
+              coalesce(s.exclude_patterns, '{{}}'), s.attempts
+"""
+
+# Claimed too often: its crawls keep dying (a site that crashes workers): stop trying.
+_GIVE_UP = f"""
+    UPDATE website_sources SET status = 'failed', lease_owner = NULL, updated_at = now(),
+        error = 'crawl did not finish after ' || attempts
+                || ' attempts (the worker died or was killed each time)'
+    WHERE {_CLAIMABLE} AND attempts >= %s
+"""
+
+
+def enqueue(
+    database_url: str,
+    tenant: str,
+    url: str,
+    priority: Priority = Priority.NEW_SITE,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> str:
+    """Queue a crawl of `url` for `tenant` (what the application does with an INSERT); a
+    source already queued or crawled is queued again. Returns the source id."""
+    with db.connect(database_url) as conn:
+        row = conn.execute(
+            """INSERT INTO website_sources AS s
+                   (user_id, url, status, priority, include_patterns, exclude_patterns)
+               VALUES (%s, %s, 'pending', %s, %s, %s)
+               ON CONFLICT (user_id, url) DO UPDATE SET
+                   status = CASE WHEN s.status = 'in_progress' THEN s.status ELSE 'pending' END,
+                   priority = least(s.priority, EXCLUDED.priority), enqueued_at = now(), attempts = 0,
+                   include_patterns = EXCLUDED.include_patterns, exclude_patterns = EXCLUDED.exclude_patterns
+               RETURNING id::text""",
+            (tenant, url, int(priority), include, exclude),
+        ).fetchone()
+    return row[0]
+
+
+class CrawlQueue:
+    """One service's view of the queue: claim, renew its leases, finish."""
+
+    def __init__(self, database_url: str, config: QueueConfig, owner: str) -> None:
+        self.database_url = database_url
+        self.config = config
+        self.owner = owner
+
+    def claim(self, limit: int) -> list[ClaimedSource]:
+        with db.connect(self.database_url) as conn:
+            given_up = conn.execute(_GIVE_UP, (self.config.max_attempts,)).rowcount
+            if given_up:
+                log.warning("queue.gave_up sources=%d attempts=%d", given_up, self.config.max_attempts)
+            rows = conn.execute(
+                _CLAIM, {"limit": limit, "owner": self.owner, "lease": self.config.lease_seconds}
+            ).fetchall()
+        claimed = [ClaimedSource(*row) for row in rows]
+        log.info("queue.claimed owner=%s sources=%d", self.owner, len(claimed))
+        return claimed
+
+    def renew(self, source_ids: list[str]) -> int:
+        """Extend this service's leases; returns how many it still holds."""
+        with db.connect(self.database_url) as conn:
+            return conn.execute(
+                """UPDATE website_sources SET lease_expires_at = now() + make_interval(secs => %s)
+                   WHERE id = ANY(%s::uuid[]) AND lease_owner = %s AND status = 'in_progress'""",
+                (self.config.lease_seconds, source_ids, self.owner),
+            ).rowcount
+
+    def finish(self, source_id: str, status: str, progress: dict, error: str | None = None) -> None:
+        with db.connect(self.database_url) as conn:
+            conn.execute(
+                """UPDATE website_sources SET status = %s, crawl_progress = %s, error = %s,
+                       lease_owner = NULL, lease_expires_at = NULL,
+                       last_crawled_at = now(), updated_at = now()
+                   WHERE id = %s AND lease_owner = %s""",
+                (status, Jsonb(progress), error, source_id, self.owner),
+            )
+
+    def depth(self) -> dict[tuple[str, int], int]:
+        """Rows by (status, priority): what the queue_size metric shows."""
+        with db.connect(self.database_url) as conn:
+            rows = conn.execute(
+                "SELECT status, priority, count(*) FROM website_sources GROUP BY status, priority"
+            ).fetchall()
+        return {(status, priority): count for status, priority, count in rows}
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the leases of the sources a service is crawling, every third of a lease, until
+    stopped: a crawl longer than the lease keeps its sources; a dead service loses them."""
+
+    def __init__(self, queue: CrawlQueue, source_ids: list[str]) -> None:
+        super().__init__(name="lease-keeper", daemon=True)
+        self._queue = queue
+        self._source_ids = source_ids
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._queue.config.lease_seconds / 3):
+            held = self._queue.renew(self._source_ids)
+            log.debug("queue.renewed owner=%s held=%d", self._queue.owner, held)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join()

@@ -1,0 +1,129 @@
+"""The crawl queue on the real database: claims that never overlap, priorities, fairness
+between tenants, leases that expire when a service dies, and `jobs.crawl --once`."""
+
+import threading
+import time
+
+import pytest
+
+from jobs.crawl import serve
+from pipelines.config import QueueConfig, StoreConfig, build_config
+from pipelines.devserver import serve_directory
+from pipelines.store import db, migrations
+from pipelines.store.queue import CrawlQueue, LeaseKeeper, Priority, enqueue
+from tests.conftest import HAZM_SITE
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def queue_url(fresh_database_url, embedder) -> str:
+    migrations.migrate(fresh_database_url, embedder.dim, StoreConfig(), embedder.model_id)
+    return fresh_database_url
+
+
+def _status(url: str, source_id: str) -> tuple:
+    with db.connect(url) as conn:
+        return conn.execute(
+            "SELECT status, attempts, lease_owner, error FROM website_sources WHERE id = %s", (source_id,)
+        ).fetchone()
+
+
+def _poll(probe, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = probe()
+        if answer:
+            return answer
+        time.sleep(0.05)  # the poll interval
+    raise AssertionError(f"nothing after {timeout}s")
+
+
+def test_claims_follow_priority_then_each_tenants_oldest_first(queue_url):
+    for n in range(3):
+        enqueue(queue_url, "big-tenant", f"https://big.example/{n}")
+    enqueue(queue_url, "small-tenant", "https://small.example/")
+    enqueue(queue_url, "old-tenant", "https://old.example/", Priority.RECRAWL)
+    enqueue(queue_url, "late-tenant", "https://late.example/")
+    queue = CrawlQueue(queue_url, QueueConfig(), owner="one")
+    order = [queue.claim(1)[0].url for _ in range(6)]
+    assert order == [
+        "https://big.example/0",  # every tenant's first new site…
+        "https://small.example/",
+        "https://late.example/",
+        "https://big.example/1",  # …before anyone's second
+        "https://big.example/2",
+        "https://old.example/",  # re-crawls after new sites
+    ]
+    assert queue.claim(1) == []
+
+
+def test_concurrent_services_never_claim_the_same_source(queue_url):
+    sources = {enqueue(queue_url, f"tenant-{n % 5}", f"https://site{n}.example/") for n in range(40)}
+    claimed: dict[str, list[str]] = {}
+
+    def service(owner: str) -> None:
+        queue = CrawlQueue(queue_url, QueueConfig(), owner=owner)
+        mine = claimed.setdefault(owner, [])
+        while batch := queue.claim(3):
+            mine.extend(source.id for source in batch)
+
+    services = [threading.Thread(target=service, args=(f"service-{n}",)) for n in range(4)]
+    for thread in services:
+        thread.start()
+    for thread in services:
+        thread.join(timeout=60)
+    every_claim = [source for owned in claimed.values() for source in owned]
+    assert sorted(every_claim) == sorted(sources), "each source claimed exactly once"
+
+
+def test_a_dead_services_sources_return_to_the_queue_and_fail_after_max_attempts(queue_url):
+    source = enqueue(queue_url, "tenant", "https://crashes-workers.example/")
+    config = QueueConfig(lease_seconds=0.3, max_attempts=2)
+    dead = CrawlQueue(queue_url, config, owner="dead")
+    assert [s.id for s in dead.claim(5)] == [source]  # …and the service dies: no renewals
+
+    alive = CrawlQueue(queue_url, config, owner="alive")
+    reclaimed = _poll(lambda: alive.claim(5))
+    assert [(s.id, s.attempts) for s in reclaimed] == [(source, 2)]
+    _poll(lambda: alive.claim(5) == [] and _status(queue_url, source)[0] == "failed")
+    _, attempts, owner, error = _status(queue_url, source)
+    assert (attempts, owner) == (2, None)
+    assert error == "crawl did not finish after 2 attempts (the worker died or was killed each time)"
+
+
+def test_a_renewed_lease_keeps_the_source(queue_url):
+    source = enqueue(queue_url, "tenant", "https://slow.example/")
+    config = QueueConfig(lease_seconds=0.3)
+    working = CrawlQueue(queue_url, config, owner="working")
+    working.claim(1)
+    keeper = LeaseKeeper(working, [source])
+    keeper.start()
+    other = CrawlQueue(queue_url, config, owner="other")
+    deadline = time.monotonic() + 1.5  # five leases long
+    while time.monotonic() < deadline:
+        assert other.claim(1) == []
+        time.sleep(0.05)  # the poll interval
+    keeper.stop()
+    assert _status(queue_url, source)[2] == "working"
+
+
+def test_once_drains_the_queue_and_records_each_source(ray_local, queue_url, embedder):
+    with serve_directory(HAZM_SITE) as site:
+        sources = [enqueue(queue_url, tenant, site) for tenant in ("tenant-q1", "tenant-q2")]
+        config = build_config(
+            store={"database_url": queue_url}, crawl={"allow_private_network": True, "max_pages": 2}
+        )
+        assert serve(config, once=True, embedder=embedder) == 2
+    for source in sources:
+        status, attempts, owner, error = _status(queue_url, source)
+        assert (status, attempts, owner, error) == ("completed", 1, None, None)
+    with db.connect(queue_url) as conn:
+        per_tenant = dict(
+            conn.execute("SELECT user_id, count(*) FROM tenant_knowledge GROUP BY user_id").fetchall()
+        )
+        progress = conn.execute(
+            "SELECT crawl_progress FROM website_sources WHERE id = %s", (sources[0],)
+        ).fetchone()
+    assert set(per_tenant) == {"tenant-q1", "tenant-q2"} and min(per_tenant.values()) > 0
+    assert progress[0]["pages_crawled"] == 2
