@@ -171,6 +171,37 @@ MIGRATIONS: tuple[Migration, ...] = (
             "WHERE status IN ('pending', 'in_progress')",
         ),
     ),
+    Migration(
+        7,
+        "row-level security: the application role sees only the tenant its transaction names",
+        # The application connects as a member of kb_app and runs, in each transaction,
+        # SELECT set_config('kb.tenant', <tenant>, true) (pipelines.store.search does). A query
+        # that forgets its WHERE user_id still sees one tenant; with no tenant set, none.
+        # The pipeline's own role owns the tables and is not subject to the policies.
+        # Creating a role needs CREATEROLE; without it, a DBA creates kb_app and runs this again.
+        """
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'kb_app') THEN
+                CREATE ROLE kb_app NOLOGIN NOBYPASSRLS;
+            END IF;
+        END $$;
+        GRANT USAGE ON SCHEMA public TO kb_app;
+        GRANT SELECT ON tenant_knowledge, website_pages, website_sources, kb_settings TO kb_app;
+        GRANT INSERT (user_id, url, priority, include_patterns, exclude_patterns)
+            ON website_sources TO kb_app;
+        ALTER TABLE tenant_knowledge ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE website_pages ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE website_sources ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY tenant_isolation ON tenant_knowledge
+            USING (user_id = current_setting('kb.tenant', true));
+        CREATE POLICY tenant_isolation ON website_pages
+            USING (user_id = current_setting('kb.tenant', true));
+        CREATE POLICY tenant_isolation ON website_sources
+            USING (user_id = current_setting('kb.tenant', true))
+            WITH CHECK (user_id = current_setting('kb.tenant', true));
+        """,
+    ),
 )
 
 

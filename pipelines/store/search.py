@@ -37,6 +37,12 @@ class SearchHit:
         return asdict(self)
 
 
+def set_tenant(conn: psycopg.Connection, tenant: str) -> None:
+    """Name the tenant for row-level security, for the current transaction only (so it works
+    through PgBouncer in transaction mode and never leaks to the next user of a connection)."""
+    conn.execute("SELECT set_config('kb.tenant', %s, true)", (tenant,))
+
+
 def _nearest_sql(column: str) -> str:
     return f"""
         SELECT id, {column} <=> %(query)s AS distance
@@ -77,6 +83,7 @@ def search(
         "k": k,
     }
     with conn.transaction():
+        set_tenant(conn, tenant)
         conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
         rows = conn.execute(sql, params).fetchall()
