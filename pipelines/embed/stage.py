@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import ids, schema
+from pipelines import ids, metrics, schema
 from pipelines.config import EmbedConfig
 from pipelines.embed import Embedder, EmbeddingError, make_embedder
 
@@ -43,6 +43,10 @@ class EmbedStage:
         self.embedder = embedder or make_embedder(config)
         self.cache = cache
         self.output_schema = schema.embedded(self.embedder.dim)
+        # The `backend` label of the embedding metrics. The openai backend counts its own HTTP
+        # requests (retries included), so the stage counts model calls for the local ones only.
+        self.backend = config.backend
+        self._count_model_calls = config.backend != "openai"
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Vectors of `texts`, in order: each distinct text embedded once, cached ones not at all."""
@@ -51,9 +55,7 @@ class EmbedStage:
         known = self.cache.lookup(self.embedder.model_id, list(text_of)) if self.cache else {}
         missing = [key for key in text_of if key not in known]
         if missing:
-            known.update(
-                zip(missing, self.embedder.embed_passages([text_of[k] for k in missing]), strict=True)
-            )
+            known.update(zip(missing, self._embed_passages([text_of[k] for k in missing]), strict=True))
         log.debug(
             "embed.texts texts=%d distinct=%d cached=%d",
             len(texts),
@@ -63,6 +65,19 @@ class EmbedStage:
         if not keys:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
         return np.stack([known[key] for key in keys]).astype(np.float32, copy=False)
+
+    def _embed_passages(self, texts: list[str]) -> np.ndarray:
+        """One model call; for a local backend, counted as one embedding request (ok or error)."""
+        if not self._count_model_calls:
+            return self.embedder.embed_passages(texts)
+        metrics.EMBEDDING_BATCH_SIZE.observe(len(texts), tags={"backend": self.backend})
+        try:
+            vectors = self.embedder.embed_passages(texts)
+        except Exception:
+            metrics.EMBEDDING_REQUESTS.inc(tags={"backend": self.backend, "status": "error"})
+            raise
+        metrics.EMBEDDING_REQUESTS.inc(tags={"backend": self.backend, "status": "ok"})
+        return vectors
 
     def _with_vectors(self, chunk_lists: pa.ListArray, tldr: np.ndarray, full: np.ndarray) -> pa.ListArray:
         flat = chunk_lists.flatten()

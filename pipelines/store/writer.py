@@ -9,6 +9,7 @@ running it twice leaves exactly one copy of every chunk.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 import uuid
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg.types.json import Jsonb
 
-from pipelines import ids, schema
+from pipelines import ids, metrics, schema
 from pipelines.config import StoreConfig
 from pipelines.store import db
 
@@ -183,8 +184,10 @@ class ChunkWriter:
         batch, page_ids = _latest_per_page(batch, ids.page_ids(batch))
         for attempt in range(self.config.write_retries + 1):
             try:
+                transaction_started = time.perf_counter()
                 with self._pool.connection() as conn, conn.transaction():
                     results = self.write_batch(conn, batch, page_ids)
+                metrics.DB_WRITE_DURATION.observe(time.perf_counter() - transaction_started)
                 break
             except psycopg.OperationalError as exc:
                 if attempt == self.config.write_retries:
@@ -192,6 +195,9 @@ class ChunkWriter:
                 wait = min(self.config.write_retry_seconds * 2**attempt, _MAX_RETRY_WAIT_SECONDS)
                 log.warning("write.retry attempt=%d wait=%.1f reason=%s", attempt + 1, wait, exc)
                 time.sleep(wait)
+        # Final outcomes, counted once committed (a retried transaction is not counted twice).
+        for status, pages in collections.Counter(results.column(schema.STATUS).to_pylist()).items():
+            metrics.PAGE_PROCESS.inc(pages, tags={"status": status})
         log.info(
             "write.batch pages=%d chunks=%d seconds=%.3f attempts=%d",
             results.num_rows,
