@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import ray.data
 
 from jobs._common import database_url, load_config, open_store, parser
-from pipelines import pipeline, schema
+from pipelines import metrics, pipeline, schema
 from pipelines.config import PipelineConfig
 from pipelines.embed import Embedder
 from pipelines.store.queue import CrawlQueue, LeaseKeeper, Priority, enqueue
@@ -176,6 +176,16 @@ def run_crawl(
     return report
 
 
+def _report_depth(queue: CrawlQueue, reported: set[str]) -> None:
+    """queue_size{queue="<status>/<priority>"}; a group that emptied reads 0, not its last size."""
+    depth = {
+        f"{status}/{Priority(priority).name.lower()}": n for (status, priority), n in queue.depth().items()
+    }
+    for label in reported | depth.keys():
+        metrics.QUEUE_SIZE.set(depth.get(label, 0), tags={"queue": label})
+    reported.update(depth)
+
+
 def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) -> int:
     """Crawl what the queue holds, a claim at a time; with `once`, stop when it is empty.
     Returns the number of sources crawled. Several services may run at once."""
@@ -183,7 +193,9 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
     pipeline.init_ray(config)
     queue = CrawlQueue(database_url, config.queue, owner=f"{socket.gethostname()}:{os.getpid()}")
     crawled = 0
+    reported: set[str] = set()
     while True:
+        _report_depth(queue, reported)
         claimed = queue.claim(config.queue.sources_per_claim)
         if not claimed:
             if once:

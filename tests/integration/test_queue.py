@@ -7,6 +7,7 @@ import time
 import pytest
 
 from jobs.crawl import serve
+from pipelines import metrics
 from pipelines.config import QueueConfig, StoreConfig, build_config
 from pipelines.devserver import serve_directory
 from pipelines.store import db, migrations
@@ -127,3 +128,5 @@ def test_once_drains_the_queue_and_records_each_source(ray_local, queue_url, emb
         ).fetchone()
     assert set(per_tenant) == {"tenant-q1", "tenant-q2"} and min(per_tenant.values()) > 0
     assert progress[0]["pages_crawled"] == 2
+    assert metrics.QUEUE_SIZE.value(queue="pending/new_site") == 0, "the gauge saw the queue drained"
+    assert metrics.QUEUE_SIZE.value(queue="completed/new_site") == 2
