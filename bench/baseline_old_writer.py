@@ -1,0 +1,136 @@
+"""The old system's write path, kept only as `bench.write_path`'s baseline.
+
+The Django + Celery system this project replaces wrote a page's chunks with "1 DELETE + N
+INSERTs per page" (../shared/DESIGN.md): per page, in a transaction of its own,
+
+    DELETE FROM tenant_knowledge WHERE document_id = <page>
+    INSERT INTO tenant_knowledge (...) VALUES (...)      -- once per chunk
+    COMMIT
+
+`OldChunkWriter` does exactly that through psycopg 3's default client (`psycopg.connect(url)`:
+autocommit off, its default server-side preparation after 5 executions of a statement), the
+vectors passed as pgvector values (numpy arrays adapted by `pgvector.psycopg`, which sends
+them in binary: cheaper for the server than the '[0.1, ...]' text a Django field sends, so
+this errs in the old path's favour).
+
+It writes the same rows as `pipelines.store.writer.ChunkWriter` (same chunk ids, texts,
+vectors, model, hashes and metadata), so the two can be compared row for row. It writes
+nothing else: no website_pages row and no embedding-cache row, which ChunkWriter writes in
+the same transaction, and which also favours the baseline.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+from pgvector.psycopg import register_vector
+from psycopg.types.json import Jsonb
+
+from pipelines import ids, schema
+
+# tenant_knowledge's columns in the order `page_rows` yields them (ChunkWriter's COPY order).
+COLUMNS = (
+    "id",
+    "user_id",
+    "chunk_type",
+    "source_id",
+    "document_id",
+    "full_text",
+    "tldr",
+    "section_title",
+    "word_count",
+    "tldr_embedding",
+    "full_embedding",
+    "embedding_model",
+    "content_hash",
+    "metadata",
+)
+# Their PostgreSQL types, for a binary COPY of the same rows.
+COPY_TYPES = (
+    "uuid",
+    "text",
+    "text",
+    "uuid",
+    "uuid",
+    "text",
+    "text",
+    "text",
+    "int4",
+    "vector",
+    "vector",
+    "text",
+    "text",
+    "jsonb",
+)
+
+_DELETE = "DELETE FROM tenant_knowledge WHERE document_id = %s"
+_INSERT = f"INSERT INTO tenant_knowledge ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+
+
+def page_rows(batch: pa.Table) -> list[tuple[uuid.UUID, list[tuple]]]:
+    """(page id, its chunks' tenant_knowledge rows) for every completed page of an EMBEDDED batch.
+
+    The values ChunkWriter stores: deterministic chunk ids, float32 vectors, the same metadata.
+    """
+    pages = batch.drop_columns([schema.CHUNKS]).to_pylist()
+    chunk_lists = batch.column(schema.CHUNKS).to_pylist()
+    result = []
+    for page, page_id, chunks in zip(pages, ids.page_ids(batch), chunk_lists, strict=True):
+        if page[schema.STATUS] != schema.STATUS_OK:
+            continue
+        rows = [
+            (
+                uuid.UUID(ids.chunk_id(page_id, page[schema.CONTENT_HASH], chunk[schema.CHUNK_INDEX])),
+                page[schema.TENANT],
+                page[schema.CHUNK_TYPE],
+                uuid.UUID(page[schema.SOURCE]),
+                uuid.UUID(page_id),
+                chunk[schema.FULL_TEXT],
+                chunk[schema.TLDR],
+                chunk[schema.SECTION_TITLE],
+                chunk[schema.WORD_COUNT],
+                np.asarray(chunk[schema.TLDR_EMBEDDING], dtype=np.float32),
+                np.asarray(chunk[schema.FULL_EMBEDDING], dtype=np.float32),
+                page[schema.EMBEDDING_MODEL],
+                page[schema.CONTENT_HASH],
+                Jsonb(
+                    {
+                        "page_url": page[schema.URL],
+                        "page_title": page[schema.TITLE],
+                        "keywords": chunk[schema.KEYWORDS],
+                        "page_keywords": page[schema.KEYWORDS],
+                        "h1_tags": page[schema.H1],
+                        "h2_tags": page[schema.H2],
+                        "chunk_index": chunk[schema.CHUNK_INDEX],
+                        "total_chunks": len(chunks),
+                        "token_count": chunk[schema.TOKEN_COUNT],
+                        "language": page[schema.LANGUAGE],
+                    }
+                ),
+            )
+            for chunk in chunks
+        ]
+        result.append((uuid.UUID(page_id), rows))
+    return result
+
+
+class OldChunkWriter:
+    """One connection, one transaction per page: DELETE the page's chunks, INSERT each anew."""
+
+    def __init__(self, database_url: str) -> None:
+        self._conn = psycopg.connect(database_url)  # the default client: autocommit off
+        register_vector(self._conn)
+        self._conn.commit()  # register_vector's type look-ups opened a transaction
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def write_page(self, page_id: uuid.UUID, rows: list[tuple]) -> None:
+        with self._conn.cursor() as cur:
+            cur.execute(_DELETE, (page_id,))
+            for row in rows:
+                cur.execute(_INSERT, row)
+        self._conn.commit()
