@@ -1,11 +1,13 @@
 """Retrieval quality through the real path: index a QA file's passages, ask its questions.
 
-    python -m jobs.evaluate --qa ../shared/corpora/persianqa/dev.json [--k 1,5]
+    python -m jobs.evaluate --qa ../shared/corpora/persianqa/dev.json [--k 1,5] [--mode all]
 
 The passages become one tenant's documents and go through the SAME chunk → embed → pgvector
-stages as crawled pages; each question goes through the same search as `jobs.search`. A
-question counts as found at k when a chunk of its passage is among the top k hits.
-The last line printed is exactly `recall@1=0.XXX recall@5=0.XXX` (one term per k).
+stages as crawled pages; each question goes through the same search as `jobs.search`, in the
+mode `--mode` names: hybrid (default), vector, text, or all (indexed once, asked in each). A
+question counts as found at k when a chunk of its passage is among the top k hits. The last
+line printed is exactly `recall@1=0.XXX recall@5=0.XXX` (one term per k); with `--mode all`,
+the last three are `vector recall@1=…`, `text recall@1=…` and `hybrid recall@1=…`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pyarrow as pa
 import ray.data
 
@@ -23,8 +26,10 @@ from jobs.crawl import collect
 from pipelines import pipeline, schema
 from pipelines.clean import content_hash, detect_language
 from pipelines.config import PipelineConfig
+from pipelines.embed import Embedder
+from pipelines.persian import normalize
 from pipelines.store import db
-from pipelines.store.search import VECTOR_COLUMNS, search
+from pipelines.store.search import MODES, VECTOR_COLUMNS, hybrid_search, search, text_search
 from pipelines.store.sources import record_source
 
 CHUNK_TYPE_DOCUMENT = "document"
@@ -73,8 +78,16 @@ def passages_as_documents(passages: list[dict], tenant: str, source: str) -> pa.
 
 
 def evaluate(
-    qa_path: Path, ks: list[int], config: PipelineConfig, tenant: str, vectors: str
+    qa_path: Path, ks: list[int], config: PipelineConfig, tenant: str, vectors: str, mode: str = "hybrid"
 ) -> dict[int, float]:
+    """Recall at each k of `mode`'s search."""
+    return evaluate_modes(qa_path, ks, config, tenant, vectors, [mode])[mode]
+
+
+def evaluate_modes(
+    qa_path: Path, ks: list[int], config: PipelineConfig, tenant: str, vectors: str, modes: list[str]
+) -> dict[str, dict[int, float]]:
+    """Index the passages once, then recall at each k for every search mode in `modes`."""
     passages, questions = load_qa(qa_path)
     database_url, embedder = open_store(config)
     pipeline.init_ray(config)
@@ -85,22 +98,64 @@ def evaluate(
     print(report.render())
     record_source(database_url, tenant, qa_path.resolve().as_uri(), "completed", report.totals.as_dict())
 
-    started = time.perf_counter()
-    query_vectors = embedder.embed_queries([q["question"] for q in questions])
-    found_at = {k: 0 for k in ks}
+    # One batch for all questions, normalised as search_text does one query at a time, shared
+    # by every mode that compares vectors.
+    query_vectors = [None] * len(questions)
+    if set(modes) - {"text"}:
+        started = time.perf_counter()
+        query_vectors = list(embedder.embed_queries([normalize(q["question"]) for q in questions]))
+        print(f"embedded {len(questions)} questions in {time.perf_counter() - started:.1f} s")
+    recall = {}
     with db.connect(database_url) as conn:
-        for question, vector in zip(questions, query_vectors, strict=True):
-            hits = search(
-                conn, tenant, vector, embedder.model_id, max(ks), vectors, config.store.hnsw_ef_search
+        for mode in modes:
+            started = time.perf_counter()
+            recall[mode] = _recall(
+                conn, questions, query_vectors, ks, config, tenant, vectors, mode, embedder
             )
-            expected = PASSAGE_URL.format(question["passage_id"])
-            rank = next((i for i, hit in enumerate(hits) if hit.url == expected), None)
-            for k in ks:
-                found_at[k] += rank is not None and rank < k
-    print(
-        f"asked {len(questions)} questions in {time.perf_counter() - started:.1f} s "
-        f"(model {embedder.model_id}, vectors {vectors})"
-    )
+            print(
+                f"asked {len(questions)} questions in {time.perf_counter() - started:.1f} s "
+                f"(mode {mode}, model {embedder.model_id}, vectors {vectors})"
+            )
+    return recall
+
+
+def _recall(
+    conn: psycopg.Connection,
+    questions: list[dict],
+    query_vectors: list,
+    ks: list[int],
+    config: PipelineConfig,
+    tenant: str,
+    vectors: str,
+    mode: str,
+    embedder: Embedder,
+) -> dict[int, float]:
+    """The share of questions whose passage is among `mode`'s top k hits, for each k."""
+    store = config.store
+    found_at = {k: 0 for k in ks}
+    for question, vector in zip(questions, query_vectors, strict=True):
+        if mode == "vector":
+            hits = search(conn, tenant, vector, embedder.model_id, max(ks), vectors, store.hnsw_ef_search)
+        elif mode == "text":
+            hits = text_search(conn, tenant, question["question"], max(ks), store.text_match)
+        else:
+            hits = hybrid_search(
+                conn,
+                tenant,
+                question["question"],
+                vector,
+                embedder.model_id,
+                max(ks),
+                vectors,
+                store.hnsw_ef_search,
+                store.rrf_k,
+                store.rrf_candidates,
+                store.text_match,
+            )
+        expected = PASSAGE_URL.format(question["passage_id"])
+        rank = next((i for i, hit in enumerate(hits) if hit.url == expected), None)
+        for k in ks:
+            found_at[k] += rank is not None and rank < k
     return {k: found_at[k] / len(questions) for k in ks}
 
 
@@ -110,14 +165,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", default="1,5", help="comma-separated cut-offs (default 1,5)")
     p.add_argument("--tenant", default="eval-persianqa", help="tenant the passages are indexed under")
     p.add_argument("--vectors", choices=sorted(VECTOR_COLUMNS), default="both")
+    p.add_argument(
+        "--mode", choices=[*MODES, "all"], default="hybrid", help="search mode, or all three (default hybrid)"
+    )
     args = p.parse_args(argv)
     ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
     config = load_config(args)
+    modes = ["vector", "text", "hybrid"] if args.mode == "all" else [args.mode]
     try:
-        recall = evaluate(args.qa, ks, config, args.tenant, args.vectors)
+        recall = evaluate_modes(args.qa, ks, config, args.tenant, args.vectors, modes)
     except QAFormatError as exc:
         sys.exit(f"bad QA file: {exc}")
-    print(" ".join(f"recall@{k}={recall[k]:.3f}" for k in ks))
+    for mode in modes:
+        label = f"{mode} " if args.mode == "all" else ""
+        print(label + " ".join(f"recall@{k}={recall[mode][k]:.3f}" for k in ks))
 
 
 if __name__ == "__main__":

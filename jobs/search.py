@@ -1,6 +1,9 @@
 """Search one tenant's knowledge; prints one JSON line per hit: {score, url, section_title, text}.
 
-python -m jobs.search --tenant T [--k 5] [--vectors both|full|tldr] QUERY
+python -m jobs.search --tenant T [--k 5] [--mode hybrid|vector|text] [--vectors both|full|tldr] QUERY
+
+--mode hybrid (default) fuses the vector and the full-text results by reciprocal rank; the
+score is then the fused score (store.rrf_k, store.rrf_candidates), not a similarity.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from jobs._common import database_url, load_config, parser
 from pipelines.config import PipelineConfig
 from pipelines.embed import Embedder, make_embedder
 from pipelines.store import db
-from pipelines.store.search import VECTOR_COLUMNS, ModelNotLoaded, SearchHit, search_text
+from pipelines.store.search import MODES, VECTOR_COLUMNS, ModelNotLoaded, SearchHit, search_text
 
 
 def run_search(
@@ -24,19 +27,37 @@ def run_search(
     k: int = 5,
     vectors: str = "both",
     embedder: Embedder | None = None,
+    mode: str = "hybrid",
 ) -> list[SearchHit]:
-    """Reads only: a search never migrates (the application's role may not own the schema)."""
-    embedder = embedder or make_embedder(config.embed)
+    """Reads only: a search never migrates (the application's role may not own the schema).
+    A text search loads no model."""
+    embedders = {}
+    if mode != "text":
+        embedder = embedder or make_embedder(config.embed)
+        embedders[embedder.model_id] = embedder
+    store = config.store
     try:
         with db.connect(database_url(config)) as conn:
             _, hits = search_text(
-                conn, tenant, query, {embedder.model_id: embedder}, k, vectors, config.store.hnsw_ef_search
+                conn,
+                tenant,
+                query,
+                embedders,
+                k,
+                vectors,
+                store.hnsw_ef_search,
+                mode=mode,
+                rrf_k=store.rrf_k,
+                rrf_candidates=store.rrf_candidates,
+                text_match=store.text_match,
             )
             return hits
     except db.DatabaseUnavailable as exc:
         sys.exit(f"database error: {exc}")
     except psycopg.errors.UndefinedTable:
         sys.exit("no knowledge base in this database yet: run jobs.migrate or jobs.crawl first")
+    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction):
+        sys.exit("this database's schema is older than this code (no full-text search): run jobs.migrate")
     except ModelNotLoaded as exc:
         sys.exit(f"{exc}: search with that model (--set embed.backend=…)")
 
@@ -45,11 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
     p.add_argument("--tenant", required=True)
     p.add_argument("--k", type=int, default=5)
+    p.add_argument("--mode", choices=MODES, default="hybrid", help="default hybrid")
     p.add_argument("--vectors", choices=sorted(VECTOR_COLUMNS), default="both")
     p.add_argument("query")
     args = p.parse_args(argv)
     config = load_config(args)
-    for hit in run_search(args.tenant, args.query, config, args.k, args.vectors):
+    for hit in run_search(args.tenant, args.query, config, args.k, args.vectors, mode=args.mode):
         print(
             json.dumps(
                 {

