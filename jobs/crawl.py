@@ -98,7 +98,7 @@ class RunReport:
     def render(self) -> str:
         t = self.totals
         lines = [
-            f"tenant {self.tenant}: {t.pages_completed} pages indexed, {t.pages_unchanged} unchanged "
+            f"{self.tenant}: {t.pages_completed} pages indexed, {t.pages_unchanged} unchanged "
             f"(already indexed), {t.pages_failed} failed, "
             f"{t.chunks} chunks, {t.vectors} vectors in {self.seconds:.1f} s",
         ]
