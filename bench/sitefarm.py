@@ -19,6 +19,17 @@ Shape of one site of N pages (numbered 0 … N-1):
 - no robots.txt and no sitemap.xml (both 404): the crawler then allows everything and finds
   pages through links only.
 
+Load tests need sites that misbehave, as tenants' sites do. `PageFaults` (off by default)
+picks pages by a hash of (seed, site, page), so the same pages misbehave in every run and
+the load test can tell which failures were deliberate: a fraction answers 500 every time
+(`error`), never answers until the client gives up (`hang`), answers only after a delay
+(`slow`), or answers 503 once and then normally (`flaky`: the crawler's retry must save it).
+The home page never misbehaves. `SiteFarm.reachable_pages` gives the pages a crawl from `/`
+should index despite them. Saved real sites (e.g. ../shared/corpora/hazm-docs-site) can be
+served beside the generated ones (`static_sites`), one port each, as plain files; and with
+`record_served` the server remembers when it answered each page (what the load test times a
+page's processing from).
+
 Each site is its own origin, one listening port per site on 127.0.0.1: the crawler scopes a
 crawl and applies its per-site politeness by origin (scheme, host, port), so sites behind
 different ports are crawled as the distinct sites they stand for. Virtual hosts by Host
@@ -32,16 +43,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import hashlib
 import html
 import logging
+import mimetypes
 import random
 import re
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -84,6 +99,38 @@ _TOPICS = (
 )
 
 
+# The kinds of misbehaving page (see PageFaults), in the order their fractions are laid out.
+FAULT_ERROR = "error"  # 500 on every request: the page is deliberately failing
+FAULT_HANG = "hang"  # no answer until the client gives up: deliberately failing
+FAULT_SLOW = "slow"  # answers after PageFaults.slow_seconds: must still be indexed
+FAULT_FLAKY = "flaky"  # 503 on its first request, then normal: must still be indexed
+DELIBERATE_FAILURES = frozenset({FAULT_ERROR, FAULT_HANG})
+
+
+@dataclass(frozen=True)
+class PageFaults:
+    """Fractions of pages (home pages excepted) that misbehave, and how. All 0: none do."""
+
+    error: float = 0.0
+    hang: float = 0.0
+    slow: float = 0.0
+    flaky: float = 0.0
+    slow_seconds: float = 1.0
+    # A hanging request is answered (404) after this long, or when the server stops: longer
+    # than any client timeout, so the client gives up first, but not forever.
+    hang_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        fractions = (self.error, self.hang, self.slow, self.flaky)
+        if any(f < 0 for f in fractions) or sum(fractions) > 1:
+            raise ValueError("fault fractions must be >= 0 and add up to at most 1")
+        if self.slow_seconds < 0 or self.hang_seconds < 0:
+            raise ValueError("slow_seconds and hang_seconds must be >= 0")
+
+    def any(self) -> bool:
+        return bool(self.error or self.hang or self.slow or self.flaky)
+
+
 def persian_number(number: int) -> str:
     """`number` in Persian digits, as Persian sites write page numbers."""
     return str(number).translate(_PERSIAN_DIGITS)
@@ -106,10 +153,40 @@ class SiteFarm:
     sites: int = 1
     words_per_page: int = 300  # about 2.5 KB of text, 4 KB of HTML
     seed: int = 0
+    faults: PageFaults = field(default_factory=PageFaults)
 
     def __post_init__(self) -> None:
         if self.pages_per_site < 1 or self.sites < 1 or self.words_per_page < 1:
             raise ValueError("pages_per_site, sites and words_per_page must be >= 1")
+
+    def fault_of(self, site: int, page: int) -> str | None:
+        """How `page` of `site` misbehaves (a FAULT_* kind), or None: fixed by the seed."""
+        if page == 0 or not self.faults.any():
+            return None
+        digest = hashlib.sha1(f"{self.seed}:fault:{site}:{page}".encode()).digest()
+        draw = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+        f = self.faults
+        for kind, fraction in ((FAULT_ERROR, f.error), (FAULT_HANG, f.hang), (FAULT_SLOW, f.slow)):
+            if draw < fraction:
+                return kind
+            draw -= fraction
+        return FAULT_FLAKY if draw < f.flaky else None
+
+    def reachable_pages(self, site: int) -> set[int]:
+        """The pages of `site` a crawl from `/` (with no page or depth limit) ends up
+        fetching successfully: links are followed from every page that answers, and a
+        deliberately failing page is fetched but shows no links, so pages behind it alone are
+        not reached."""
+        seen, frontier = {0}, [0]
+        while frontier:
+            page = frontier.pop()
+            if self.fault_of(site, page) in DELIBERATE_FAILURES:
+                continue
+            for linked in self.links_of(page):
+                if linked not in seen:
+                    seen.add(linked)
+                    frontier.append(linked)
+        return {page for page in seen if self.fault_of(site, page) not in DELIBERATE_FAILURES}
 
     @staticmethod
     def path_of(page: int) -> str:
@@ -179,11 +256,24 @@ class SiteFarmServer:
     A thread rather than the caller's loop: the Crawler drives its own event loop in the
     caller's thread (and Ray workers are other processes), so the server must not depend on
     anyone else's loop running. `requests_served` counts every request answered, 404s included.
+
+    `static_sites`: folders served as further sites (numbered after the generated ones), file
+    by file, `index.html` for a folder. `record_served`: remember in `served` the times
+    (time.time()) each page was answered 200 or 304, by (site, path); off by default, because
+    it grows with the pages served.
     """
 
-    def __init__(self, farm: SiteFarm) -> None:
+    def __init__(
+        self, farm: SiteFarm, static_sites: Sequence[Path] = (), record_served: bool = False
+    ) -> None:
         self.farm = farm
+        self.static_sites = [Path(root).resolve() for root in static_sites]
+        self.record_served = record_served
         self.requests_served = 0
+        self.faults_served: collections.Counter[str] = collections.Counter()
+        self.served: dict[tuple[int, str], list[float]] = collections.defaultdict(list)
+        self._flaked: set[tuple[int, int]] = set()
+        self._stopping: asyncio.Event | None = None
         self._site_by_port: dict[int, int] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sitefarm", daemon=True)
@@ -199,20 +289,70 @@ class SiteFarmServer:
         self.requests_served += 1
         port = request.transport.get_extra_info("sockname")[1] if request.transport else None
         site = self._site_by_port.get(port)
+        if site is not None and site >= self.farm.sites:
+            return self._recorded(site, request.path, self._static(site, request))
         page = self.farm.page_of(request.path)
         if site is None or page is None:
             return web.Response(status=404, text="not found")
+        fault = self.farm.fault_of(site, page)
+        if fault is not None:
+            self.faults_served[fault] += 1
+        if fault == FAULT_ERROR:
+            return web.Response(status=500, text="internal server error")
+        if fault == FAULT_HANG:
+            await self._pause(self.farm.faults.hang_seconds)
+            return web.Response(status=404, text="gave up hanging")
+        if fault == FAULT_FLAKY and (site, page) not in self._flaked:
+            self._flaked.add((site, page))
+            return web.Response(status=503, text="busy, try again")
+        if fault == FAULT_SLOW:
+            await self._pause(self.farm.faults.slow_seconds)
         headers = {"ETag": self.farm.etag(site, page), "Last-Modified": _LAST_MODIFIED}
         if request.headers.get("If-None-Match") == headers["ETag"]:
-            return web.Response(status=304, headers=headers)
-        return web.Response(
+            return self._recorded(site, request.path, web.Response(status=304, headers=headers))
+        response = web.Response(
             text=self.farm.page_html(site, page), content_type="text/html", charset="utf-8", headers=headers
         )
+        return self._recorded(site, request.path, response)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less when the server is stopping (so stop() never waits on it)."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _recorded(self, site: int, path: str, response: web.Response) -> web.Response:
+        """`response`, its time noted when it answers a page: 200 with HTML, or 304."""
+        is_page = response.status == 304 or (response.status == 200 and response.content_type == "text/html")
+        if self.record_served and is_page:
+            self.served[(site, path)].append(time.time())
+        return response
+
+    def _static(self, site: int, request: web.Request) -> web.Response:
+        """A file of a static site, as a plain web host serves it (folder → index.html)."""
+        root = self.static_sites[site - self.farm.sites]
+        target = (root / request.path.lstrip("/")).resolve()
+        if not target.is_relative_to(root):
+            return web.Response(status=404, text="not found")
+        if target.is_dir():
+            if not request.path.endswith("/"):
+                raise web.HTTPMovedPermanently(request.path + "/")
+            target = target / "index.html"
+        if not target.is_file():
+            return web.Response(status=404, text="not found")
+        body = target.read_bytes()
+        etag = f'"{hashlib.sha1(body).hexdigest()[:16]}"'
+        headers = {"ETag": etag, "Last-Modified": _LAST_MODIFIED}
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        charset = "utf-8" if kind.startswith("text/") else None
+        return web.Response(body=body, content_type=kind, charset=charset, headers=headers)
 
     async def _start_sites(self) -> list[str]:
+        self._stopping = asyncio.Event()
         await self._runner.setup()
         urls = []
-        for site in range(self.farm.sites):
+        for site in range(self.farm.sites + len(self.static_sites)):
             sock = socket.socket()
             sock.bind((LOOPBACK, 0))
             port = sock.getsockname()[1]
@@ -222,7 +362,8 @@ class SiteFarmServer:
         return urls
 
     def start(self) -> list[str]:
-        """Start serving; returns each site's base URL (ending in "/"), site 0 first."""
+        """Start serving; returns each site's base URL (ending in "/"), site 0 first, the
+        static sites after the generated ones."""
         self._thread.start()
         self.base_urls = self._call(self._start_sites())
         log.info(
@@ -234,6 +375,7 @@ class SiteFarmServer:
         return self.base_urls
 
     def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stopping.set)  # hanging and slow answers end now
         self._call(self._runner.cleanup())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(_SERVER_CALL_TIMEOUT_SECONDS)
@@ -243,14 +385,23 @@ class SiteFarmServer:
 
 @contextmanager
 def serve_site_farm(
-    pages_per_site: int, sites: int = 1, *, words_per_page: int = 300, seed: int = 0
+    pages_per_site: int,
+    sites: int = 1,
+    *,
+    words_per_page: int = 300,
+    seed: int = 0,
+    faults: PageFaults | None = None,
+    static_sites: Sequence[Path] = (),
+    record_served: bool = False,
 ) -> Iterator[SiteFarmServer]:
-    """Serve `sites` generated sites on loopback while the block runs.
+    """Serve `sites` generated sites on loopback while the block runs (plus `static_sites`,
+    and with `faults` some misbehaving pages: see SiteFarmServer and PageFaults).
 
     Yields the running server: `.base_urls` lists the sites' start URLs, `.farm` their content
     (to compute expected pages or links), `.requests_served` what was asked of it.
     """
-    server = SiteFarmServer(SiteFarm(pages_per_site, sites, words_per_page, seed))
+    farm = SiteFarm(pages_per_site, sites, words_per_page, seed, faults or PageFaults())
+    server = SiteFarmServer(farm, static_sites, record_served)
     server.start()
     try:
         yield server

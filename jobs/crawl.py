@@ -207,6 +207,10 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
         try:
             requests = [schema.crawl_request(c.tenant, c.id, c.url, c.include, c.exclude) for c in claimed]
             report = index_sources(requests, config, database_url, f"claim of {len(claimed)} sources")
+        except Exception:  # a worker died, the database went away…: the queue gets the sites back
+            log.exception("crawl.claim_failed sources=%d", len(claimed))
+            queue.release([c.id for c in claimed])
+            continue
         finally:
             keeper.stop()
         for source in claimed:

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from enum import IntEnum
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from pipelines.config import QueueConfig
@@ -141,6 +142,16 @@ class CrawlQueue:
                 (status, Jsonb(progress), error, source_id, self.owner),
             )
 
+    def release(self, source_ids: list[str]) -> None:
+        """Hand claimed sources back at once (the claim failed): claimable again now, not
+        when the lease would have run out; the attempt still counts."""
+        with db.connect(self.database_url) as conn:
+            conn.execute(
+                """UPDATE website_sources SET lease_expires_at = now(), updated_at = now()
+                   WHERE id = ANY(%s::uuid[]) AND lease_owner = %s AND status = 'in_progress'""",
+                (source_ids, self.owner),
+            )
+
     def depth(self) -> dict[tuple[str, int], int]:
         """Rows by (status, priority): what the queue_size metric shows."""
         with db.connect(self.database_url) as conn:
@@ -162,7 +173,11 @@ class LeaseKeeper(threading.Thread):
 
     def run(self) -> None:
         while not self._stopped.wait(self._queue.config.lease_seconds / 3):
-            held = self._queue.renew(self._source_ids)
+            try:
+                held = self._queue.renew(self._source_ids)
+            except (psycopg.Error, db.DatabaseUnavailable) as exc:  # a restart: try again next tick
+                log.warning("queue.renew_failed owner=%s reason=%s", self._queue.owner, exc)
+                continue
             log.debug("queue.renewed owner=%s held=%d", self._queue.owner, held)
 
     def stop(self) -> None:

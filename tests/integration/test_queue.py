@@ -130,3 +130,12 @@ def test_once_drains_the_queue_and_records_each_source(ray_local, queue_url, emb
     assert progress[0]["pages_crawled"] == 2
     assert metrics.QUEUE_SIZE.value(queue="pending/new_site") == 0, "the gauge saw the queue drained"
     assert metrics.QUEUE_SIZE.value(queue="completed/new_site") == 2
+
+
+def test_a_failed_claim_is_handed_back_at_once(queue_url):
+    source = enqueue(queue_url, "tenant", "https://flaky.example/")
+    config = QueueConfig(lease_seconds=3600)
+    failed = CrawlQueue(queue_url, config, owner="failed")
+    failed.claim(1)
+    failed.release([source])
+    assert [(s.id, s.attempts) for s in CrawlQueue(queue_url, config, owner="next").claim(1)] == [(source, 2)]

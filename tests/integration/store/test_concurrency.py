@@ -186,6 +186,9 @@ def test_the_writer_rides_out_a_database_restart(tmp_path, embedder, tenant):
         assert set(results.column(schema.STATUS).to_pylist()) == {schema.STATUS_OK}
         _assert_one_consistent_version_per_page(url, tenant)
     finally:
+        # The restarted postmaster is not the process the server object started: stop it here.
+        pgexec("pg_ctl", ("-w", "-D", str(server.pgdata), "-m", "fast", "stop"), bin_path=server.bin_path,
+               user=server.system_user)  # fmt: skip
         server.cleanup()
 
 
