@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyarrow as pa
 
@@ -64,3 +66,15 @@ def chunked_page(tenant: str, url: str, texts: list[str], status: str = schema.S
 
 def chunked_table(pages: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(pages, schema=schema.CHUNKED)
+
+
+def poll(probe, timeout: float = 30.0, interval: float = 0.02):
+    """The first truthy answer of `probe`, asked every `interval` until `timeout` seconds have
+    passed: how tests wait for something to happen, never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = probe()
+        if answer:
+            return answer
+        time.sleep(interval)
+    raise AssertionError(f"nothing after {timeout}s")

