@@ -30,41 +30,12 @@ from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 
 from pipelines import ids, schema
+from pipelines.store.writer import CHUNK_COLUMNS, CHUNK_COPY_TYPES
 
-# tenant_knowledge's columns in the order `page_rows` yields them (ChunkWriter's COPY order).
-COLUMNS = (
-    "id",
-    "user_id",
-    "chunk_type",
-    "source_id",
-    "document_id",
-    "full_text",
-    "tldr",
-    "section_title",
-    "word_count",
-    "tldr_embedding",
-    "full_embedding",
-    "embedding_model",
-    "content_hash",
-    "metadata",
-)
-# Their PostgreSQL types, for a binary COPY of the same rows.
-COPY_TYPES = (
-    "uuid",
-    "text",
-    "text",
-    "uuid",
-    "uuid",
-    "text",
-    "text",
-    "text",
-    "int4",
-    "vector",
-    "vector",
-    "text",
-    "text",
-    "jsonb",
-)
+# tenant_knowledge's columns in the order `page_rows` yields them, and their types: the
+# writer's own, so both designs store exactly the same row shape.
+COLUMNS = CHUNK_COLUMNS
+COPY_TYPES = CHUNK_COPY_TYPES
 
 _DELETE = "DELETE FROM tenant_knowledge WHERE document_id = %s"
 _INSERT = f"INSERT INTO tenant_knowledge ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"

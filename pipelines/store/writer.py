@@ -26,7 +26,8 @@ from pipelines.store import db
 
 log = logging.getLogger(__name__)
 
-_CHUNK_COLUMNS = (
+# tenant_knowledge columns in the order of a COPY row (also the old-design baseline's INSERT).
+CHUNK_COLUMNS = (
     "id",
     "user_id",
     "chunk_type",
@@ -42,7 +43,7 @@ _CHUNK_COLUMNS = (
     "content_hash",
     "metadata",
 )
-_CHUNK_TYPES = (
+CHUNK_COPY_TYPES = (
     "uuid",
     "text",
     "text",
@@ -261,9 +262,9 @@ class ChunkWriter:
         conn.execute("DELETE FROM tenant_knowledge WHERE document_id = ANY(%s::uuid[])", (replaced + gone,))
         conn.execute("CREATE TEMP TABLE kb_staging (LIKE tenant_knowledge INCLUDING DEFAULTS) ON COMMIT DROP")
         with conn.cursor() as cur:
-            columns = ", ".join(_CHUNK_COLUMNS)
+            columns = ", ".join(CHUNK_COLUMNS)
             with cur.copy(f"COPY kb_staging ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(list(_CHUNK_TYPES))
+                copy.set_types(list(CHUNK_COPY_TYPES))
                 for row in chunk_rows:
                     copy.write_row(row)
         conn.execute("INSERT INTO tenant_knowledge SELECT * FROM kb_staging ON CONFLICT (id) DO NOTHING")

@@ -26,7 +26,7 @@ from pipelines.embed.openai_backend import OpenAIEmbedder, estimate_tokens, retr
 from pipelines.embed.ratelimit import RAY_NAMESPACE, bucket_name
 from pipelines.embed.stage import EmbedStage
 from tests.fakes.openai_server import FakeEmbeddingServer, fake_vector
-from tests.helpers import chunked_page, chunked_table
+from tests.helpers import chunked_page, chunked_table, poll
 
 pytestmark = pytest.mark.integration
 
@@ -52,17 +52,6 @@ def _config(server: FakeEmbeddingServer | SimpleNamespace, **settings) -> EmbedC
 def _expected(texts: list[str], dim: int = 16) -> np.ndarray:
     vectors = np.array([fake_vector(text, dim) for text in texts])
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def _until(condition, timeout: float = 10.0, interval: float = 0.02):
-    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 # -- vectors ---------------------------------------------------------------------------
@@ -231,7 +220,7 @@ def test_breaker_opens_fails_fast_then_a_trial_closes_it_once_the_server_recover
             assert "circuit open" in str(exc)  # while cooling down, no request goes out
             return False
 
-    _until(embedded)
+    poll(embedded, timeout=10.0)
     assert [r.status for r in fake_server.requests] == [503, 503, 200]  # one trial, and it closed
     assert embedder._breaker.state is BreakerState.CLOSED
 
@@ -378,7 +367,10 @@ def test_stage_marks_pages_failed_while_the_circuit_is_open_then_completes_them(
     assert len(fake_server.requests) == 1
 
     fake_server.recover()
-    out = _until(lambda: (rows := stage(batch).to_pylist())[0][schema.STATUS] == schema.STATUS_OK and rows)
+    out = poll(
+        lambda: (rows := stage(batch).to_pylist())[0][schema.STATUS] == schema.STATUS_OK and rows,
+        timeout=10.0,
+    )
     assert [p[schema.STATUS] for p in out] == [schema.STATUS_OK] * 2
     assert {p[schema.EMBEDDING_MODEL] for p in out} == {"openai:text-embedding-3-small@16"}
     chunk = out[0][schema.CHUNKS][0]
