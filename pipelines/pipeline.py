@@ -165,11 +165,7 @@ def index_documents(
         chunked,
         EmbedStage,
         **per_batch,
-        cpus=ray_config.embed_cpus,
-        gpus=ray_config.embed_gpus,
-        concurrency=ray_config.embed_pool,
-        config=config.embed,
-        cache=StoredVectorCache(database_url) if config.store.vector_cache else None,
+        **_embed_placement(config, database_url),
     )
     return _run_stage(
         embedded,
@@ -179,6 +175,18 @@ def index_documents(
         concurrency=ray_config.write_concurrency,
         **store,
     )
+
+
+def _embed_placement(config: PipelineConfig, database_url: str) -> dict:
+    """Where and how an embedding stage runs (crawl indexing and re-embedding alike): the
+    embed actor pool's resources, its model settings and the vector cache."""
+    return {
+        "cpus": config.ray.embed_cpus,
+        "gpus": config.ray.embed_gpus,
+        "concurrency": config.ray.embed_pool,
+        "config": config.embed,
+        "cache": StoredVectorCache(database_url) if config.store.vector_cache else None,
+    }
 
 
 def reembed_chunks(config: PipelineConfig, database_url: str, target: Target) -> ray.data.Dataset:
@@ -201,11 +209,7 @@ def reembed_chunks(config: PipelineConfig, database_url: str, target: Target) ->
         chunks,
         ChunkTextEmbedder,
         batch_size=config.store.reembed_rows_per_block,
-        cpus=ray_config.embed_cpus,
-        gpus=ray_config.embed_gpus,
-        concurrency=ray_config.embed_pool,
-        config=config.embed,
-        cache=StoredVectorCache(database_url) if config.store.vector_cache else None,
+        **_embed_placement(config, database_url),
     )
     return _run_stage(
         vectors,
