@@ -185,21 +185,13 @@ class Plan:
     pages_per_tenant: int
     faults: bool
     services: int = 2
-    sources_per_claim: int = 0  # 0: sized from tenants and services
+    sites_in_flight: int = 0  # per crawl actor; 0: the service's default (queue.sites_in_flight)
     kill_stage: str = "Crawler"
     burst: int = DEFAULT_BURST
     deadline_seconds: float = 1800.0
     seed: int = 0
     extra_settings: tuple[str, ...] = ()  # more service settings ("section.field=value"), applied last
     gate_latency: bool = True  # False: the latency targets are printed but do not fail the run
-
-    @property
-    def claim_size(self) -> int:
-        """Sites per claim: each service makes about 2 claims (at least 2 sites, at most 32):
-        each claim starts a Ray Data pipeline, whose actors take seconds to start on 2 cores."""
-        if self.sources_per_claim:
-            return self.sources_per_claim
-        return max(2, min(32, math.ceil(self.tenants / (2 * self.services))))
 
 
 @dataclass
@@ -350,7 +342,7 @@ def _service_overrides(plan: Plan, database_url: str, embed_url: str, ray_addres
         f"crawl.total_timeout_seconds={CRAWL_TIMEOUT_SECONDS}",
         f"store.database_url={database_url}",
         f"queue.lease_seconds={LEASE_SECONDS}",
-        f"queue.sources_per_claim={plan.claim_size}",
+        *([f"queue.sites_in_flight={plan.sites_in_flight}"] if plan.sites_in_flight else []),
         f"ray.address={ray_address}",
         *plan.extra_settings,
     ]
@@ -861,7 +853,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--small", action="store_true", help="CI size: 20 tenants x 5 pages, faults on")
     parser.add_argument("--services", type=int, default=2, help="crawl services draining the queue at once")
-    parser.add_argument("--sources-per-claim", type=int, default=0, help="0: about 4 claims per service")
+    parser.add_argument(
+        "--sites-in-flight",
+        type=int,
+        default=0,
+        help="sites each crawl actor crawls at once (0: the default)",
+    )
     parser.add_argument("--kill-stage", default="Crawler", help="the stage whose Ray actor --faults kills")
     parser.add_argument(
         "--burst", type=int, default=DEFAULT_BURST, help="embedding requests failed in the burst"
@@ -897,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         pages_per_tenant=args.pages_per_tenant,
         faults=args.faults,
         services=args.services,
-        sources_per_claim=args.sources_per_claim,
+        sites_in_flight=args.sites_in_flight,
         kill_stage=args.kill_stage,
         burst=args.burst,
         deadline_seconds=args.deadline,

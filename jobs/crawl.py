@@ -19,17 +19,21 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psycopg
 import ray.data
 
 from jobs._common import database_url, load_config, open_store, parser
 from pipelines import metrics, pipeline, schema
 from pipelines.config import PipelineConfig
+from pipelines.credits import PageCredits
 from pipelines.embed import Embedder
-from pipelines.store.queue import CrawlQueue, LeaseKeeper, Priority, enqueue
+from pipelines.store.db import DatabaseUnavailable
+from pipelines.store.queue import ClaimFeed, CrawlQueue, LeaseKeeper, Priority, enqueue
 from pipelines.store.sources import record_progress, record_source
 
 log = logging.getLogger("jobs.crawl")
@@ -186,40 +190,107 @@ def _report_depth(queue: CrawlQueue, reported: set[str]) -> None:
     reported.update(depth)
 
 
+class HeldSources:
+    """The sources a service holds, from the pipeline's per-page results to the queue.
+
+    A source is finished once its crawl has ended (the crawl actor recorded how many pages it
+    emitted: `CrawlQueue.crawled`) and that many of its pages are written; until then its
+    progress is written to website_sources every `interval` seconds. Called from the results
+    loop and from the lease keeper (so a source closes even while no results arrive).
+    """
+
+    def __init__(self, queue: CrawlQueue, database_url: str, interval: float) -> None:
+        self.report = RunReport(f"service {queue.owner}")
+        self.finished = 0
+        self._queue = queue
+        self._database_url = database_url
+        self._interval = interval
+        self._closed: set[str] = set()
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self, results: dict[str, list]) -> None:
+        with self._lock:
+            self.report.add(results)
+        if time.monotonic() - self._checked >= self._interval:
+            try:
+                self.close_finished()
+            except (psycopg.Error, DatabaseUnavailable) as exc:  # a restart: the next check closes them
+                log.warning("crawl.close_failed reason=%s", exc)
+
+    def close_finished(self, pipeline_ended: bool = False) -> None:
+        """Finish the sources whose pages are all written; with `pipeline_ended`, every source
+        whose crawl ended (its pages can no longer arrive: a shortfall is logged)."""
+        with self._lock:
+            self._checked = time.monotonic()
+            for source, crawled in self._queue.crawl_ended().items():
+                progress = self.report.sources.get(source, SourceProgress())
+                written = progress.as_dict()["pages_crawled"]
+                if written < crawled and not pipeline_ended:
+                    continue
+                if written < crawled:
+                    log.warning(
+                        "crawl.source.short source=%s crawled=%d written=%d", source, crawled, written
+                    )
+                outcome = _outcome(progress)
+                error = (
+                    None if outcome == "completed" else "no page could be indexed: see website_pages.error"
+                )
+                self._queue.finish(source, outcome, progress.as_dict(), error)
+                log.info("crawl.source.finished source=%s outcome=%s pages=%d", source, outcome, written)
+                self._closed.add(source)
+                self.finished += 1
+            running = {s: p.as_dict() for s, p in self.report.sources.items() if s not in self._closed}
+            if running:
+                record_progress(self._database_url, running)
+
+
 def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) -> int:
-    """Crawl what the queue holds, a claim at a time; with `once`, stop when it is empty.
-    Returns the number of sources crawled. Several services may run at once."""
+    """Crawl what the queue holds in one long-lived pipeline whose crawl actors claim sites as
+    they have room; with `once`, stop when the queue is empty. Returns the number of sources
+    finished. Several services may run at once: they never claim the same site.
+
+    A failed pipeline (a worker died, the database went away) hands its sources back to the
+    queue at once and a new pipeline starts; pages already written stay, and are written again
+    in place when their sites are crawled again."""
     database_url, _ = open_store(config, embedder)
     pipeline.init_ray(config)
     queue = CrawlQueue(database_url, config.queue, owner=f"{socket.gethostname()}:{os.getpid()}")
-    crawled = 0
+    finished = 0
     reported: set[str] = set()
     while True:
         _report_depth(queue, reported)
-        claimed = queue.claim(config.queue.sources_per_claim)
-        if not claimed:
-            if once:
-                return crawled
-            time.sleep(config.queue.poll_seconds)  # an idle service looks for work again
-            continue
-        keeper = LeaseKeeper(queue, [c.id for c in claimed])
+        held = HeldSources(queue, database_url, config.crawl.progress_interval_seconds)
+
+        def tick(held: HeldSources = held) -> None:
+            held.close_finished()
+            _report_depth(queue, reported)
+
+        keeper = LeaseKeeper(queue, on_tick=tick)
         keeper.start()
+        started = time.perf_counter()
+        credits = PageCredits(config.queue.pages_in_flight)
+        feed = ClaimFeed(queue, config.queue.sites_in_flight, once, credits)
         try:
-            requests = [schema.crawl_request(c.tenant, c.id, c.url, c.include, c.exclude) for c in claimed]
-            report = index_sources(requests, config, database_url, f"claim of {len(claimed)} sources")
-        except Exception:  # a worker died, the database went away…: the queue gets the sites back
-            log.exception("crawl.claim_failed sources=%d", len(claimed))
-            queue.release([c.id for c in claimed])
+            documents = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url))
+            results = pipeline.index_documents(documents, config, database_url)
+            for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+                credits.give_back(batch.num_rows)
+                held.add(batch.to_pydict())
+            held.close_finished(pipeline_ended=True)
+        except Exception:  # the queue gets the sites back; they are crawled again
+            log.exception("crawl.pipeline_failed owner=%s", queue.owner)
+            queue.release()
             continue
         finally:
             keeper.stop()
-        for source in claimed:
-            progress = report.sources.get(source.id, SourceProgress())
-            outcome = _outcome(progress)
-            error = None if outcome == "completed" else "no page could be indexed: see website_pages.error"
-            queue.finish(source.id, outcome, progress.as_dict(), error)
-        crawled += len(claimed)
-        print(report.render(), flush=True)
+            credits.close()
+            held.report.seconds = time.perf_counter() - started
+            print(held.report.render(), flush=True)
+            finished += held.finished
+        if once:
+            _report_depth(queue, reported)
+            return finished
 
 
 def main(argv: list[str] | None = None) -> None:

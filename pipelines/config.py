@@ -48,6 +48,7 @@ class CrawlConfig:
     # Guessed between (in this order of preference) for a non-UTF-8 page that names no charset.
     fallback_encodings: str = "windows-1256,windows-1252"
     pages_per_block: int = 16  # pages per Arrow block the crawl yields: bounds memory
+    block_seconds: float = 0.5  # a block goes on this long after its first page, full or not
     user_agent: str = "kb-pipeline-bot/0.1 (+https://github.com/kb-pipeline)"
     allow_private_network: bool = False  # tests and self-hosted sites only: see SSRF notes in README
     use_sitemap: bool = True
@@ -64,6 +65,7 @@ class CrawlConfig:
             "concurrency_per_site",
             "total_timeout_seconds",
             "pages_per_block",
+            "block_seconds",
             "max_connections",
             "max_url_length",
             "progress_interval_seconds",
@@ -260,13 +262,18 @@ class StoreConfig:
 class QueueConfig:
     """The crawl queue (`jobs.crawl --serve` / `--once`), see pipelines/store/queue.py."""
 
-    sources_per_claim: int = 16  # sites a service claims and crawls together
+    sites_in_flight: int = (
+        16  # sites each crawl actor of a service crawls at once; it claims more as they end
+    )
+    # Pages a service has between their fetch and their write (pipelines/credits.py): bounds how
+    # long a fetched page waits. Must be at least ray.batch_pages, or a batch could never fill.
+    pages_in_flight: int = 64
     lease_seconds: float = 120.0  # a claimed site returns to the queue this long after its service died
     max_attempts: int = 3  # claims of one site before it is failed as a site that kills its crawls
     poll_seconds: float = 5.0  # --serve: how often an idle service looks for work
 
     def __post_init__(self) -> None:
-        _positive(self, "sources_per_claim", "lease_seconds", "max_attempts", "poll_seconds")
+        _positive(self, "sites_in_flight", "pages_in_flight", "lease_seconds", "max_attempts", "poll_seconds")
 
 
 @dataclass(frozen=True)
@@ -277,7 +284,9 @@ class RayConfig:
 
     address: str = ""  # empty: a local Ray (or the cluster `ray job submit` runs us on)
     num_cpus: int = 0  # local Ray only; 0 means all cores
-    batch_pages: int = 16  # pages per map_batches call in clean/chunk/embed/write
+    # Pages per map_batches call in clean/chunk/embed/write; 0: each block as it comes (no
+    # stage waits for a batch to fill: the lowest latency, the smallest batches).
+    batch_pages: int = 16
     # Ray Data merges a stage's output into blocks up to this size before passing them on. Its
     # 128 MiB default held a whole site's pages in the crawl actor before clean saw the first.
     max_block_bytes: int = 4_000_000
@@ -299,10 +308,14 @@ class RayConfig:
     lookup_cpus: float = 0.25  # the unchanged-page check: one query per batch
     reembed_readers: int = 2  # re-embedding: tasks reading chunks, each a share of the id space (max 16)
 
+    @property
+    def batch_size(self) -> int | None:
+        """map_batches' batch_size: None passes each block on as it comes."""
+        return self.batch_pages or None
+
     def __post_init__(self) -> None:
         _positive(
             self,
-            "batch_pages",
             "max_block_bytes",
             "crawl_concurrency",
             "crawl_sites_per_batch",
@@ -318,8 +331,8 @@ class RayConfig:
             "lookup_cpus",
             "reembed_readers",
         )
-        if self.embed_gpus < 0:
-            raise ConfigError("ray.embed_gpus must be >= 0")
+        if self.embed_gpus < 0 or self.batch_pages < 0:
+            raise ConfigError("ray.embed_gpus and ray.batch_pages must be >= 0")
         if self.embed_max_concurrency and self.embed_max_concurrency < self.embed_concurrency:
             raise ConfigError("ray.embed_max_concurrency must be 0 (fixed pool) or >= ray.embed_concurrency")
 

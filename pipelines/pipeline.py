@@ -20,7 +20,7 @@ from pipelines.chunk import CHUNKER_VERSION, Chunker
 from pipelines.clean import Cleaner
 from pipelines.config import PipelineConfig
 from pipelines.crawl import Crawler
-from pipelines.crawl.crawler import PageHistory
+from pipelines.crawl.crawler import PageHistory, SourceFeed
 from pipelines.embed import model_id
 from pipelines.embed.stage import ChunkTextEmbedder, EmbedStage
 from pipelines.store import model_switch
@@ -60,11 +60,12 @@ def _run_stage(
     dataset: ray.data.Dataset,
     stage: object,
     *,
-    batch_size: int,
+    batch_size: int | None,
     cpus: float,
     concurrency: int | tuple[int, int],
     gpus: float = 0.0,
     retry_tasks: bool = True,
+    one_task_per_actor: bool = False,
     **constructor_kwargs: object,
 ) -> ray.data.Dataset:
     """The one adapter from a stage to Ray Data: a class becomes an actor pool, each actor
@@ -74,19 +75,27 @@ def _run_stage(
     yields pages in network order): Ray re-runs a task whose actor died but passes on only the
     re-run's outputs beyond those the first run already passed on, which for such a stage
     silently drops rows (measured by bench.loadtest). Without retries the run fails instead,
-    and the crawl queue re-delivers its sources."""
+    and the crawl queue re-delivers its sources.
+
+    `one_task_per_actor` for a stage whose tasks run as long as the pipeline (the queue-fed
+    crawl): Ray would otherwise queue a second task behind the first on an actor that started
+    early, where it never runs."""
     options: dict[str, object] = (
         {"fn_constructor_kwargs": constructor_kwargs} if isinstance(stage, type) else {}
     )
     if not retry_tasks:
         options["max_task_retries"] = 0
+    if one_task_per_actor:
+        assert isinstance(concurrency, int), "a fixed pool: one long task per actor"
+        options["compute"] = ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1)
+    else:
+        options["concurrency"] = concurrency
     return dataset.map_batches(
         stage,
         batch_size=batch_size,
         batch_format="pyarrow",
         num_cpus=cpus,
         num_gpus=gpus,
-        concurrency=concurrency,
         **options,
     )
 
@@ -111,25 +120,58 @@ def crawl_documents(
     Sites are dealt to the crawl actors in batches; an actor crawls its batch's sites at once,
     sharing its connections fairly between them, and streams their pages out as they come.
     """
-    _stream_small_blocks(config)
-    ray_config = config.ray
-    sites_per_batch = ray_config.crawl_sites_per_batch
+    _stream_small_blocks(config)  # before the first dataset: each takes the settings it is made under
+    sites_per_batch = config.ray.crawl_sites_per_batch
     batches = max(1, math.ceil(len(requests) / sites_per_batch))
     sources = ray.data.from_items(requests, override_num_blocks=batches)
-    pages = _run_stage(
+    return _crawl_and_clean(
         sources,
-        Crawler,
+        config,
         batch_size=sites_per_batch,
+        concurrency=min(config.ray.crawl_concurrency, batches),
+        history=history,
+    )
+
+
+def crawl_feed(
+    feed: SourceFeed, config: PipelineConfig, history: PageHistory | None = None
+) -> ray.data.Dataset:
+    """Sites from `feed` (the crawl queue) → cleaned documents, in one pipeline that lives as
+    long as the feed: each crawl actor takes sites from it as it has room, so no site waits
+    for another's crawl to end, and no actor starts twice."""
+    _stream_small_blocks(config)
+    actors = config.ray.crawl_concurrency
+    starts = ray.data.from_items([{"crawl_actor": n} for n in range(actors)], override_num_blocks=actors)
+    return _crawl_and_clean(
+        starts, config, batch_size=1, concurrency=actors, history=history, feed=feed, one_task_per_actor=True
+    )
+
+
+def _crawl_and_clean(
+    crawl_input: ray.data.Dataset,
+    config: PipelineConfig,
+    *,
+    batch_size: int,
+    concurrency: int,
+    history: PageHistory | None,
+    **crawl_options: object,
+) -> ray.data.Dataset:
+    ray_config = config.ray
+    pages = _run_stage(
+        crawl_input,
+        Crawler,
+        batch_size=batch_size,
         cpus=ray_config.crawl_cpus,
-        concurrency=min(ray_config.crawl_concurrency, batches),
+        concurrency=concurrency,
         retry_tasks=False,  # pages come in network order: a re-run would drop some (see _run_stage)
         config=config.crawl,
         history=history,
+        **crawl_options,
     )
     return _run_stage(
         pages,
         Cleaner(config.clean),
-        batch_size=ray_config.batch_pages,
+        batch_size=ray_config.batch_size,
         cpus=ray_config.clean_cpus,
         concurrency=ray_config.clean_concurrency,
     )
@@ -141,7 +183,7 @@ def index_documents(
     """Documents → chunks → vectors → PostgreSQL; yields one schema.WRITE_RESULT row per page."""
     _stream_small_blocks(config)
     ray_config = config.ray
-    per_batch = {"batch_size": ray_config.batch_pages}
+    per_batch = {"batch_size": ray_config.batch_size}
     store = {
         "config": config.store,
         "database_url": database_url,

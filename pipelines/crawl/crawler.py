@@ -58,7 +58,6 @@ _SITEMAP_DEPTH = 1  # a page listed in a sitemap counts as one hop from the star
 _MAX_SITEMAP_FILES = 10  # per source: sitemap indexes can nest without end
 # A robots.txt Crawl-delay of hours would stall the crawl past any job's life; cap it.
 _MAX_CRAWL_DELAY_SECONDS = 60.0
-_END = object()  # end of the row stream
 
 
 class _AlreadySeen(Exception):
@@ -509,8 +508,10 @@ class _SourceCrawl:
         request: dict,
         emit: Callable[[dict], Awaitable[None]],
         history: PageHistory | None,
+        feed: SourceFeed,
     ) -> None:
         self._config = config
+        self._feed = feed
         self._downloader = downloader
         self._request = request
         self._emit_row = emit
@@ -525,7 +526,8 @@ class _SourceCrawl:
         self._filter = _UrlFilter([], [])
         self._outcomes: Counter[str] = Counter()
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Crawl the site; returns the number of page rows emitted for it."""
         started = time.monotonic()
         tenant, source, url = (self._request[k] for k in (schema.TENANT, schema.SOURCE, schema.URL))
         log.info("crawl.source.start tenant=%s source=%s url=%s", tenant, source, url)
@@ -551,6 +553,7 @@ class _SourceCrawl:
                 self._over_budget,
                 time.monotonic() - started,
             )
+        return sum(self._outcomes.values())
 
     async def _crawl(self, url: str) -> None:
         try:
@@ -599,11 +602,15 @@ class _SourceCrawl:
                 self._frontier.task_done()
 
     async def _crawl_page(self, url: str, depth: int, is_start: bool = False) -> None:
+        await self._feed.admit_page()
+        emitted = sum(self._outcomes.values())
         try:
             await self._fetch_page(url, depth, is_start)
         except Exception as exc:  # one page's surprise (a parser bug) must not end the whole crawl
             log.exception("crawl.page url=%s status=failed reason=internal error", url)
             await self._emit(self._row(url, depth, error=f"internal error: {exc!r}"))
+        if sum(self._outcomes.values()) == emitted:
+            await self._feed.page_skipped()
 
     async def _fetch_page(self, url: str, depth: int, is_start: bool) -> None:
         """Fetch one page, record its row, then queue its links one hop deeper.
@@ -767,17 +774,51 @@ class _SourceCrawl:
         await self._emit_row(row)
 
 
-async def _end_when_done(sources: list[asyncio.Task], rows: asyncio.Queue) -> None:
-    """Close the row stream once every source is done, then surface any source's crash."""
-    outcomes = await asyncio.gather(*sources, return_exceptions=True)
-    await rows.put(_END)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-
-
 def _block(rows: list[dict]) -> pa.Table:
     return schema.conform(pa.Table.from_pylist(rows, schema=schema.PAGE), schema.PAGE)
+
+
+class SourceFeed(Protocol):
+    """Where a crawl's sites come from. The crawl asks for more whenever a site ends, so a slow
+    site never holds the next ones back."""
+
+    # How often a crawl with free room asks again while its sites run (None: only when one ends).
+    poll_seconds: float | None
+
+    async def take(self, running: int) -> list[dict] | None:
+        """More crawl requests, given `running` sites are being crawled; [] for none now (the
+        feed has paused if need be), None for none ever again."""
+
+    async def crawled(self, request: dict, pages: int) -> None:
+        """The site of `request` is crawled: `pages` page rows were emitted for it."""
+
+    async def admit_page(self) -> None:
+        """Wait until the pipeline has room for one more page: called before each fetch."""
+
+    async def page_skipped(self) -> None:
+        """An admitted fetch emitted no row (a redirect to a page already seen): its room goes back."""
+
+
+class _FixedSites:
+    """The crawl requests of one batch, all started at once."""
+
+    poll_seconds = None
+
+    def __init__(self, requests: list[dict]) -> None:
+        self._requests: list[dict] | None = requests
+
+    async def take(self, running: int) -> list[dict] | None:
+        requests, self._requests = self._requests, None
+        return requests
+
+    async def crawled(self, request: dict, pages: int) -> None:
+        return None
+
+    async def admit_page(self) -> None:
+        return None
+
+    async def page_skipped(self) -> None:
+        return None
 
 
 class Crawler:
@@ -785,17 +826,29 @@ class Crawler:
 
     A generator, so the pipeline streams blocks downstream while the crawl goes on, and memory
     stays flat: fetchers wait on a queue of `pages_per_block` rows whenever the consumer is
-    busy. It drives its own event loop, so it runs in a plain thread (a Ray worker, a test).
+    busy. A block is passed on when it is full or `block_seconds` after its first page, so a
+    page never waits long for others. It drives its own event loop, so it runs in a plain
+    thread (a Ray worker, a test).
+
+    With a `feed` the sites come from the feed instead: the input rows only set the crawl going,
+    one row per crawl actor, and it runs until the feed has no more.
     """
 
-    def __init__(self, config: CrawlConfig, history: PageHistory | None = None) -> None:
+    def __init__(
+        self, config: CrawlConfig, history: PageHistory | None = None, feed: SourceFeed | None = None
+    ) -> None:
         self._config = config
         self._history = history  # without it every fetch is unconditional
+        self._feed = feed
 
     def __call__(self, requests: pa.Table) -> Iterator[pa.Table]:
+        if self._feed is not None:
+            feed = self._feed
+        else:
+            columns = [name for name in schema.CRAWL_REQUEST.names if name in requests.column_names]
+            feed = _FixedSites(requests.select(columns).to_pylist())
         loop = asyncio.new_event_loop()
-        columns = [name for name in schema.CRAWL_REQUEST.names if name in requests.column_names]
-        blocks = self._crawl(requests.select(columns).to_pylist())
+        blocks = self._crawl(feed)
         try:
             while True:
                 try:
@@ -808,7 +861,7 @@ class Crawler:
             loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 
-    async def _crawl(self, requests: list[dict]) -> AsyncIterator[pa.Table]:
+    async def _crawl(self, feed: SourceFeed) -> AsyncIterator[pa.Table]:
         config = self._config
         rows: asyncio.Queue = asyncio.Queue(maxsize=config.pages_per_block)
         timeout = aiohttp.ClientTimeout(
@@ -823,22 +876,68 @@ class Crawler:
             timeout=timeout, connector=connector, headers={"User-Agent": config.user_agent}
         ) as http:
             downloader = _Downloader(config, http)
-            sources = [
-                asyncio.create_task(_SourceCrawl(config, downloader, request, rows.put, self._history).run())
-                for request in requests
-            ]
-            finished = asyncio.create_task(_end_when_done(sources, rows))
+            sites = asyncio.create_task(self._crawl_sites(feed, downloader, rows))
             try:
-                block: list[dict] = []
-                while (row := await rows.get()) is not _END:
-                    block.append(row)
-                    if len(block) == config.pages_per_block:
-                        yield _block(block)
-                        block = []
-                if block:
-                    yield _block(block)
-                await finished
+                async for block in _blocks(rows, sites, config.pages_per_block, config.block_seconds):
+                    yield block
+                await sites  # surfaces a crash of the feed or of a source's crawl
             finally:
-                for task in (*sources, finished):
-                    task.cancel()
-                await asyncio.gather(*sources, finished, return_exceptions=True)
+                sites.cancel()
+                await asyncio.gather(sites, return_exceptions=True)
+
+    async def _crawl_sites(self, feed: SourceFeed, downloader: _Downloader, rows: asyncio.Queue) -> None:
+        """Crawl the feed's sites at once, asking it for more as they end."""
+        running: dict[asyncio.Task, dict] = {}
+        try:
+            while True:
+                requests = await feed.take(len(running))
+                if requests is None and not running:
+                    break
+                for request in requests or []:
+                    crawl = _SourceCrawl(self._config, downloader, request, rows.put, self._history, feed)
+                    running[asyncio.create_task(crawl.run())] = request
+                if not running:
+                    continue
+                done, _ = await asyncio.wait(
+                    running, timeout=feed.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    await feed.crawled(running.pop(task), task.result())
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+async def _blocks(
+    rows: asyncio.Queue, producer: asyncio.Task, size: int, seconds: float
+) -> AsyncIterator[pa.Table]:
+    """Rows → blocks of `size` rows until `producer` is done and every row is taken; a block
+    is passed on early once its first row is `seconds` old."""
+    loop = asyncio.get_running_loop()
+    block: list[dict] = []
+    started = 0.0
+    while not producer.done() or not rows.empty():
+        if rows.empty():
+            wait = None if not block else max(0.0, started + seconds - loop.time())
+            getter = asyncio.ensure_future(rows.get())
+            done, _ = await asyncio.wait(
+                {getter, producer}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter not in done:
+                getter.cancel()
+                if not done and block:  # the oldest row waited long enough
+                    yield _block(block)
+                    block = []
+                continue
+            row = getter.result()
+        else:
+            row = rows.get_nowait()
+        if not block:
+            started = loop.time()
+        block.append(row)
+        if len(block) == size or loop.time() - started >= seconds:
+            yield _block(block)
+            block = []
+    if block:
+        yield _block(block)

@@ -299,6 +299,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             WITH CHECK (user_id = current_setting('kb.tenant', true));
         """,
     ),
+    Migration(
+        8,
+        "website_sources.crawled_pages: a service finishes a source once that many pages are written",
+        # Set by the crawl actor when a claimed source's crawl ends (NULL while it runs, reset by
+        # every claim); the service that holds the lease compares it with the pages written.
+        "ALTER TABLE website_sources ADD COLUMN IF NOT EXISTS crawled_pages integer;",
+    ),
 )
 
 

@@ -15,15 +15,20 @@ the order of arrival.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pipelines import schema
 from pipelines.config import QueueConfig
+from pipelines.credits import PageCredits
 from pipelines.store import db
 
 log = logging.getLogger(__name__)
@@ -62,7 +67,7 @@ _CLAIM = f"""
         FOR UPDATE OF s SKIP LOCKED
     )
     UPDATE website_sources AS s
-    SET status = 'in_progress', lease_owner = %(owner)s, attempts = s.attempts + 1,
+    SET status = 'in_progress', lease_owner = %(owner)s, attempts = s.attempts + 1, crawled_pages = NULL,
         lease_expires_at = now() + make_interval(secs => %(lease)s), updated_at = now()
     FROM chosen WHERE s.id = chosen.id
     RETURNING s.id::text, s.user_id, s.url, coalesce(s.include_patterns, '{{}}'),
@@ -123,14 +128,34 @@ class CrawlQueue:
         log.info("queue.claimed owner=%s sources=%d", self.owner, len(claimed))
         return claimed
 
-    def renew(self, source_ids: list[str]) -> int:
-        """Extend this service's leases; returns how many it still holds."""
+    def renew(self) -> int:
+        """Extend the leases of every source this service holds; returns how many it holds."""
         with db.connect(self.database_url) as conn:
             return conn.execute(
                 """UPDATE website_sources SET lease_expires_at = now() + make_interval(secs => %s)
-                   WHERE id = ANY(%s::uuid[]) AND lease_owner = %s AND status = 'in_progress'""",
-                (self.config.lease_seconds, source_ids, self.owner),
+                   WHERE lease_owner = %s AND status = 'in_progress'""",
+                (self.config.lease_seconds, self.owner),
             ).rowcount
+
+    def crawled(self, source_id: str, pages: int) -> None:
+        """The crawl of a held source has ended, having emitted `pages` page rows: the source is
+        finished once that many pages are written (see `crawl_ended`)."""
+        with db.connect(self.database_url) as conn:
+            conn.execute(
+                """UPDATE website_sources SET crawled_pages = %s, updated_at = now()
+                   WHERE id = %s AND lease_owner = %s AND status = 'in_progress'""",
+                (pages, source_id, self.owner),
+            )
+
+    def crawl_ended(self) -> dict[str, int]:
+        """Held sources whose crawl has ended → the number of pages it emitted."""
+        with db.connect(self.database_url) as conn:
+            rows = conn.execute(
+                """SELECT id::text, crawled_pages FROM website_sources
+                   WHERE lease_owner = %s AND status = 'in_progress' AND crawled_pages IS NOT NULL""",
+                (self.owner,),
+            ).fetchall()
+        return dict(rows)
 
     def finish(self, source_id: str, status: str, progress: dict, error: str | None = None) -> None:
         with db.connect(self.database_url) as conn:
@@ -142,14 +167,15 @@ class CrawlQueue:
                 (status, Jsonb(progress), error, source_id, self.owner),
             )
 
-    def release(self, source_ids: list[str]) -> None:
-        """Hand claimed sources back at once (the claim failed): claimable again now, not
-        when the lease would have run out; the attempt still counts."""
+    def release(self) -> None:
+        """Hand every source this service holds back at once (its pipeline failed): claimable
+        again now, not when the lease would have run out; the attempt still counts."""
         with db.connect(self.database_url) as conn:
             conn.execute(
-                """UPDATE website_sources SET lease_expires_at = now(), updated_at = now()
-                   WHERE id = ANY(%s::uuid[]) AND lease_owner = %s AND status = 'in_progress'""",
-                (source_ids, self.owner),
+                """UPDATE website_sources
+                   SET lease_owner = NULL, lease_expires_at = now(), crawled_pages = NULL, updated_at = now()
+                   WHERE lease_owner = %s AND status = 'in_progress'""",
+                (self.owner,),
             )
 
     def depth(self) -> dict[tuple[str, int], int]:
@@ -162,19 +188,22 @@ class CrawlQueue:
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews the leases of the sources a service is crawling, every third of a lease, until
-    stopped: a crawl longer than the lease keeps its sources; a dead service loses them."""
+    """Renews the leases of the sources a service holds, every third of a lease, until stopped:
+    a crawl longer than the lease keeps its sources; a dead service loses them. `on_tick` runs
+    after each renewal (the service closes finished sources there when no results arrive)."""
 
-    def __init__(self, queue: CrawlQueue, source_ids: list[str]) -> None:
+    def __init__(self, queue: CrawlQueue, on_tick: Callable[[], None] | None = None) -> None:
         super().__init__(name="lease-keeper", daemon=True)
         self._queue = queue
-        self._source_ids = source_ids
+        self._on_tick = on_tick
         self._stopped = threading.Event()
 
     def run(self) -> None:
         while not self._stopped.wait(self._queue.config.lease_seconds / 3):
             try:
-                held = self._queue.renew(self._source_ids)
+                held = self._queue.renew()
+                if self._on_tick is not None:
+                    self._on_tick()
             except (psycopg.Error, db.DatabaseUnavailable) as exc:  # a restart: try again next tick
                 log.warning("queue.renew_failed owner=%s reason=%s", self._queue.owner, exc)
                 continue
@@ -183,3 +212,63 @@ class LeaseKeeper(threading.Thread):
     def stop(self) -> None:
         self._stopped.set()
         self.join()
+
+
+class ClaimFeed:
+    """The crawl's feed (pipelines.crawl.crawler.SourceFeed) from the queue: each crawl actor
+    claims sites as it has room for them, up to `sites_in_flight`, and records each site's
+    page count when its crawl ends. With `once` it stops when the queue has nothing left for it.
+    With `credits`, each fetch waits for room in the service's pipeline (pipelines.credits).
+
+    The database may be away for a moment (a restart): claiming then waits and tries again;
+    recording a crawl's end keeps trying for a lease's length, then fails the crawl (the
+    service hands its sources back and they are crawled again)."""
+
+    def __init__(
+        self, queue: CrawlQueue, sites_in_flight: int, once: bool, credits: PageCredits | None
+    ) -> None:
+        self.poll_seconds = queue.config.poll_seconds
+        self._queue = queue
+        self._sites_in_flight = sites_in_flight
+        self._once = once
+        self._credits = credits
+
+    async def take(self, running: int) -> list[dict] | None:
+        claimed: list[ClaimedSource] = []
+        room = self._sites_in_flight - running
+        if room > 0:
+            try:
+                claimed = await asyncio.to_thread(self._queue.claim, room)
+            except (psycopg.Error, db.DatabaseUnavailable) as exc:
+                log.warning("queue.claim_failed owner=%s reason=%s", self._queue.owner, exc)
+                if not running:
+                    await asyncio.sleep(self.poll_seconds)
+                return []
+        if claimed:
+            return [schema.crawl_request(c.tenant, c.id, c.url, c.include, c.exclude) for c in claimed]
+        if running:
+            return []
+        if self._once:
+            return None
+        await asyncio.sleep(self.poll_seconds)  # an idle service looks for work again
+        return []
+
+    async def crawled(self, request: dict, pages: int) -> None:
+        deadline = time.monotonic() + self._queue.config.lease_seconds
+        while True:
+            try:
+                await asyncio.to_thread(self._queue.crawled, request[schema.SOURCE], pages)
+                return
+            except (psycopg.Error, db.DatabaseUnavailable) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("queue.crawled_failed source=%s reason=%s", request[schema.SOURCE], exc)
+                await asyncio.sleep(self.poll_seconds)
+
+    async def admit_page(self) -> None:
+        if self._credits is not None:
+            await self._credits.take()
+
+    async def page_skipped(self) -> None:
+        if self._credits is not None:
+            self._credits.give_back(1)

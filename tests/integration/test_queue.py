@@ -89,7 +89,7 @@ def test_a_renewed_lease_keeps_the_source(queue_url):
     config = QueueConfig(lease_seconds=0.3)
     working = CrawlQueue(queue_url, config, owner="working")
     working.claim(1)
-    keeper = LeaseKeeper(working, [source])
+    keeper = LeaseKeeper(working)
     keeper.start()
     other = CrawlQueue(queue_url, config, owner="other")
     deadline = time.monotonic() + 1.5  # five leases long
@@ -128,5 +128,22 @@ def test_a_failed_claim_is_handed_back_at_once(queue_url):
     config = QueueConfig(lease_seconds=3600)
     failed = CrawlQueue(queue_url, config, owner="failed")
     failed.claim(1)
-    failed.release([source])
-    assert [(s.id, s.attempts) for s in CrawlQueue(queue_url, config, owner="next").claim(1)] == [(source, 2)]
+    failed.crawled(source, 3)
+    failed.release()
+    assert _status(queue_url, source)[2] is None, "released: no owner renews it"
+    following = CrawlQueue(queue_url, config, owner="next")
+    assert [(s.id, s.attempts) for s in following.claim(1)] == [(source, 2)]
+    assert following.crawl_ended() == {}, "the earlier attempt's page count is not this one's"
+
+
+def test_a_source_reports_its_crawled_pages_to_its_owner_only(queue_url):
+    source = enqueue(queue_url, "tenant", "https://done.example/")
+    owner = CrawlQueue(queue_url, QueueConfig(), owner="owner")
+    owner.claim(1)
+    assert owner.crawl_ended() == {}
+    CrawlQueue(queue_url, QueueConfig(), owner="stranger").crawled(source, 9)
+    assert owner.crawl_ended() == {}, "only the lease holder records a crawl's end"
+    owner.crawled(source, 4)
+    assert owner.crawl_ended() == {source: 4}
+    owner.finish(source, "completed", {"pages_crawled": 4})
+    assert owner.crawl_ended() == {}
