@@ -64,6 +64,8 @@ class RunReport:
 
     tenant: str
     sources: dict[str, SourceProgress] = field(default_factory=dict)
+    # Sources done and let go of (a service runs for months): counted in the totals only.
+    retired: SourceProgress = field(default_factory=SourceProgress)
     failures: collections.Counter = field(default_factory=collections.Counter)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -90,10 +92,15 @@ class RunReport:
             progress.chunks += chunks
             progress.vectors += vectors
 
+    def retire(self, source: str) -> None:
+        progress = self.sources.pop(source, SourceProgress())
+        for name, value in dataclasses.asdict(progress).items():
+            setattr(self.retired, name, getattr(self.retired, name) + value)
+
     @property
     def totals(self) -> SourceProgress:
         """All sources of the run together."""
-        summed = SourceProgress()
+        summed = dataclasses.replace(self.retired)
         for progress in self.sources.values():
             for name, value in dataclasses.asdict(progress).items():
                 setattr(summed, name, getattr(summed, name) + value)
@@ -205,7 +212,6 @@ class HeldSources:
         self._queue = queue
         self._database_url = database_url
         self._interval = interval
-        self._closed: set[str] = set()
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
@@ -238,11 +244,18 @@ class HeldSources:
                 )
                 self._queue.finish(source, outcome, progress.as_dict(), error)
                 log.info("crawl.source.finished source=%s outcome=%s pages=%d", source, outcome, written)
-                self._closed.add(source)
+                self.report.retire(source)
                 self.finished += 1
-            running = {s: p.as_dict() for s, p in self.report.sources.items() if s not in self._closed}
-            if running:
-                record_progress(self._database_url, running)
+            record_progress(self._database_url, {s: p.as_dict() for s, p in self.report.sources.items()})
+
+
+def _page_by_page(config: PipelineConfig) -> PipelineConfig:
+    """With pages in flight bounded (queue.pages_in_flight), every page goes through the
+    pipeline on its own: no stage waits for a batch to fill, and no page waits in a block for
+    others (a page held back holds its credit, and enough of them would stop the crawl)."""
+    if not config.queue.pages_in_flight:
+        return config
+    return dataclasses.replace(config, ray=dataclasses.replace(config.ray, batch_pages=0, max_block_bytes=1))
 
 
 def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) -> int:
@@ -255,42 +268,65 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
     in place when their sites are crawled again."""
     database_url, _ = open_store(config, embedder)
     pipeline.init_ray(config)
-    queue = CrawlQueue(database_url, config.queue, owner=f"{socket.gethostname()}:{os.getpid()}")
+    config = _page_by_page(config)
+    service = f"{socket.gethostname()}:{os.getpid()}"
     finished = 0
     reported: set[str] = set()
+    run = 0
     while True:
+        run += 1
+        # Each pipeline holds its leases under its own name: a crawl actor of a failed pipeline
+        # may still claim a site before it is stopped, and no one must renew that lease.
+        queue = CrawlQueue(database_url, config.queue, owner=f"{service}:{run}")
         _report_depth(queue, reported)
         held = HeldSources(queue, database_url, config.crawl.progress_interval_seconds)
-
-        def tick(held: HeldSources = held) -> None:
-            held.close_finished()
-            _report_depth(queue, reported)
-
-        keeper = LeaseKeeper(queue, on_tick=tick)
-        keeper.start()
-        started = time.perf_counter()
-        credits = PageCredits(config.queue.pages_in_flight)
-        feed = ClaimFeed(queue, config.queue.sites_in_flight, once, credits)
         try:
-            documents = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url))
-            results = pipeline.index_documents(documents, config, database_url)
-            for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-                credits.give_back(batch.num_rows)
-                held.add(batch.to_pydict())
-            held.close_finished(pipeline_ended=True)
+            _run_pipeline(config, database_url, queue, held, once, reported)
         except Exception:  # the queue gets the sites back; they are crawled again
             log.exception("crawl.pipeline_failed owner=%s", queue.owner)
             queue.release()
             continue
         finally:
-            keeper.stop()
-            credits.close()
-            held.report.seconds = time.perf_counter() - started
-            print(held.report.render(), flush=True)
             finished += held.finished
+            print(held.report.render(), flush=True)
         if once:
             _report_depth(queue, reported)
             return finished
+
+
+def _run_pipeline(
+    config: PipelineConfig,
+    database_url: str,
+    queue: CrawlQueue,
+    held: HeldSources,
+    once: bool,
+    reported: set[str],
+) -> None:
+    """One pipeline, its crawl actors claiming under `queue`'s name, until its feed ends (with
+    `once`); raises when it fails."""
+
+    def tick() -> None:
+        held.close_finished()
+        _report_depth(queue, reported)
+
+    keeper = LeaseKeeper(queue, on_tick=tick)
+    keeper.start()
+    credits = PageCredits(config.queue.pages_in_flight) if config.queue.pages_in_flight else None
+    feed = ClaimFeed(queue, config.queue.sites_in_flight, once, credits)
+    started = time.perf_counter()
+    try:
+        documents = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url))
+        results = pipeline.index_documents(documents, config, database_url)
+        for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+            if credits is not None:
+                credits.give_back(batch.num_rows)
+            held.add(batch.to_pydict())
+        held.close_finished(pipeline_ended=True)
+    finally:
+        keeper.stop()
+        if credits is not None:
+            credits.close()
+        held.report.seconds = time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -262,18 +262,21 @@ class StoreConfig:
 class QueueConfig:
     """The crawl queue (`jobs.crawl --serve` / `--once`), see pipelines/store/queue.py."""
 
-    sites_in_flight: int = (
-        16  # sites each crawl actor of a service crawls at once; it claims more as they end
-    )
+    sites_in_flight: int = 16  # sites each crawl actor of a service crawls at once; more as they end
     # Pages a service has between their fetch and their write (pipelines/credits.py): bounds how
-    # long a fetched page waits. Must be at least ray.batch_pages, or a batch could never fill.
-    pages_in_flight: int = 64
+    # long a fetched page waits (Little's law: about this many pages / pages per second). The
+    # service then passes each page through on its own (ray.batch_pages=0, one-page blocks):
+    # a page held back in a batch or block would hold its credit, and enough of them would
+    # stop the crawl. 0: unbounded, batches and blocks as the ray section says.
+    pages_in_flight: int = 8
     lease_seconds: float = 120.0  # a claimed site returns to the queue this long after its service died
     max_attempts: int = 3  # claims of one site before it is failed as a site that kills its crawls
     poll_seconds: float = 5.0  # --serve: how often an idle service looks for work
 
     def __post_init__(self) -> None:
-        _positive(self, "sites_in_flight", "pages_in_flight", "lease_seconds", "max_attempts", "poll_seconds")
+        _positive(self, "sites_in_flight", "lease_seconds", "max_attempts", "poll_seconds")
+        if self.pages_in_flight < 0:
+            raise ConfigError("queue.pages_in_flight must be >= 0 (0: unbounded)")
 
 
 @dataclass(frozen=True)
@@ -290,6 +293,9 @@ class RayConfig:
     # Ray Data merges a stage's output into blocks up to this size before passing them on. Its
     # 128 MiB default held a whole site's pages in the crawl actor before clean saw the first.
     max_block_bytes: int = 4_000_000
+    # A pipeline starts its tasks once every stage's actors are up; it fails if they are not
+    # up within this long (the cluster lacks the CPUs or GPUs they ask for).
+    actor_start_timeout_seconds: float = 600.0
     crawl_concurrency: int = 2  # crawl actors; each crawls a batch of sites concurrently
     crawl_sites_per_batch: int = 16  # sites one crawl actor works on at once (asyncio, fair shares)
     crawl_cpus: float = 0.25  # crawling waits on the network
@@ -317,6 +323,7 @@ class RayConfig:
         _positive(
             self,
             "max_block_bytes",
+            "actor_start_timeout_seconds",
             "crawl_concurrency",
             "crawl_sites_per_batch",
             "crawl_cpus",

@@ -50,10 +50,16 @@ def init_ray(config: PipelineConfig) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = True
 
 
-def _stream_small_blocks(config: PipelineConfig) -> None:
-    """Pass stage outputs on in blocks of at most `ray.max_block_bytes` (see RayConfig), so that
-    pages flow from crawl to write as they come instead of once a whole site is crawled."""
-    ray.data.DataContext.get_current().target_max_block_size = config.ray.max_block_bytes
+def _configure_ray_data(config: PipelineConfig) -> None:
+    """Settings every dataset takes when it is made (so call this before making the first):
+
+    - pass stage outputs on in blocks of at most `ray.max_block_bytes` (see RayConfig), so that
+      pages flow from crawl to write as they come instead of once a whole site is crawled;
+    - start no task before every stage's actors are up (at most `ray.actor_start_timeout_seconds`):
+      a page fetched while the embed actor still loads its model would only wait."""
+    context = ray.data.DataContext.get_current()
+    context.target_max_block_size = config.ray.max_block_bytes
+    context.wait_for_min_actors_s = config.ray.actor_start_timeout_seconds
 
 
 def _run_stage(
@@ -120,7 +126,7 @@ def crawl_documents(
     Sites are dealt to the crawl actors in batches; an actor crawls its batch's sites at once,
     sharing its connections fairly between them, and streams their pages out as they come.
     """
-    _stream_small_blocks(config)  # before the first dataset: each takes the settings it is made under
+    _configure_ray_data(config)
     sites_per_batch = config.ray.crawl_sites_per_batch
     batches = max(1, math.ceil(len(requests) / sites_per_batch))
     sources = ray.data.from_items(requests, override_num_blocks=batches)
@@ -139,7 +145,7 @@ def crawl_feed(
     """Sites from `feed` (the crawl queue) → cleaned documents, in one pipeline that lives as
     long as the feed: each crawl actor takes sites from it as it has room, so no site waits
     for another's crawl to end, and no actor starts twice."""
-    _stream_small_blocks(config)
+    _configure_ray_data(config)
     actors = config.ray.crawl_concurrency
     starts = ray.data.from_items([{"crawl_actor": n} for n in range(actors)], override_num_blocks=actors)
     return _crawl_and_clean(
@@ -181,7 +187,7 @@ def index_documents(
     documents: ray.data.Dataset, config: PipelineConfig, database_url: str
 ) -> ray.data.Dataset:
     """Documents → chunks → vectors → PostgreSQL; yields one schema.WRITE_RESULT row per page."""
-    _stream_small_blocks(config)
+    _configure_ray_data(config)
     ray_config = config.ray
     per_batch = {"batch_size": ray_config.batch_size}
     store = {
@@ -234,7 +240,7 @@ def _embed_placement(config: PipelineConfig, database_url: str) -> dict:
 def reembed_chunks(config: PipelineConfig, database_url: str, target: Target) -> ray.data.Dataset:
     """Stored chunks lacking `target`'s vectors → their new vectors in the `_next` columns;
     yields one row per chunk written. Streams in blocks: memory does not grow with the table."""
-    _stream_small_blocks(config)
+    _configure_ray_data(config)
     ray_config = config.ray
     readers = model_switch.shards(ray_config.reembed_readers)
     chunks = _run_stage(

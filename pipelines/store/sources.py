@@ -29,12 +29,13 @@ def record_source(
 
 def record_progress(database_url: str, progress: dict[str, dict]) -> None:
     """Set `crawl_progress` of several sources in one statement (a running job calls this
-    every few seconds, not per page)."""
+    every few seconds, not per page); a source no longer in progress keeps its final count."""
     if not progress:
         return
     with db.connect(database_url) as conn:
         conn.execute(
             """UPDATE website_sources AS s SET crawl_progress = p.progress, updated_at = now()
-               FROM unnest(%s::uuid[], %s::jsonb[]) AS p (id, progress) WHERE s.id = p.id""",
+               FROM unnest(%s::uuid[], %s::jsonb[]) AS p (id, progress)
+               WHERE s.id = p.id AND s.status = 'in_progress'""",
             (list(progress), [Jsonb(v) for v in progress.values()]),
         )

@@ -123,6 +123,23 @@ def test_once_drains_the_queue_and_records_each_source(ray_local, queue_url, emb
     assert metrics.QUEUE_SIZE.value(queue="completed/new_site") == 2
 
 
+def test_once_with_far_fewer_credits_than_pages_still_drains(ray_local, queue_url, embedder):
+    """Two pages in flight for twelve: every page must come out written for the crawl to go on."""
+    with serve_directory(HAZM_SITE) as site:
+        sources = [enqueue(queue_url, tenant, site) for tenant in ("tenant-c1", "tenant-c2")]
+        config = build_config(
+            store={"database_url": queue_url},
+            crawl={"allow_private_network": True, "max_pages": 6},
+            queue={"pages_in_flight": 2},
+        )
+        assert serve(config, once=True, embedder=embedder) == 2
+    with db.connect(queue_url) as conn:
+        rows = conn.execute(
+            "SELECT status, crawl_progress FROM website_sources WHERE id = ANY(%s::uuid[])", (sources,)
+        ).fetchall()
+    assert [(status, progress["pages_crawled"]) for status, progress in rows] == [("completed", 6)] * 2
+
+
 def test_a_failed_claim_is_handed_back_at_once(queue_url):
     source = enqueue(queue_url, "tenant", "https://flaky.example/")
     config = QueueConfig(lease_seconds=3600)

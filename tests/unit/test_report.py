@@ -24,3 +24,21 @@ def test_report_counts_outcomes_and_keeps_the_failure_list_short():
     text = report.render()
     assert text.count("failed x1:") == FAILURE_REASONS_SHOWN
     assert "and 3 other reasons: see website_pages.error" in text
+
+
+def test_a_retired_source_leaves_the_report_but_stays_in_the_totals():
+    report = RunReport("service")
+    report.add(
+        {
+            schema.SOURCE: ["a", "b", "b"],
+            schema.PAGES_FOUND: [1, 2, 2],
+            schema.STATUS: [schema.STATUS_OK, schema.STATUS_OK, schema.STATUS_FAILED],
+            schema.ERROR: [None, None, "HTTP 404 Not Found"],
+            schema.CHUNKS_WRITTEN: [2, 3, 0],
+            schema.VECTORS_WRITTEN: [4, 6, 0],
+        }
+    )
+    report.retire("b")
+    assert list(report.sources) == ["a"]
+    totals = report.totals
+    assert (totals.pages_completed, totals.pages_failed, totals.chunks) == (2, 1, 5)
