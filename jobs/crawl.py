@@ -53,6 +53,10 @@ class SourceProgress:
     chunks: int = 0
     vectors: int = 0
 
+    def absorb(self, other: SourceProgress) -> None:
+        for name, value in dataclasses.asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
     def as_dict(self) -> dict[str, int]:
         crawled = self.pages_completed + self.pages_unchanged + self.pages_failed
         return {"pages_crawled": crawled, **dataclasses.asdict(self)}
@@ -93,17 +97,14 @@ class RunReport:
             progress.vectors += vectors
 
     def retire(self, source: str) -> None:
-        progress = self.sources.pop(source, SourceProgress())
-        for name, value in dataclasses.asdict(progress).items():
-            setattr(self.retired, name, getattr(self.retired, name) + value)
+        self.retired.absorb(self.sources.pop(source, SourceProgress()))
 
     @property
     def totals(self) -> SourceProgress:
         """All sources of the run together."""
         summed = dataclasses.replace(self.retired)
         for progress in self.sources.values():
-            for name, value in dataclasses.asdict(progress).items():
-                setattr(summed, name, getattr(summed, name) + value)
+            summed.absorb(progress)
         return summed
 
     def render(self) -> str:

@@ -294,8 +294,9 @@ class RayConfig:
     # 128 MiB default held a whole site's pages in the crawl actor before clean saw the first.
     max_block_bytes: int = 4_000_000
     # A pipeline starts its tasks once every stage's actors are up; it fails if they are not
-    # up within this long (the cluster lacks the CPUs or GPUs they ask for).
-    actor_start_timeout_seconds: float = 600.0
+    # up within this long (the cluster lacks the CPUs or GPUs they ask for; a GPU node may
+    # take minutes to join).
+    actor_start_timeout_seconds: float = 1800.0
     crawl_concurrency: int = 2  # crawl actors; each crawls a batch of sites concurrently
     crawl_sites_per_batch: int = 16  # sites one crawl actor works on at once (asyncio, fair shares)
     crawl_cpus: float = 0.25  # crawling waits on the network

@@ -1,11 +1,13 @@
 """website_sources as the crawl queue: the application enqueues, crawl services claim.
 
 The application adds a website by inserting a row (user_id, url; status 'pending'), or with
-`enqueue`. A service (`jobs.crawl --serve`) claims a batch with `FOR UPDATE SKIP LOCKED`, so
-several services never claim the same row and never wait for each other, and holds a lease
-it renews while it works. A service that dies stops renewing; once the lease expires the row
-is claimable again (up to `max_attempts` claims, then it is failed with the reason). What a
-dead service already wrote stays: its pages are idempotent, and the next claim re-crawls.
+`enqueue`. A service's crawl actors (`jobs.crawl --serve`, through `ClaimFeed`) claim sites
+with `FOR UPDATE SKIP LOCKED` as they have room, so several services never claim the same row
+and never wait for each other; the service holds the leases and renews them while it works,
+and finishes a source once its crawl has ended and its pages are written. A service that
+dies stops renewing; once the lease expires the row is claimable again (up to
+`max_attempts` claims, then it is failed with the reason). What a dead service already
+wrote stays: its pages are idempotent, and the next claim re-crawls.
 
 Order: priority first (a new site, with a tenant waiting, before a scheduled re-crawl), then
 fewest sites of the tenant already being crawled (so one tenant enqueueing a hundred sites
@@ -202,12 +204,15 @@ class LeaseKeeper(threading.Thread):
         while not self._stopped.wait(self._queue.config.lease_seconds / 3):
             try:
                 held = self._queue.renew()
-                if self._on_tick is not None:
-                    self._on_tick()
             except (psycopg.Error, db.DatabaseUnavailable) as exc:  # a restart: try again next tick
                 log.warning("queue.renew_failed owner=%s reason=%s", self._queue.owner, exc)
                 continue
             log.debug("queue.renewed owner=%s held=%d", self._queue.owner, held)
+            if self._on_tick is not None:
+                try:
+                    self._on_tick()
+                except Exception:  # never the reason leases stop being renewed
+                    log.exception("queue.tick_failed owner=%s", self._queue.owner)
 
     def stop(self) -> None:
         self._stopped.set()

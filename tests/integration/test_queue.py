@@ -1,13 +1,14 @@
 """The crawl queue on the real database: claims that never overlap, priorities, fairness
 between tenants, leases that expire when a service dies, and `jobs.crawl --once`."""
 
+import asyncio
 import threading
 import time
 
 import pytest
 
 from jobs.crawl import serve
-from pipelines import metrics
+from pipelines import metrics, pipeline
 from pipelines.config import QueueConfig, StoreConfig, build_config
 from pipelines.devserver import serve_directory
 from pipelines.store import db, migrations
@@ -138,6 +139,31 @@ def test_once_with_far_fewer_credits_than_pages_still_drains(ray_local, queue_ur
             "SELECT status, crawl_progress FROM website_sources WHERE id = ANY(%s::uuid[])", (sources,)
         ).fetchall()
     assert [(status, progress["pages_crawled"]) for status, progress in rows] == [("completed", 6)] * 2
+
+
+def test_a_failed_pipeline_hands_its_sites_back_and_the_next_one_crawls_them(
+    ray_local, queue_url, embedder, monkeypatch
+):
+    real_crawl_feed = pipeline.crawl_feed
+    runs: list[str] = []
+
+    def crawl_feed_failing_once(feed, config, history=None):
+        runs.append(feed._queue.owner)
+        if len(runs) == 1:  # this run's actors had claimed both sites when a worker died
+            assert len(asyncio.run(feed.take(0))) == 2
+            raise RuntimeError("a crawl worker died")
+        return real_crawl_feed(feed, config, history)
+
+    monkeypatch.setattr(pipeline, "crawl_feed", crawl_feed_failing_once)
+    with serve_directory(HAZM_SITE) as site:
+        sources = [enqueue(queue_url, tenant, site) for tenant in ("tenant-f1", "tenant-f2")]
+        config = build_config(
+            store={"database_url": queue_url}, crawl={"allow_private_network": True, "max_pages": 2}
+        )
+        assert serve(config, once=True, embedder=embedder) == 2
+    assert len(runs) == 2 and runs[0] != runs[1], "each pipeline holds its leases under its own name"
+    for source in sources:
+        assert _status(queue_url, source) == ("completed", 2, None, None)
 
 
 def test_a_failed_claim_is_handed_back_at_once(queue_url):
