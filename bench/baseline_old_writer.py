@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
 import psycopg
 import pyarrow as pa
 from pgvector.psycopg import register_vector
-from psycopg.types.json import Jsonb
 
 from pipelines import ids, schema
-from pipelines.store.writer import CHUNK_COLUMNS, CHUNK_COPY_TYPES
+from pipelines.store.writer import CHUNK_COLUMNS, CHUNK_COPY_TYPES, chunk_row
 
 # tenant_knowledge's columns in the order `page_rows` yields them, and their types: the
 # writer's own, so both designs store exactly the same row shape.
@@ -53,34 +51,8 @@ def page_rows(batch: pa.Table) -> list[tuple[uuid.UUID, list[tuple]]]:
         if page[schema.STATUS] != schema.STATUS_OK:
             continue
         rows = [
-            (
-                uuid.UUID(ids.chunk_id(page_id, page[schema.CONTENT_HASH], chunk[schema.CHUNK_INDEX])),
-                page[schema.TENANT],
-                page[schema.CHUNK_TYPE],
-                uuid.UUID(page[schema.SOURCE]),
-                uuid.UUID(page_id),
-                chunk[schema.FULL_TEXT],
-                chunk[schema.TLDR],
-                chunk[schema.SECTION_TITLE],
-                chunk[schema.WORD_COUNT],
-                np.asarray(chunk[schema.TLDR_EMBEDDING], dtype=np.float32),
-                np.asarray(chunk[schema.FULL_EMBEDDING], dtype=np.float32),
-                page[schema.EMBEDDING_MODEL],
-                page[schema.CONTENT_HASH],
-                Jsonb(
-                    {
-                        "page_url": page[schema.URL],
-                        "page_title": page[schema.TITLE],
-                        "keywords": chunk[schema.KEYWORDS],
-                        "page_keywords": page[schema.KEYWORDS],
-                        "h1_tags": page[schema.H1],
-                        "h2_tags": page[schema.H2],
-                        "chunk_index": chunk[schema.CHUNK_INDEX],
-                        "total_chunks": len(chunks),
-                        "token_count": chunk[schema.TOKEN_COUNT],
-                        "language": page[schema.LANGUAGE],
-                    }
-                ),
+            chunk_row(
+                page, page_id, chunk, len(chunks), chunk[schema.TLDR_EMBEDDING], chunk[schema.FULL_EMBEDDING]
             )
             for chunk in chunks
         ]

@@ -142,6 +142,38 @@ def _latest_per_page(batch: pa.Table, page_ids: list[str]) -> tuple[pa.Table, li
     return batch.take(kept), [page_ids[i] for i in kept]
 
 
+def chunk_row(page: dict, page_id: str, chunk: dict, total_chunks: int, tldr_vector, full_vector) -> tuple:
+    """One chunk of a completed page as a tenant_knowledge row, in CHUNK_COLUMNS order."""
+    metadata = {
+        "page_url": page[schema.URL],
+        "page_title": page[schema.TITLE],
+        "keywords": chunk[schema.KEYWORDS],
+        "page_keywords": page[schema.KEYWORDS],
+        "h1_tags": page[schema.H1],
+        "h2_tags": page[schema.H2],
+        "chunk_index": chunk[schema.CHUNK_INDEX],
+        "total_chunks": total_chunks,
+        "token_count": chunk[schema.TOKEN_COUNT],
+        "language": page[schema.LANGUAGE],
+    }
+    return (
+        uuid.UUID(ids.chunk_id(page_id, page[schema.CONTENT_HASH], chunk[schema.CHUNK_INDEX])),
+        page[schema.TENANT],
+        page[schema.CHUNK_TYPE],
+        uuid.UUID(page[schema.SOURCE]),
+        uuid.UUID(page_id),
+        chunk[schema.FULL_TEXT],
+        chunk[schema.TLDR],
+        chunk[schema.SECTION_TITLE],
+        chunk[schema.WORD_COUNT],
+        np.asarray(tldr_vector, dtype=np.float32),
+        np.asarray(full_vector, dtype=np.float32),
+        page[schema.EMBEDDING_MODEL],
+        page[schema.CONTENT_HASH],
+        Jsonb(metadata),
+    )
+
+
 def _columns(pages: list[dict], *names: str) -> list[list]:
     """Column-wise values of `pages`, the shape `unnest(array, array, ...)` takes."""
     return [[p[name] for p in pages] for name in names]
@@ -332,34 +364,7 @@ class ChunkWriter:
         for page, pid, start, stop in zip(pages, page_ids, offsets[:-1], offsets[1:], strict=True):
             if page[schema.STATUS] != schema.STATUS_OK:
                 continue
-            total = stop - start
             for position in range(start, stop):
-                chunk = chunks[position]
-                metadata = {
-                    "page_url": page[schema.URL],
-                    "page_title": page[schema.TITLE],
-                    "keywords": chunk[schema.KEYWORDS],
-                    "page_keywords": page[schema.KEYWORDS],
-                    "h1_tags": page[schema.H1],
-                    "h2_tags": page[schema.H2],
-                    "chunk_index": chunk[schema.CHUNK_INDEX],
-                    "total_chunks": total,
-                    "token_count": chunk[schema.TOKEN_COUNT],
-                    "language": page[schema.LANGUAGE],
-                }
-                yield (
-                    uuid.UUID(ids.chunk_id(pid, page[schema.CONTENT_HASH], chunk[schema.CHUNK_INDEX])),
-                    page[schema.TENANT],
-                    page[schema.CHUNK_TYPE],
-                    uuid.UUID(page[schema.SOURCE]),
-                    uuid.UUID(pid),
-                    chunk[schema.FULL_TEXT],
-                    chunk[schema.TLDR],
-                    chunk[schema.SECTION_TITLE],
-                    chunk[schema.WORD_COUNT],
-                    np.asarray(tldr_vectors[position], dtype=np.float32),
-                    np.asarray(full_vectors[position], dtype=np.float32),
-                    page[schema.EMBEDDING_MODEL],
-                    page[schema.CONTENT_HASH],
-                    Jsonb(metadata),
+                yield chunk_row(
+                    page, pid, chunks[position], stop - start, tldr_vectors[position], full_vectors[position]
                 )
