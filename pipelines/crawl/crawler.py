@@ -526,6 +526,11 @@ class _SourceCrawl:
         self._filter = _UrlFilter([], [])
         self._outcomes: Counter[str] = Counter()
 
+    @property
+    def _emitted(self) -> int:
+        """Page rows emitted for this site so far."""
+        return sum(self._outcomes.values())
+
     async def run(self) -> int:
         """Crawl the site; returns the number of page rows emitted for it."""
         started = time.monotonic()
@@ -534,11 +539,7 @@ class _SourceCrawl:
         outcome = "failed"
         try:
             await self._crawl(url)
-            outcome = (
-                "completed"
-                if self._outcomes[schema.STATUS_FAILED] < sum(self._outcomes.values())
-                else outcome
-            )
+            outcome = "completed" if self._outcomes[schema.STATUS_FAILED] < self._emitted else outcome
         finally:
             CRAWL_SOURCES.inc(tags={"status": outcome})
             log.info(
@@ -553,7 +554,7 @@ class _SourceCrawl:
                 self._over_budget,
                 time.monotonic() - started,
             )
-        return sum(self._outcomes.values())
+        return self._emitted
 
     async def _crawl(self, url: str) -> None:
         try:
@@ -603,13 +604,13 @@ class _SourceCrawl:
 
     async def _crawl_page(self, url: str, depth: int, is_start: bool = False) -> None:
         await self._feed.admit_page()
-        emitted = sum(self._outcomes.values())
+        emitted = self._emitted
         try:
             await self._fetch_page(url, depth, is_start)
         except Exception as exc:  # one page's surprise (a parser bug) must not end the whole crawl
             log.exception("crawl.page url=%s status=failed reason=internal error", url)
             await self._emit(self._row(url, depth, error=f"internal error: {exc!r}"))
-        if sum(self._outcomes.values()) == emitted:
+        if self._emitted == emitted:
             await self._feed.page_skipped()
 
     async def _fetch_page(self, url: str, depth: int, is_start: bool) -> None:
