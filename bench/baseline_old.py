@@ -114,7 +114,7 @@ class OldPipeline:
                 schema.TENANT: tenant,
                 schema.SOURCE: source,
                 schema.URL: url,
-                schema.STATUS: schema.STATUS_OK,
+                schema.STATUS: schema.PageStatus.COMPLETED,
                 schema.HTTP_STATUS: response.status_code,
                 schema.CHUNK_TYPE: CHUNK_TYPE_WEBSITE,
                 schema.EMBEDDING_MODEL: self.embedder.model_id,

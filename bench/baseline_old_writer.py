@@ -48,7 +48,7 @@ def page_rows(batch: pa.Table) -> list[tuple[uuid.UUID, list[tuple]]]:
     chunk_lists = batch.column(schema.CHUNKS).to_pylist()
     result = []
     for page, page_id, chunks in zip(pages, ids.page_ids(batch), chunk_lists, strict=True):
-        if page[schema.STATUS] != schema.STATUS_OK:
+        if page[schema.STATUS] != schema.PageStatus.COMPLETED:
             continue
         rows = [
             chunk_row(

@@ -201,7 +201,7 @@ def _crawl_here(pages: int, start_url: str) -> dict:
     documents = pipeline.crawl_documents(requests, config)
     for batch in documents.iter_batches(batch_format="pyarrow", batch_size=None):
         rows += batch.num_rows
-        failed += batch.column(schema.STATUS).to_pylist().count(schema.STATUS_FAILED)
+        failed += batch.column(schema.STATUS).to_pylist().count(schema.PageStatus.FAILED)
     seconds = time.perf_counter() - started
     ended_at = time.time()
     ray.shutdown()

@@ -51,7 +51,7 @@ def hazm_chunks(limit: int, config) -> pa.Table:
                 schema.TENANT: "bench",
                 schema.SOURCE: "bench",
                 schema.URL: path.relative_to(HAZM_SITE).as_posix(),
-                schema.STATUS: schema.STATUS_OK,
+                schema.STATUS: schema.PageStatus.COMPLETED,
                 schema.HTML: path.read_text(encoding="utf-8", errors="replace"),
             }
         )

@@ -29,7 +29,7 @@ Settings that differ from the defaults, and why: the crawl's `total_timeout_seco
 hanging page then costs 3 x 5 s, not 3 x 30 s), `queue.lease_seconds` is 20 (a dead
 service's sites return to the queue after 20 s, not 2 min), and the Ray cluster has more
 logical CPUs than cores (the stages mostly wait on the network and the database; each
-service's pipeline reserves about 2.25 of them). Everything else, `queue.sites_in_flight`
+service's pipeline reserves about 2.25 of them). Everything else, `crawl.sites_in_flight`
 and `queue.pages_in_flight` included, is the service's default.
 
 `--faults`, each once, mid-run (when the share of expected pages written passes 15 %, 35 %
@@ -185,7 +185,7 @@ class Plan:
     pages_per_tenant: int
     faults: bool
     services: int = 2
-    sites_in_flight: int = 0  # per crawl actor; 0: the service's default (queue.sites_in_flight)
+    sites_in_flight: int = 0  # per crawl actor; 0: the service's default (crawl.sites_in_flight)
     kill_stage: str = "Crawler"
     burst: int = DEFAULT_BURST
     deadline_seconds: float = 1800.0
@@ -342,7 +342,7 @@ def _service_overrides(plan: Plan, database_url: str, embed_url: str, ray_addres
         f"crawl.total_timeout_seconds={CRAWL_TIMEOUT_SECONDS}",
         f"store.database_url={database_url}",
         f"queue.lease_seconds={LEASE_SECONDS}",
-        *([f"queue.sites_in_flight={plan.sites_in_flight}"] if plan.sites_in_flight else []),
+        *([f"crawl.sites_in_flight={plan.sites_in_flight}"] if plan.sites_in_flight else []),
         f"ray.address={ray_address}",
         *plan.extra_settings,
     ]

@@ -341,7 +341,10 @@ def _prepare(config: PipelineConfig, tenants: list[tuple[str, str]]) -> dict[str
     embedder = make_embedder(config.embed)
     url = config.store.database_url
     migrations.migrate(url, embedder.dim, config.store, embedder.model_id)
-    return {tenant: record_source(url, tenant, start, "in_progress") for tenant, start in tenants}
+    return {
+        tenant: record_source(url, tenant, start, schema.SourceStatus.IN_PROGRESS)
+        for tenant, start in tenants
+    }
 
 
 def _fingerprint(database_url: str) -> tuple[int, str]:
@@ -432,7 +435,7 @@ def clean_ceiling(htmls: list[str], rounds: int) -> dict:
                 schema.TENANT: "bench",
                 schema.SOURCE: "bench",
                 schema.URL: f"page/{i}",
-                schema.STATUS: schema.STATUS_OK,
+                schema.STATUS: schema.PageStatus.COMPLETED,
                 schema.HTML: html,
             }
             for i, html in enumerate(htmls)
@@ -569,7 +572,7 @@ def write_ceiling(server_url: str, pages: int, chunks_per_page: int, rounds: int
     model = configured_model_id(EmbedConfig())
     with write_path.fresh_database(server_url) as url:
         migrations.migrate(url, write_path.DIM, StoreConfig(), model)
-        source = record_source(url, write_path.TENANT, write_path.START_URL, "in_progress")
+        source = record_source(url, write_path.TENANT, write_path.START_URL, schema.SourceStatus.IN_PROGRESS)
         table = write_path.embedded_pages(pages, chunks_per_page, source, model)
         rows = [row for _, page in page_rows(table) for row in page]
         stored = set()

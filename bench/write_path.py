@@ -165,9 +165,9 @@ def embedded_pages(pages: int, chunks_per_page: int, source: str, model: str, se
             schema.TENANT: TENANT,
             schema.SOURCE: source,
             schema.URL: f"{START_URL}page/{page}",
-            schema.STATUS: schema.STATUS_OK,
+            schema.STATUS: schema.PageStatus.COMPLETED,
             schema.HTTP_STATUS: 200,
-            schema.PAGES_FOUND: pages,
+            schema.URLS_QUEUED: pages,
             schema.CHUNK_TYPE: "website",
             schema.TITLE: texts[page * chunks_per_page][:60],
             schema.H1: [texts[page * chunks_per_page][:40]],
@@ -265,7 +265,9 @@ def measure_bulk(url: str, table: pa.Table) -> dict:
         writer.close()
     outcome = pa.concat_tables(results)
     statuses, errors = outcome[schema.STATUS].to_pylist(), outcome[schema.ERROR].to_pylist()
-    failed = [error for status, error in zip(statuses, errors, strict=True) if status != schema.STATUS_OK]
+    failed = [
+        error for status, error in zip(statuses, errors, strict=True) if status != schema.PageStatus.COMPLETED
+    ]
     if failed:
         raise RuntimeError(f"ChunkWriter recorded {len(failed)} pages failed, e.g. {failed[0]}")
     rows, fingerprint = _stored(url)
@@ -375,7 +377,7 @@ def measure(pages: int, chunks_per_page: int, server_url: str | None = None) -> 
     with database_server(server_url) as server, fresh_database(server) as url:
         migrations.migrate(url, DIM, StoreConfig(), model)
         settings = _server_settings(url)
-        source = record_source(url, TENANT, START_URL, "in_progress")
+        source = record_source(url, TENANT, START_URL, schema.SourceStatus.IN_PROGRESS)
         table = embedded_pages(pages, chunks_per_page, source, model)
 
         _empty_tables(url)

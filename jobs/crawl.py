@@ -81,14 +81,14 @@ class RunReport:
             results[schema.ERROR],
             results[schema.CHUNKS_WRITTEN],
             results[schema.VECTORS_WRITTEN],
-            results[schema.PAGES_FOUND],
+            results[schema.URLS_QUEUED],
             strict=True,
         ):
             progress = self.sources.setdefault(source, SourceProgress())
             progress.pages_found = max(progress.pages_found, found or 0)
-            if status == schema.STATUS_OK:
+            if status == schema.PageStatus.COMPLETED:
                 progress.pages_completed += 1
-            elif status == schema.STATUS_UNCHANGED:
+            elif status == schema.PageStatus.UNCHANGED:
                 progress.pages_unchanged += 1
             else:
                 progress.pages_failed += 1
@@ -313,7 +313,7 @@ def _run_pipeline(
     keeper = LeaseKeeper(queue, on_tick=tick)
     keeper.start()
     credits = PageCredits(config.queue.pages_in_flight) if config.queue.pages_in_flight else None
-    feed = ClaimFeed(queue, config.queue.sites_in_flight, once, credits)
+    feed = ClaimFeed(queue, config.crawl.sites_in_flight, once, credits)
     started = time.perf_counter()
     try:
         documents = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url))

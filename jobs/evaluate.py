@@ -61,7 +61,7 @@ def passages_as_documents(passages: list[dict], tenant: str, source: str) -> pa.
             schema.TENANT: tenant,
             schema.SOURCE: source,
             schema.URL: PASSAGE_URL.format(p["id"]),
-            schema.STATUS: schema.STATUS_OK,
+            schema.STATUS: schema.PageStatus.COMPLETED,
             schema.CHUNK_TYPE: CHUNK_TYPE_DOCUMENT,
             schema.TITLE: p.get("title"),
             schema.TEXT: p["text"],
@@ -91,12 +91,18 @@ def evaluate_modes(
     passages, questions = load_qa(qa_path)
     database_url, embedder = open_store(config)
     pipeline.init_ray(config)
-    source = record_source(database_url, tenant, qa_path.resolve().as_uri(), "in_progress")
+    source = record_source(database_url, tenant, qa_path.resolve().as_uri(), schema.SourceStatus.IN_PROGRESS)
     started = time.perf_counter()
     documents = ray.data.from_arrow(passages_as_documents(passages, tenant, source))
     report = collect(pipeline.index_documents(documents, config, database_url), tenant, started)
     print(report.render())
-    record_source(database_url, tenant, qa_path.resolve().as_uri(), "completed", report.totals.as_dict())
+    record_source(
+        database_url,
+        tenant,
+        qa_path.resolve().as_uri(),
+        schema.SourceStatus.COMPLETED,
+        report.totals.as_dict(),
+    )
 
     # One batch for all questions, normalised as search_text does one query at a time, shared
     # by every mode that compares vectors.

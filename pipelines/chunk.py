@@ -269,7 +269,7 @@ class Chunker:
             batch.column(schema.CHUNK_TYPE).to_pylist(),
             strict=True,
         ):
-            if status != schema.STATUS_OK:
+            if status != schema.PageStatus.COMPLETED:
                 chunk_lists.append([])
                 metrics.CHUNK_PAGES.inc(tags={"status": "skipped"})
                 continue

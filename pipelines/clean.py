@@ -197,13 +197,13 @@ class Cleaner:
         for page in batch.to_pylist():
             row = {name: page[name] for name in schema.PAGE_OUTCOME_COLUMNS}
             row[schema.CHUNK_TYPE] = CHUNK_TYPE_WEBSITE
-            if page[schema.STATUS] == schema.STATUS_OK:
+            if page[schema.STATUS] == schema.PageStatus.COMPLETED:
                 started = time.perf_counter()
                 try:
                     row.update(self.extract(page[schema.HTML] or ""))
                 except NoMainText as exc:
                     log.info("clean.failed url=%s reason=%s", page[schema.URL], exc)
-                    row.update({schema.STATUS: schema.STATUS_FAILED, schema.ERROR: str(exc)})
+                    row.update({schema.STATUS: schema.PageStatus.FAILED, schema.ERROR: str(exc)})
                 metrics.PAGE_PROCESS_DURATION.observe(time.perf_counter() - started)
             out.append(row)
         return pa.Table.from_pylist(out, schema=schema.DOCUMENT)

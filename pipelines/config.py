@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.retry import Backoff
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,9 +43,12 @@ class CrawlConfig:
     max_redirects: int = 5
     max_response_bytes: int = 5_000_000  # larger bodies are cut off and the page marked failed
     max_connections: int = 64  # open requests per crawl worker, all sites together; shared fairly
+    # Sites one crawl actor crawls at once (asyncio, fair shares); a service's actors claim
+    # another from the queue as soon as one ends.
+    sites_in_flight: int = 16
     retries: int = 2  # extra attempts after a timeout, a dropped connection, HTTP 429 or 5xx
     retry_backoff_seconds: float = 0.5  # first retry waits up to this (full jitter), doubling each time
-    max_retry_wait_seconds: float = 30.0  # cap on one wait, Retry-After included
+    retry_max_wait_seconds: float = 30.0  # cap on one wait, Retry-After included
     max_url_length: int = 2048  # longer links are not followed (crawler traps grow URLs)
     # Guessed between (in this order of preference) for a non-UTF-8 page that names no charset.
     fallback_encodings: str = "windows-1256,windows-1252"
@@ -67,6 +72,7 @@ class CrawlConfig:
             "pages_per_block",
             "block_seconds",
             "max_connections",
+            "sites_in_flight",
             "max_url_length",
             "progress_interval_seconds",
         )
@@ -84,6 +90,10 @@ class CrawlConfig:
     @property
     def fallback_encoding_list(self) -> list[str]:
         return [name.strip() for name in self.fallback_encodings.split(",") if name.strip()]
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.retry_backoff_seconds, self.retry_max_wait_seconds)
 
 
 @dataclass(frozen=True)
@@ -164,8 +174,8 @@ class EmbedConfig:
     # Extra attempts after 429, 5xx, a timeout or a dropped connection. Other 4xx are not retried:
     # asking again cannot fix a bad request or a bad key.
     api_retries: int = 4
-    api_backoff_seconds: float = 0.5  # first retry waits up to this (full jitter), doubling each time
-    api_max_backoff_seconds: float = 30.0  # cap on one wait, the server's Retry-After included
+    api_retry_backoff_seconds: float = 0.5  # first retry waits up to this (full jitter), doubling each time
+    api_retry_max_wait_seconds: float = 30.0  # cap on one wait, the server's Retry-After included
     # Prefixes for asymmetric models served without their own (e5 on TEI: "passage: " / "query: ").
     api_passage_prefix: str = ""
     api_query_prefix: str = ""
@@ -188,7 +198,7 @@ class EmbedConfig:
             "api_bytes_per_token",
             "api_timeout_seconds",
             "api_connect_timeout_seconds",
-            "api_max_backoff_seconds",
+            "api_retry_max_wait_seconds",
             "breaker_failures",
             "breaker_cooldown_seconds",
         )
@@ -197,7 +207,7 @@ class EmbedConfig:
             "api_requests_per_minute",
             "api_tokens_per_minute",
             "api_retries",
-            "api_backoff_seconds",
+            "api_retry_backoff_seconds",
         )
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -211,6 +221,10 @@ class EmbedConfig:
         if self.api_key_env and not _ENV_NAME.fullmatch(self.api_key_env):
             # The value is not echoed: when it is not a variable name it may well be the key itself.
             raise ConfigError("embed.api_key_env must be the NAME of an environment variable, not the key")
+
+    @property
+    def api_backoff(self) -> Backoff:
+        return Backoff(self.api_retry_backoff_seconds, self.api_retry_max_wait_seconds)
 
 
 GPU_BATCH_SIZE = 256
@@ -227,9 +241,11 @@ class StoreConfig:
     data_dir: str = str(REPO_ROOT / ".data" / "pgdata")
     pool_max_size: int = 2  # connections per writer actor
     # A batch whose connection breaks (database restart, failover) is written again from the
-    # start, after 1, 2, 4… seconds (capped at 30): six attempts ride out a minute-long restart.
-    write_retries: int = 5
-    write_retry_seconds: float = 1.0
+    # start, after up to 1, 2, 4… seconds (full jitter, pipelines/retry.py; each wait capped at
+    # 30): eight retries wait about a minute in all, two at most, riding out a restart.
+    write_retries: int = 8
+    write_retry_backoff_seconds: float = 1.0
+    write_retry_max_wait_seconds: float = 30.0
     hnsw_m: int = 16
     hnsw_ef_construction: int = 64
     hnsw_ef_search: int = 100
@@ -252,17 +268,21 @@ class StoreConfig:
             "reembed_rows_per_block",
             "rrf_candidates",
         )
-        if self.rrf_k < 0:
-            raise ConfigError(f"store.rrf_k must be >= 0, got {self.rrf_k!r}")
+        for name in ("rrf_k", "write_retries", "write_retry_backoff_seconds", "write_retry_max_wait_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"store.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.text_match not in ("any", "all"):
             raise ConfigError(f"store.text_match must be 'any' or 'all', got {self.text_match!r}")
+
+    @property
+    def write_backoff(self) -> Backoff:
+        return Backoff(self.write_retry_backoff_seconds, self.write_retry_max_wait_seconds)
 
 
 @dataclass(frozen=True)
 class QueueConfig:
     """The crawl queue (`jobs.crawl --serve` / `--once`), see pipelines/store/queue.py."""
 
-    sites_in_flight: int = 16  # sites each crawl actor of a service crawls at once; more as they end
     # Pages a service has between their fetch and their write (pipelines/credits.py): bounds how
     # long a fetched page waits (Little's law: about this many pages / pages per second). The
     # service then passes each page through on its own (ray.batch_pages=0, one-page blocks):
@@ -274,7 +294,7 @@ class QueueConfig:
     poll_seconds: float = 5.0  # --serve: how often an idle service looks for work
 
     def __post_init__(self) -> None:
-        _positive(self, "sites_in_flight", "lease_seconds", "max_attempts", "poll_seconds")
+        _positive(self, "lease_seconds", "max_attempts", "poll_seconds")
         if self.pages_in_flight < 0:
             raise ConfigError("queue.pages_in_flight must be >= 0 (0: unbounded)")
 
@@ -298,7 +318,6 @@ class RayConfig:
     # take minutes to join).
     actor_start_timeout_seconds: float = 1800.0
     crawl_concurrency: int = 2  # crawl actors; each crawls a batch of sites concurrently
-    crawl_sites_per_batch: int = 16  # sites one crawl actor works on at once (asyncio, fair shares)
     crawl_cpus: float = 0.25  # crawling waits on the network
     clean_concurrency: int = 2  # at most this many clean tasks at once
     clean_cpus: float = 0.25
@@ -326,7 +345,6 @@ class RayConfig:
             "max_block_bytes",
             "actor_start_timeout_seconds",
             "crawl_concurrency",
-            "crawl_sites_per_batch",
             "crawl_cpus",
             "clean_concurrency",
             "clean_cpus",

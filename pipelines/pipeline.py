@@ -127,7 +127,7 @@ def crawl_documents(
     sharing its connections fairly between them, and streams their pages out as they come.
     """
     _configure_ray_data(config)
-    sites_per_batch = config.ray.crawl_sites_per_batch
+    sites_per_batch = config.crawl.sites_in_flight
     batches = max(1, math.ceil(len(requests) / sites_per_batch))
     sources = ray.data.from_items(requests, override_num_blocks=batches)
     return _crawl_and_clean(

@@ -11,6 +11,8 @@ possible (a page split across two batches could not be replaced atomically).
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import pyarrow as pa
 
 # Shared identity columns.
@@ -21,12 +23,25 @@ URL = "url"
 STATUS = "status"
 ERROR = "error"
 
-# Page outcomes, as stored in website_pages.status.
-STATUS_OK = "completed"
-STATUS_FAILED = "failed"
-# Fetched again, same main text (or 304 Not Modified), already indexed with the same model and
-# chunking: the page skips chunk and embed, and its stored chunks stay as they are.
-STATUS_UNCHANGED = "unchanged"
+
+class PageStatus(StrEnum):
+    """A page's outcome, as stored in website_pages.status."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    # Fetched again, same main text (or 304 Not Modified), already indexed with the same model
+    # and chunking: the page skips chunk and embed, and its stored chunks stay as they are.
+    UNCHANGED = "unchanged"
+
+
+class SourceStatus(StrEnum):
+    """A source's state, as stored in website_sources.status: the crawl queue's states."""
+
+    PENDING = "pending"  # queued, waiting for a crawl service to claim it
+    IN_PROGRESS = "in_progress"  # claimed (under a lease) or being crawled by a one-shot job
+    COMPLETED = "completed"  # its last crawl indexed at least one page
+    FAILED = "failed"  # its last crawl indexed nothing, or it was given up after max_attempts
+
 
 # Crawl request: optional per-source URL filters (regular expressions, searched in the URL).
 INCLUDE_PATTERNS = "include_patterns"
@@ -37,7 +52,7 @@ EXCLUDE_PATTERNS = "exclude_patterns"
 ETAG = "etag"
 LAST_MODIFIED = "last_modified"
 LINKS = "links"
-PAGES_FOUND = "pages_found"  # URLs the source's crawl had queued when this page was emitted
+URLS_QUEUED = "urls_queued"  # URLs the source's crawl had queued when this page was emitted
 
 # Crawl → clean.
 HTTP_STATUS = "http_status"
@@ -112,7 +127,7 @@ _PAGE_OUTCOME = [
     pa.field(ETAG, pa.string()),
     pa.field(LAST_MODIFIED, pa.string()),
     pa.field(LINKS, pa.list_(pa.string())),
-    pa.field(PAGES_FOUND, pa.int32()),
+    pa.field(URLS_QUEUED, pa.int32()),
 ]
 PAGE_OUTCOME_COLUMNS = tuple(f.name for f in _PAGE_OUTCOME)
 
@@ -185,7 +200,7 @@ WRITE_RESULT = pa.schema(
         pa.field(ERROR, pa.string()),
         pa.field(CHUNKS_WRITTEN, pa.int32(), nullable=False),
         pa.field(VECTORS_WRITTEN, pa.int32(), nullable=False),
-        pa.field(PAGES_FOUND, pa.int32()),
+        pa.field(URLS_QUEUED, pa.int32()),
     ]
 )
 

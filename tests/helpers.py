@@ -44,15 +44,15 @@ def chunk(index: int, text: str) -> dict:
     }
 
 
-def chunked_page(tenant: str, url: str, texts: list[str], status: str = schema.STATUS_OK) -> dict:
+def chunked_page(tenant: str, url: str, texts: list[str], status: str = schema.PageStatus.COMPLETED) -> dict:
     source = ids.source_id(tenant, "http://site/")
     return {
         schema.TENANT: tenant,
         schema.SOURCE: source,
         schema.URL: url,
         schema.STATUS: status,
-        schema.ERROR: None if status == schema.STATUS_OK else "HTTP 500",
-        schema.HTTP_STATUS: 200 if status == schema.STATUS_OK else 500,
+        schema.ERROR: None if status == schema.PageStatus.COMPLETED else "HTTP 500",
+        schema.HTTP_STATUS: 200 if status == schema.PageStatus.COMPLETED else 500,
         schema.CHUNK_TYPE: "website",
         schema.TITLE: "title",
         schema.H1: ["h1"],
@@ -60,7 +60,9 @@ def chunked_page(tenant: str, url: str, texts: list[str], status: str = schema.S
         schema.KEYWORDS: [],
         schema.LANGUAGE: "fa",
         schema.CONTENT_HASH: str(abs(hash(tuple(texts)))),
-        schema.CHUNKS: [chunk(i, t) for i, t in enumerate(texts)] if status == schema.STATUS_OK else [],
+        schema.CHUNKS: [chunk(i, t) for i, t in enumerate(texts)]
+        if status == schema.PageStatus.COMPLETED
+        else [],
     }
 
 

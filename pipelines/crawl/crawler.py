@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import random
 import re
 import time
 import zlib
@@ -23,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from functools import partial
 from http import HTTPStatus
 from typing import Protocol
@@ -41,6 +39,7 @@ from pipelines.config import CrawlConfig
 from pipelines.crawl.safety import CrawlError, SafeResolver, check_url_async
 from pipelines.crawl.urls import in_scope, is_non_html, normalize_url, site_of
 from pipelines.metrics import CRAWL_PAGES, CRAWL_SOURCES
+from pipelines.retry import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -178,19 +177,6 @@ def _http_error(status: int) -> str:
         return f"HTTP {status}"
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds: either delay-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - _now()).total_seconds())
-    except (TypeError, ValueError):
-        return None
-
-
 class _Downloader:
     """HTTP for one batch: the session, per-site politeness, a global connection limit shared
     fairly between sites, robots.txt, retries, redirects and limits."""
@@ -275,18 +261,14 @@ class _Downloader:
     async def _get_with_retries(
         self, url: str, html_only: bool, headers: dict[str, str]
     ) -> tuple[_Response, str | None]:
-        """`_get`, asked again after transient failures with jittered exponential backoff.
-
-        Full jitter (a random wait up to the doubling cap) spreads the retries of many
-        workers hit by the same outage; a server's Retry-After is a floor on the wait.
-        """
+        """`_get`, asked again after transient failures (pipelines.retry: jittered
+        exponential backoff, the server's Retry-After a floor)."""
         config = self._config
         for attempt in range(config.retries + 1):
             response, target = await self._get(url, html_only, headers)
             if not response.transient or attempt == config.retries:
                 break
-            backoff = random.uniform(0, config.retry_backoff_seconds * 2**attempt)
-            wait = min(max(backoff, response.retry_after or 0.0), config.max_retry_wait_seconds)
+            wait = config.backoff.wait(attempt, response.retry_after)
             log.info(
                 "crawl.retry url=%s reason=%s attempt=%d wait=%.2f", url, response.error, attempt + 1, wait
             )
@@ -339,7 +321,7 @@ class _Downloader:
                 response,
                 error=_http_error(resp.status),
                 transient=resp.status in _TRANSIENT_STATUSES,
-                retry_after=_retry_after_seconds(resp.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(resp.headers),
             ), None
         if html_only and declared_type not in _HTML_CONTENT_TYPES:
             return replace(response, error=f"not HTML ({declared_type or 'no content-type'})"), None
@@ -536,10 +518,11 @@ class _SourceCrawl:
         started = time.monotonic()
         tenant, source, url = (self._request[k] for k in (schema.TENANT, schema.SOURCE, schema.URL))
         log.info("crawl.source.start tenant=%s source=%s url=%s", tenant, source, url)
-        outcome = "failed"
+        outcome = schema.SourceStatus.FAILED
         try:
             await self._crawl(url)
-            outcome = "completed" if self._outcomes[schema.STATUS_FAILED] < self._emitted else outcome
+            if self._outcomes[schema.PageStatus.FAILED] < self._emitted:
+                outcome = schema.SourceStatus.COMPLETED
         finally:
             CRAWL_SOURCES.inc(tags={"status": outcome})
             log.info(
@@ -548,9 +531,9 @@ class _SourceCrawl:
                 tenant,
                 source,
                 url,
-                self._outcomes[schema.STATUS_OK],
-                self._outcomes[schema.STATUS_UNCHANGED],
-                self._outcomes[schema.STATUS_FAILED],
+                self._outcomes[schema.PageStatus.COMPLETED],
+                self._outcomes[schema.PageStatus.UNCHANGED],
+                self._outcomes[schema.PageStatus.FAILED],
                 self._over_budget,
                 time.monotonic() - started,
             )
@@ -738,11 +721,11 @@ class _SourceCrawl:
         links: list[str] | None = None,
     ) -> dict:
         if error is not None:
-            status = schema.STATUS_FAILED
+            status = schema.PageStatus.FAILED
         elif response is not None and response.not_modified:
-            status = schema.STATUS_UNCHANGED
+            status = schema.PageStatus.UNCHANGED
         else:
-            status = schema.STATUS_OK
+            status = schema.PageStatus.COMPLETED
         return {
             schema.TENANT: self._request[schema.TENANT],
             schema.SOURCE: self._request[schema.SOURCE],
@@ -752,8 +735,8 @@ class _SourceCrawl:
             schema.HTTP_STATUS: response.http_status if response else None,
             schema.ETAG: response.etag if response else None,
             schema.LAST_MODIFIED: response.last_modified if response else None,
-            schema.LINKS: links if status != schema.STATUS_FAILED else None,
-            schema.PAGES_FOUND: self._admitted,
+            schema.LINKS: links if status != schema.PageStatus.FAILED else None,
+            schema.URLS_QUEUED: self._admitted,
             schema.CONTENT_TYPE: response.content_type if response else None,
             schema.HTML: html,
             schema.DEPTH: depth,

@@ -25,12 +25,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,6 +42,7 @@ from pipelines.config import EmbedConfig
 from pipelines.embed.base import EmbeddingError, normalise_rows
 from pipelines.embed.breaker import CircuitBreaker, CircuitOpenError
 from pipelines.embed.ratelimit import RateLimiter, shared_rate_limiter
+from pipelines.retry import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -65,29 +64,6 @@ def estimate_tokens(text: str, bytes_per_token: float) -> int:
     request cap and the rate limit.
     """
     return math.ceil(len(text.encode("utf-8")) / bytes_per_token)
-
-
-def retry_after_seconds(headers: requests.structures.CaseInsensitiveDict | dict) -> float | None:
-    """Seconds the server asked us to wait: `retry-after-ms` (OpenAI), else Retry-After as
-    delay-seconds or an HTTP date (RFC 9110 §10.2.3); None when absent or unreadable."""
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds:
-        try:
-            return max(0.0, float(milliseconds) / 1000)
-        except ValueError:
-            pass
-    value = (headers.get("Retry-After") or "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - time.time())
 
 
 def display_url(url: str) -> str:
@@ -339,8 +315,7 @@ class OpenAIEmbedder:
             self._breaker.record_failure(failure.reason)
             if attempt == attempts:
                 break
-            backoff = random.uniform(0, config.api_backoff_seconds * 2 ** (attempt - 1))  # full jitter
-            pause = min(max(backoff, failure.retry_after or 0.0), config.api_max_backoff_seconds)
+            pause = config.api_backoff.wait(attempt - 1, failure.retry_after)
             log.warning(
                 "embed.openai.retry attempt=%d/%d reason=%s wait_seconds=%.2f",
                 attempt,

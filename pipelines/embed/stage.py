@@ -102,8 +102,8 @@ class EmbedStage:
         except EmbeddingError as exc:
             log.warning("embed.failed pages=%d reason=%s", batch.num_rows, exc)
             vectors = np.zeros((2 * len(texts), self.embedder.dim), dtype=np.float32)
-            failed = pc.equal(status, schema.STATUS_OK)
-            status = pc.if_else(failed, schema.STATUS_FAILED, status)
+            failed = pc.equal(status, schema.PageStatus.COMPLETED)
+            status = pc.if_else(failed, schema.PageStatus.FAILED, status)
             error = pc.if_else(failed, f"embedding failed: {exc}", error)
         embedded = self._with_vectors(chunk_lists, vectors[: len(tldrs)], vectors[len(tldrs) :])
         out = (

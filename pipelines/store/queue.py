@@ -31,6 +31,7 @@ from psycopg.types.json import Jsonb
 from pipelines import schema
 from pipelines.config import QueueConfig
 from pipelines.credits import PageCredits
+from pipelines.schema import SourceStatus
 from pipelines.store import db
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,15 @@ class ClaimedSource:
 
 
 # Claimable: pending, or in progress under a lease that has run out.
-_CLAIMABLE = "(status = 'pending' OR (status = 'in_progress' AND lease_expires_at < now()))"
+_PENDING, _IN_PROGRESS = f"'{SourceStatus.PENDING}'", f"'{SourceStatus.IN_PROGRESS}'"
+_CLAIMABLE = f"(status = {_PENDING} OR (status = {_IN_PROGRESS} AND lease_expires_at < now()))"
 
 _CLAIM = f"""
     WITH ranked AS (  -- a tenant's sites being crawled now come first in its ranking
         SELECT id, row_number() OVER (
             PARTITION BY user_id ORDER BY coalesce({_CLAIMABLE}, false), priority, enqueued_at
         ) AS tenant_rank
-        FROM website_sources WHERE status IN ('pending', 'in_progress')
+        FROM website_sources WHERE status IN ({_PENDING}, {_IN_PROGRESS})
     ),
     chosen AS (
         SELECT s.id FROM website_sources s JOIN ranked USING (id)
@@ -69,7 +71,7 @@ _CLAIM = f"""
         FOR UPDATE OF s SKIP LOCKED
     )
     UPDATE website_sources AS s
-    SET status = 'in_progress', lease_owner = %(owner)s, attempts = s.attempts + 1, crawled_pages = NULL,
+    SET status = {_IN_PROGRESS}, lease_owner = %(owner)s, attempts = s.attempts + 1, crawled_pages = NULL,
         lease_expires_at = now() + make_interval(secs => %(lease)s), updated_at = now()
     FROM chosen WHERE s.id = chosen.id
     RETURNING s.id::text, s.user_id, s.url, coalesce(s.include_patterns, '{{}}'),
@@ -78,7 +80,7 @@ _CLAIM = f"""
 
 # Claimed too often: its crawls keep dying (a site that crashes workers): stop trying.
 _GIVE_UP = f"""
-    UPDATE website_sources SET status = 'failed', lease_owner = NULL, updated_at = now(),
+    UPDATE website_sources SET status = '{SourceStatus.FAILED}', lease_owner = NULL, updated_at = now(),
         error = 'crawl did not finish after ' || attempts
                 || ' attempts (the worker died or was killed each time)'
     WHERE {_CLAIMABLE} AND attempts >= %s
@@ -97,11 +99,11 @@ def enqueue(
     source already queued or crawled is queued again. Returns the source id."""
     with db.connect(database_url) as conn:
         row = conn.execute(
-            """INSERT INTO website_sources AS s
+            f"""INSERT INTO website_sources AS s
                    (user_id, url, status, priority, include_patterns, exclude_patterns)
-               VALUES (%s, %s, 'pending', %s, %s, %s)
+               VALUES (%s, %s, {_PENDING}, %s, %s, %s)
                ON CONFLICT (user_id, url) DO UPDATE SET
-                   status = CASE WHEN s.status = 'in_progress' THEN s.status ELSE 'pending' END,
+                   status = CASE WHEN s.status = {_IN_PROGRESS} THEN s.status ELSE {_PENDING} END,
                    priority = least(s.priority, EXCLUDED.priority), enqueued_at = now(), attempts = 0,
                    include_patterns = EXCLUDED.include_patterns, exclude_patterns = EXCLUDED.exclude_patterns
                RETURNING id::text""",
@@ -134,8 +136,8 @@ class CrawlQueue:
         """Extend the leases of every source this service holds; returns how many it holds."""
         with db.connect(self.database_url) as conn:
             return conn.execute(
-                """UPDATE website_sources SET lease_expires_at = now() + make_interval(secs => %s)
-                   WHERE lease_owner = %s AND status = 'in_progress'""",
+                f"""UPDATE website_sources SET lease_expires_at = now() + make_interval(secs => %s)
+                   WHERE lease_owner = %s AND status = {_IN_PROGRESS}""",
                 (self.config.lease_seconds, self.owner),
             ).rowcount
 
@@ -144,8 +146,8 @@ class CrawlQueue:
         finished once that many pages are written (see `crawl_ended`)."""
         with db.connect(self.database_url) as conn:
             conn.execute(
-                """UPDATE website_sources SET crawled_pages = %s, updated_at = now()
-                   WHERE id = %s AND lease_owner = %s AND status = 'in_progress'""",
+                f"""UPDATE website_sources SET crawled_pages = %s, updated_at = now()
+                   WHERE id = %s AND lease_owner = %s AND status = {_IN_PROGRESS}""",
                 (pages, source_id, self.owner),
             )
 
@@ -153,8 +155,8 @@ class CrawlQueue:
         """Held sources whose crawl has ended → the number of pages it emitted."""
         with db.connect(self.database_url) as conn:
             rows = conn.execute(
-                """SELECT id::text, crawled_pages FROM website_sources
-                   WHERE lease_owner = %s AND status = 'in_progress' AND crawled_pages IS NOT NULL""",
+                f"""SELECT id::text, crawled_pages FROM website_sources
+                   WHERE lease_owner = %s AND status = {_IN_PROGRESS} AND crawled_pages IS NOT NULL""",
                 (self.owner,),
             ).fetchall()
         return dict(rows)
@@ -174,9 +176,9 @@ class CrawlQueue:
         again now, not when the lease would have run out; the attempt still counts."""
         with db.connect(self.database_url) as conn:
             conn.execute(
-                """UPDATE website_sources
+                f"""UPDATE website_sources
                    SET lease_owner = NULL, lease_expires_at = now(), crawled_pages = NULL, updated_at = now()
-                   WHERE lease_owner = %s AND status = 'in_progress'""",
+                   WHERE lease_owner = %s AND status = {_IN_PROGRESS}""",
                 (self.owner,),
             )
 

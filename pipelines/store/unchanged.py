@@ -23,7 +23,7 @@ _INDEXED = """
 
 
 class SkipUnchanged:
-    """Stage: DOCUMENT rows → DOCUMENT rows, already-indexed pages marked STATUS_UNCHANGED."""
+    """Stage: DOCUMENT rows → DOCUMENT rows, already-indexed pages marked PageStatus.UNCHANGED."""
 
     def __init__(self, config: StoreConfig, database_url: str, index_signature: str) -> None:
         self.index_signature = index_signature
@@ -33,7 +33,7 @@ class SkipUnchanged:
         self._pool.close()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        fetched = pc.equal(batch.column(schema.STATUS), schema.STATUS_OK).to_pylist()
+        fetched = pc.equal(batch.column(schema.STATUS), schema.PageStatus.COMPLETED).to_pylist()
         page_ids = ids.page_ids(batch)
         hashes = batch.column(schema.CONTENT_HASH).to_pylist()
         candidates = [(pid, h) for pid, h, ok in zip(page_ids, hashes, fetched, strict=True) if ok]
@@ -45,7 +45,7 @@ class SkipUnchanged:
             ).fetchall()
         indexed = {row[0] for row in rows}
         unchanged = pa.array([ok and pid in indexed for pid, ok in zip(page_ids, fetched, strict=True)])
-        status = pc.if_else(unchanged, schema.STATUS_UNCHANGED, batch.column(schema.STATUS))
+        status = pc.if_else(unchanged, schema.PageStatus.UNCHANGED, batch.column(schema.STATUS))
         sections = pc.if_else(
             unchanged,
             pa.nulls(batch.num_rows, batch.schema.field(schema.SECTIONS).type),

@@ -60,8 +60,6 @@ CHUNK_COPY_TYPES = (
     "jsonb",
 )
 
-_MAX_RETRY_WAIT_SECONDS = 30.0
-
 _LOCK_PAGES = """
     SELECT pg_advisory_xact_lock(hashtextextended(page_key, 0))
     FROM (SELECT page_key FROM unnest(%s::text[]) AS page_key ORDER BY page_key) AS ordered
@@ -191,8 +189,8 @@ def _fail_other_models(conn, pages: list[dict]) -> None:
     row = conn.execute("SELECT value FROM kb_settings WHERE key = 'embedding_model' FOR SHARE").fetchone()
     active = row[0] if row else None
     for page in pages:
-        if page[schema.STATUS] == schema.STATUS_OK and page[schema.EMBEDDING_MODEL] != active:
-            page[schema.STATUS] = schema.STATUS_FAILED
+        if page[schema.STATUS] == schema.PageStatus.COMPLETED and page[schema.EMBEDDING_MODEL] != active:
+            page[schema.STATUS] = schema.PageStatus.FAILED
             page[schema.ERROR] = (
                 f"embedded with {page[schema.EMBEDDING_MODEL]}, but the knowledge base now uses {active}: "
                 "run the crawl again with that model"
@@ -225,7 +223,7 @@ class ChunkWriter:
             except psycopg.OperationalError as exc:
                 if attempt == self.config.write_retries:
                     raise
-                wait = min(self.config.write_retry_seconds * 2**attempt, _MAX_RETRY_WAIT_SECONDS)
+                wait = self.config.write_backoff.wait(attempt)
                 log.warning("write.retry attempt=%d wait=%.1f reason=%s", attempt + 1, wait, exc)
                 time.sleep(wait)
         # Final outcomes, counted once committed (a retried transaction is not counted twice).
@@ -246,7 +244,7 @@ class ChunkWriter:
         pages = batch.drop_columns([schema.CHUNKS]).to_pylist()
         _fail_other_models(conn, pages)
         chunks_per_page = [
-            n if p[schema.STATUS] == schema.STATUS_OK else 0
+            n if p[schema.STATUS] == schema.PageStatus.COMPLETED else 0
             for p, n in zip(
                 pages, pc.list_value_length(batch.column(schema.CHUNKS)).fill_null(0).to_pylist(), strict=True
             )
@@ -259,14 +257,15 @@ class ChunkWriter:
     ) -> None:
         chunk_rows = self._chunk_rows(batch, pages, page_ids)
         status = [p[schema.STATUS] for p in pages]
-        replaced = [pid for pid, s in zip(page_ids, status, strict=True) if s == schema.STATUS_OK]
+        replaced = [pid for pid, s in zip(page_ids, status, strict=True) if s == schema.PageStatus.COMPLETED]
         gone = [
             pid
             for pid, p in zip(page_ids, pages, strict=True)
-            if p[schema.STATUS] == schema.STATUS_FAILED and p[schema.HTTP_STATUS] in schema.GONE_HTTP_STATUSES
+            if p[schema.STATUS] == schema.PageStatus.FAILED
+            and p[schema.HTTP_STATUS] in schema.GONE_HTTP_STATUSES
         ]
-        unchanged = [i for i, s in enumerate(status) if s == schema.STATUS_UNCHANGED]
-        upserted = [i for i, s in enumerate(status) if s != schema.STATUS_UNCHANGED]
+        unchanged = [i for i, s in enumerate(status) if s == schema.PageStatus.UNCHANGED]
+        upserted = [i for i, s in enumerate(status) if s != schema.PageStatus.UNCHANGED]
 
         conn.execute(_LOCK_PAGES, (sorted(set(page_ids)),))
         conn.execute(
@@ -313,9 +312,9 @@ class ChunkWriter:
                     schema.PAGE_ID: pid,
                     schema.STATUS: p[schema.STATUS],
                     schema.ERROR: p[schema.ERROR],
-                    schema.CHUNKS_WRITTEN: n if p[schema.STATUS] == schema.STATUS_OK else 0,
-                    schema.VECTORS_WRITTEN: 2 * n if p[schema.STATUS] == schema.STATUS_OK else 0,
-                    schema.PAGES_FOUND: p[schema.PAGES_FOUND],
+                    schema.CHUNKS_WRITTEN: n if p[schema.STATUS] == schema.PageStatus.COMPLETED else 0,
+                    schema.VECTORS_WRITTEN: 2 * n if p[schema.STATUS] == schema.PageStatus.COMPLETED else 0,
+                    schema.URLS_QUEUED: p[schema.URLS_QUEUED],
                 }
                 for p, pid, n in zip(pages, page_ids, chunks_per_page, strict=True)
             ],
@@ -362,7 +361,7 @@ class ChunkWriter:
         offsets = chunk_lists.offsets.to_numpy()
         offsets = (offsets - offsets[0]).tolist()  # a sliced list array's offsets do not start at 0
         for page, pid, start, stop in zip(pages, page_ids, offsets[:-1], offsets[1:], strict=True):
-            if page[schema.STATUS] != schema.STATUS_OK:
+            if page[schema.STATUS] != schema.PageStatus.COMPLETED:
                 continue
             for position in range(start, stop):
                 yield chunk_row(

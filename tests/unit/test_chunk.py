@@ -164,14 +164,14 @@ def test_a_page_without_text_yields_no_chunks():
     assert chunker().chunk_page("T", []) == []
 
 
-def _document(status=schema.STATUS_OK, sections=None, text="x"):
+def _document(status=schema.PageStatus.COMPLETED, sections=None, text="x"):
     return {
         schema.TENANT: "t",
         schema.SOURCE: "s",
         schema.URL: "http://site/a",
         schema.STATUS: status,
-        schema.ERROR: None if status == schema.STATUS_OK else "HTTP 404",
-        schema.HTTP_STATUS: 200 if status == schema.STATUS_OK else 404,
+        schema.ERROR: None if status == schema.PageStatus.COMPLETED else "HTTP 404",
+        schema.HTTP_STATUS: 200 if status == schema.PageStatus.COMPLETED else 404,
         schema.CHUNK_TYPE: "website",
         schema.TITLE: "T",
         schema.TEXT: text,
@@ -188,9 +188,9 @@ def test_stage_output_conforms_and_failed_pages_pass_through():
     batch = pa.Table.from_pylist(
         [
             _document(sections=[{"title": "S", "text": sentences(30)}]),
-            _document(status=schema.STATUS_FAILED, sections=[{"title": "S", "text": sentences(3)}]),
+            _document(status=schema.PageStatus.FAILED, sections=[{"title": "S", "text": sentences(3)}]),
             _document(sections=[{"title": "S", "text": "   "}], text="   "),
-            _document(status=schema.STATUS_UNCHANGED, sections=[{"title": "S", "text": sentences(3)}]),
+            _document(status=schema.PageStatus.UNCHANGED, sections=[{"title": "S", "text": sentences(3)}]),
         ],
         schema=schema.DOCUMENT,
     )
@@ -199,10 +199,10 @@ def test_stage_output_conforms_and_failed_pages_pass_through():
     rows = out.to_pylist()
     assert len(rows[0][schema.CHUNKS]) > 1
     assert [r[schema.STATUS] for r in rows] == [
-        schema.STATUS_OK,
-        schema.STATUS_FAILED,
-        schema.STATUS_OK,
-        schema.STATUS_UNCHANGED,
+        schema.PageStatus.COMPLETED,
+        schema.PageStatus.FAILED,
+        schema.PageStatus.COMPLETED,
+        schema.PageStatus.UNCHANGED,
     ]
     assert rows[1][schema.CHUNKS] == [] and rows[1][schema.ERROR] == "HTTP 404"
     assert rows[2][schema.CHUNKS] == []

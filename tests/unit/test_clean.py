@@ -11,7 +11,7 @@ NORMALIZER_PAGE = HAZM_SITE / "docs" / "content" / "hazm" / "normalizer.html"
 WORD = re.compile(r"[\u0600-\u06ff\u200c]+")
 
 
-def _page_row(html: str, status: str = schema.STATUS_OK, error: str | None = None) -> dict:
+def _page_row(html: str, status: str = schema.PageStatus.COMPLETED, error: str | None = None) -> dict:
     return {
         schema.TENANT: "t",
         schema.SOURCE: "s",
@@ -74,7 +74,7 @@ def test_stage_drops_html_records_failures_and_conforms():
         [
             _page_row(good.read_text(encoding="utf-8")),
             _page_row("<html><body><nav>menu</nav></body></html>"),
-            _page_row("", status=schema.STATUS_FAILED, error="HTTP 404"),
+            _page_row("", status=schema.PageStatus.FAILED, error="HTTP 404"),
         ],
         schema=schema.PAGE,
     )
@@ -82,8 +82,8 @@ def test_stage_drops_html_records_failures_and_conforms():
     assert out.schema.equals(schema.DOCUMENT)
     assert schema.HTML not in out.column_names
     rows = out.to_pylist()
-    assert rows[0][schema.STATUS] == schema.STATUS_OK and rows[0][schema.TEXT]
-    assert rows[1][schema.STATUS] == schema.STATUS_FAILED and "main text" in rows[1][schema.ERROR]
+    assert rows[0][schema.STATUS] == schema.PageStatus.COMPLETED and rows[0][schema.TEXT]
+    assert rows[1][schema.STATUS] == schema.PageStatus.FAILED and "main text" in rows[1][schema.ERROR]
     assert rows[2][schema.ERROR] == "HTTP 404"
 
 

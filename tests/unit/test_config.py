@@ -32,7 +32,7 @@ def test_yaml_then_overrides(tmp_path):
         ("crawl.max_connections=0", "max_connections must be > 0"),
         ("crawl.fallback_encodings=windows-1256,klingon", "unknown encoding 'klingon'"),
         ("crawl.fallback_encodings=,", "at least one encoding"),
-        ("ray.crawl_sites_per_batch=0", "crawl_sites_per_batch must be > 0"),
+        ("crawl.sites_in_flight=0", "sites_in_flight must be > 0"),
         ("ray.embed_max_concurrency=0.5", "expected int"),
         ("store.rrf_k=-1", "store.rrf_k must be >= 0"),
         ("store.rrf_candidates=0", "rrf_candidates must be > 0"),

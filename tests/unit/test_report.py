@@ -5,11 +5,13 @@ from pipelines import schema
 def test_report_counts_outcomes_and_keeps_the_failure_list_short():
     report = RunReport("t")
     reasons = [f"redirected off site to https://other{i}.example/" for i in range(FAILURE_REASONS_SHOWN + 3)]
-    statuses = [schema.STATUS_OK, schema.STATUS_UNCHANGED] + [schema.STATUS_FAILED] * len(reasons)
+    statuses = [schema.PageStatus.COMPLETED, schema.PageStatus.UNCHANGED] + [schema.PageStatus.FAILED] * len(
+        reasons
+    )
     report.add(
         {
             schema.SOURCE: ["a", "b"] + ["a"] * len(reasons),
-            schema.PAGES_FOUND: [1, 1, *range(2, 2 + len(reasons))],
+            schema.URLS_QUEUED: [1, 1, *range(2, 2 + len(reasons))],
             schema.STATUS: statuses,
             schema.ERROR: [None, None, *reasons],
             schema.CHUNKS_WRITTEN: [3, 0] + [0] * len(reasons),
@@ -31,8 +33,12 @@ def test_a_retired_source_leaves_the_report_but_stays_in_the_totals():
     report.add(
         {
             schema.SOURCE: ["a", "b", "b"],
-            schema.PAGES_FOUND: [1, 2, 2],
-            schema.STATUS: [schema.STATUS_OK, schema.STATUS_OK, schema.STATUS_FAILED],
+            schema.URLS_QUEUED: [1, 2, 2],
+            schema.STATUS: [
+                schema.PageStatus.COMPLETED,
+                schema.PageStatus.COMPLETED,
+                schema.PageStatus.FAILED,
+            ],
             schema.ERROR: [None, None, "HTTP 404 Not Found"],
             schema.CHUNKS_WRITTEN: [2, 3, 0],
             schema.VECTORS_WRITTEN: [4, 6, 0],

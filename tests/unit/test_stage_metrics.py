@@ -25,7 +25,7 @@ PAGE_HTML = (
 )
 
 
-def _document(status: str = schema.STATUS_OK, text: str = "", chunk_type: str = "website") -> dict:
+def _document(status: str = schema.PageStatus.COMPLETED, text: str = "", chunk_type: str = "website") -> dict:
     return {
         schema.TENANT: "t",
         schema.SOURCE: "s",
@@ -52,8 +52,8 @@ def test_the_chunker_counts_pages_by_outcome_and_chunks_by_type():
             _document(text=text),
             _document(text=text, chunk_type="document"),
             _document(text="   "),
-            _document(status=schema.STATUS_FAILED, text=text),
-            _document(status=schema.STATUS_UNCHANGED, text=text),
+            _document(status=schema.PageStatus.FAILED, text=text),
+            _document(status=schema.PageStatus.UNCHANGED, text=text),
         ],
         schema=schema.DOCUMENT,
     )
@@ -77,9 +77,12 @@ def test_the_chunker_counts_pages_by_outcome_and_chunks_by_type():
 
 def test_the_cleaner_times_each_fetched_page():
     pages = [
-        {schema.STATUS: schema.STATUS_OK, schema.HTML: PAGE_HTML},
-        {schema.STATUS: schema.STATUS_OK, schema.HTML: "<html><body><nav>menu</nav></body></html>"},
-        {schema.STATUS: schema.STATUS_FAILED, schema.HTML: None},  # failed fetch: nothing to clean
+        {schema.STATUS: schema.PageStatus.COMPLETED, schema.HTML: PAGE_HTML},
+        {
+            schema.STATUS: schema.PageStatus.COMPLETED,
+            schema.HTML: "<html><body><nav>menu</nav></body></html>",
+        },
+        {schema.STATUS: schema.PageStatus.FAILED, schema.HTML: None},  # failed fetch: nothing to clean
     ]
     rows = [
         {schema.TENANT: "t", schema.SOURCE: "s", schema.URL: f"http://site/{i}", schema.HTTP_STATUS: 200, **p}
@@ -88,9 +91,9 @@ def test_the_cleaner_times_each_fetched_page():
     before = metrics.PAGE_PROCESS_DURATION.count()
     out = Cleaner(CleanConfig())(pa.Table.from_pylist(rows, schema=schema.PAGE))
     assert out.column(schema.STATUS).to_pylist() == [
-        schema.STATUS_OK,
-        schema.STATUS_FAILED,
-        schema.STATUS_FAILED,
+        schema.PageStatus.COMPLETED,
+        schema.PageStatus.FAILED,
+        schema.PageStatus.FAILED,
     ]
     assert metrics.PAGE_PROCESS_DURATION.count() == before + 2
 
@@ -168,7 +171,7 @@ def _written(batch: pa.Table, page_ids: list[str]) -> pa.Table:
                 schema.ERROR: page[schema.ERROR],
                 schema.CHUNKS_WRITTEN: len(page[schema.CHUNKS]),
                 schema.VECTORS_WRITTEN: 2 * len(page[schema.CHUNKS]),
-                schema.PAGES_FOUND: None,
+                schema.URLS_QUEUED: None,
             }
             for page, page_id in zip(batch.to_pylist(), page_ids, strict=True)
         ],
@@ -184,12 +187,14 @@ def test_the_writer_times_the_transaction_and_counts_final_outcomes_once(breaks,
     monkeypatch.setattr(
         ChunkWriter, "write_batch", lambda self, conn, batch, page_ids: _written(batch, page_ids)
     )
-    writer = ChunkWriter(StoreConfig(write_retries=1, write_retry_seconds=0), "postgresql://unused", "sig")
+    writer = ChunkWriter(
+        StoreConfig(write_retries=1, write_retry_backoff_seconds=0), "postgresql://unused", "sig"
+    )
     batch = chunked_table(
         [
             chunked_page("t", "http://site/a", ["text"]),
             chunked_page("t", "http://site/b", ["text"]),
-            chunked_page("t", "http://site/c", [], status=schema.STATUS_FAILED),
+            chunked_page("t", "http://site/c", [], status=schema.PageStatus.FAILED),
         ]
     )
     completed = metrics.PAGE_PROCESS.value(status="completed")

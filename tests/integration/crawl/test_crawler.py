@@ -47,7 +47,7 @@ def test_crawls_the_hazm_docs_site(hazm_url):
     urls = [row[schema.URL] for row in rows]
     assert len(urls) == len(set(urls)), "a page was crawled twice"
     assert all(url.startswith(hazm_url) for url in urls), "left the site"
-    completed = [row for row in rows if row[schema.STATUS] == schema.STATUS_OK]
+    completed = [row for row in rows if row[schema.STATUS] == schema.PageStatus.COMPLETED]
     assert len(completed) >= 30, f"found {len(completed)} of {HAZM_HTML_PAGES} pages"
     assert {hazm_url, hazm_url + "docs/", hazm_url + "docs/content/hazm/normalizer.html"} <= set(urls)
     for row in completed:
@@ -91,7 +91,7 @@ def test_refuses_a_loopback_start_url_without_allow_private_network(serve_app):
     _, rows = crawl(CrawlConfig(), base_url)
     assert len(rows) == 1
     row = rows[0]
-    assert row[schema.STATUS] == schema.STATUS_FAILED
+    assert row[schema.STATUS] == schema.PageStatus.FAILED
     assert "loopback" in row[schema.ERROR] and "allow_private_network" in row[schema.ERROR]
     assert server.requests == []
 
@@ -99,7 +99,7 @@ def test_refuses_a_loopback_start_url_without_allow_private_network(serve_app):
 def test_a_start_url_that_is_not_http_is_one_failed_row():
     _, rows = crawl(CrawlConfig(allow_private_network=True), "ftp://example.com/")
     assert [(row[schema.STATUS], row[schema.ERROR]) for row in rows] == [
-        (schema.STATUS_FAILED, "not an http(s) URL: 'ftp://example.com/'")
+        (schema.PageStatus.FAILED, "not an http(s) URL: 'ftp://example.com/'")
     ]
 
 
@@ -114,7 +114,7 @@ def test_a_start_url_that_redirects_to_another_origin_moves_the_crawl_there(serv
     assert len(rows) == 3
     assert rows[0][schema.URL] == hazm_url + "docs/"
     assert all(row[schema.URL].startswith(hazm_url) for row in rows)
-    assert all(row[schema.STATUS] == schema.STATUS_OK for row in rows)
+    assert all(row[schema.STATUS] == schema.PageStatus.COMPLETED for row in rows)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_a_site_that_is_down_is_one_failed_row(respect_robots, error):
         retry_backoff_seconds=0.01,
     )
     _, rows = crawl(config, f"http://127.0.0.1:{port}/")
-    assert [(row[schema.STATUS], row[schema.ERROR]) for row in rows] == [(schema.STATUS_FAILED, error)]
+    assert [(row[schema.STATUS], row[schema.ERROR]) for row in rows] == [(schema.PageStatus.FAILED, error)]
 
 
 def test_devserver_serves_folder_index_and_redirects_to_the_slash(hazm_url):
@@ -318,29 +318,34 @@ EDGE_CONFIG = CrawlConfig(
 
 # path → (status, error, http status, depth)
 EXPECTED = {
-    "/": (schema.STATUS_OK, None, 200, 0),
-    "/ok.html": (schema.STATUS_OK, None, 200, 1),
-    "/private/secret.html": (schema.STATUS_FAILED, BLOCKED_BY_ROBOTS, None, 1),
-    "/target.html": (schema.STATUS_OK, None, 200, 1),
+    "/": (schema.PageStatus.COMPLETED, None, 200, 0),
+    "/ok.html": (schema.PageStatus.COMPLETED, None, 200, 1),
+    "/private/secret.html": (schema.PageStatus.FAILED, BLOCKED_BY_ROBOTS, None, 1),
+    "/target.html": (schema.PageStatus.COMPLETED, None, 200, 1),
     "/to-private": (
-        schema.STATUS_FAILED,
+        schema.PageStatus.FAILED,
         "redirected to {base}private/other.html: blocked by robots.txt",
         302,
         1,
     ),
-    "/loop/a": (schema.STATUS_FAILED, "redirect loop back to {base}loop/a", 302, 1),
-    "/chain/0": (schema.STATUS_FAILED, "more than 3 redirects (last to {base}chain/4)", 301, 1),
-    "/offsite": (schema.STATUS_FAILED, "redirected off site to http://elsewhere.example/page.html", 302, 1),
-    "/missing.html": (schema.STATUS_FAILED, "HTTP 404 Not Found", 404, 1),
-    "/error.html": (schema.STATUS_FAILED, "HTTP 500 Internal Server Error (after 2 attempts)", 500, 1),
-    "/report": (schema.STATUS_FAILED, "not HTML (application/pdf)", 200, 1),
-    "/big.html": (schema.STATUS_FAILED, f"response larger than {BODY_CAP} bytes", 200, 1),
-    "/big-stream.html": (schema.STATUS_FAILED, f"response larger than {BODY_CAP} bytes", 200, 1),
-    "/slow.html": (schema.STATUS_FAILED, "timed out after 1s (after 2 attempts)", None, 1),
-    "/persian.html": (schema.STATUS_OK, None, 200, 1),
-    "/with-base.html": (schema.STATUS_OK, None, 200, 1),
-    "/based/inner.html": (schema.STATUS_OK, None, 200, 2),
-    "/from-sitemap.html": (schema.STATUS_OK, None, 200, 1),
+    "/loop/a": (schema.PageStatus.FAILED, "redirect loop back to {base}loop/a", 302, 1),
+    "/chain/0": (schema.PageStatus.FAILED, "more than 3 redirects (last to {base}chain/4)", 301, 1),
+    "/offsite": (
+        schema.PageStatus.FAILED,
+        "redirected off site to http://elsewhere.example/page.html",
+        302,
+        1,
+    ),
+    "/missing.html": (schema.PageStatus.FAILED, "HTTP 404 Not Found", 404, 1),
+    "/error.html": (schema.PageStatus.FAILED, "HTTP 500 Internal Server Error (after 2 attempts)", 500, 1),
+    "/report": (schema.PageStatus.FAILED, "not HTML (application/pdf)", 200, 1),
+    "/big.html": (schema.PageStatus.FAILED, f"response larger than {BODY_CAP} bytes", 200, 1),
+    "/big-stream.html": (schema.PageStatus.FAILED, f"response larger than {BODY_CAP} bytes", 200, 1),
+    "/slow.html": (schema.PageStatus.FAILED, "timed out after 1s (after 2 attempts)", None, 1),
+    "/persian.html": (schema.PageStatus.COMPLETED, None, 200, 1),
+    "/with-base.html": (schema.PageStatus.COMPLETED, None, 200, 1),
+    "/based/inner.html": (schema.PageStatus.COMPLETED, None, 200, 2),
+    "/from-sitemap.html": (schema.PageStatus.COMPLETED, None, 200, 1),
 }
 
 
@@ -387,6 +392,6 @@ def test_ignoring_robots_when_told(serve_app):
     server, base_url = serve_app(edge_app())
     config = dataclasses.replace(EDGE_CONFIG, respect_robots=False, use_sitemap=False, max_depth=1)
     _, rows = crawl(config, base_url)
-    assert by_path(rows)["/private/secret.html"][schema.STATUS] == schema.STATUS_OK
+    assert by_path(rows)["/private/secret.html"][schema.STATUS] == schema.PageStatus.COMPLETED
     assert "/robots.txt" not in server.paths()
     assert "/from-sitemap.html" not in by_path(rows)

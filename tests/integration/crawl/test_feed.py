@@ -70,7 +70,7 @@ def test_sites_come_from_the_feed_and_each_end_reports_its_pages(serve_app):
     assert feed.pages == {"s1": 3, "s2": 2}
     assert feed.admitted == 5, "every page fetched holds its room in the pipeline until written"
     assert sorted(row[schema.SOURCE] for row in rows) == ["s1", "s1", "s1", "s2", "s2"]
-    assert all(row[schema.STATUS] == schema.STATUS_OK for row in rows)
+    assert all(row[schema.STATUS] == schema.PageStatus.COMPLETED for row in rows)
 
 
 def test_a_block_goes_on_after_block_seconds_while_a_page_still_hangs(serve_app):

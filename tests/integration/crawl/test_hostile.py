@@ -35,7 +35,7 @@ CONFIG = CrawlConfig(
     pages_per_block=8,
     retries=2,
     retry_backoff_seconds=0.01,
-    max_retry_wait_seconds=2.0,
+    retry_max_wait_seconds=2.0,
     total_timeout_seconds=5.0,
 )
 
@@ -197,9 +197,9 @@ def hostile(serve_app):
 def test_transient_failures_are_retried_and_recorded_when_they_persist(hostile):
     server, rows, _ = hostile
     pages = by_path(rows)
-    assert pages["/flaky"][schema.STATUS] == schema.STATUS_OK
+    assert pages["/flaky"][schema.STATUS] == schema.PageStatus.COMPLETED
     assert server.paths().count("/flaky") == FLAKY_FAILURES + 1
-    assert pages["/busy"][schema.STATUS] == schema.STATUS_OK
+    assert pages["/busy"][schema.STATUS] == schema.PageStatus.COMPLETED
     busy = [at for at, path in server.requests if path == "/busy"]
     assert busy[1] - busy[0] >= 0.95, "Retry-After: 1 must be honoured"
     assert pages["/always-503"][schema.ERROR] == "HTTP 503 Service Unavailable (after 3 attempts)"
@@ -211,7 +211,7 @@ def test_compression_bombs_stop_at_the_size_cap(hostile, path):
     _, rows, _ = hostile
     page = by_path(rows)[path]
     assert (page[schema.STATUS], page[schema.ERROR]) == (
-        schema.STATUS_FAILED,
+        schema.PageStatus.FAILED,
         f"response larger than {BODY_CAP} bytes",
     )
 
@@ -219,7 +219,7 @@ def test_compression_bombs_stop_at_the_size_cap(hostile, path):
 def test_a_body_that_does_not_decompress_is_a_decode_error(hostile):
     _, rows, _ = hostile
     page = by_path(rows)["/corrupt-gzip"]
-    assert page[schema.STATUS] == schema.STATUS_FAILED
+    assert page[schema.STATUS] == schema.PageStatus.FAILED
     assert page[schema.ERROR].startswith("incomplete or undecodable response body")
 
 
@@ -250,7 +250,7 @@ def test_crawler_traps_end_at_the_limits_and_session_ids_are_dropped(hostile):
 
 def test_gzipped_sitemaps_are_read(hostile):
     _, rows, _ = hostile
-    assert by_path(rows)["/from-gzipped-sitemap"][schema.STATUS] == schema.STATUS_OK
+    assert by_path(rows)["/from-gzipped-sitemap"][schema.STATUS] == schema.PageStatus.COMPLETED
 
 
 def test_the_calendar_trap_ends_at_max_depth_too(serve_app):
@@ -271,7 +271,7 @@ def test_include_and_exclude_patterns_limit_the_crawl(serve_app):
 def test_an_invalid_pattern_is_one_failed_row_that_says_so(serve_app):
     _, base_url = serve_app(hostile_app())
     _, rows = crawl(CONFIG, base_url, include=["(unclosed"])
-    assert [r[schema.STATUS] for r in rows] == [schema.STATUS_FAILED]
+    assert [r[schema.STATUS] for r in rows] == [schema.PageStatus.FAILED]
     assert rows[0][schema.ERROR].startswith("invalid include pattern '(unclosed'")
 
 
@@ -301,7 +301,7 @@ def test_an_untrusted_certificate_is_a_tls_error(serve_app, tmp_path):
     context.load_cert_chain(cert, key)
     _, base_url = serve_app(hostile_app(), ssl_context=context)
     _, rows = crawl(dataclasses.replace(CONFIG, respect_robots=False, use_sitemap=False), base_url)
-    assert [r[schema.STATUS] for r in rows] == [schema.STATUS_FAILED]
+    assert [r[schema.STATUS] for r in rows] == [schema.PageStatus.FAILED]
     assert rows[0][schema.ERROR].startswith("TLS certificate not accepted")
 
 
@@ -375,14 +375,14 @@ def test_one_huge_site_does_not_starve_small_ones_and_limits_hold(serve_app):
     assert last_small < 60, f"small sites waited behind {last_small} rows of the huge one"
     assert in_flight.peak["huge"] <= 3
     assert in_flight.peak["all"] <= 4
-    assert all(r[schema.STATUS] == schema.STATUS_OK for r in rows)
+    assert all(r[schema.STATUS] == schema.PageStatus.COMPLETED for r in rows)
 
 
 def test_progress_counts_and_metrics(serve_app):
     _, base_url = serve_app(chain_site(20, InFlight(), "site", latency=0))
     requests_before, sites_before = CRAWL_PAGES.value(), CRAWL_SOURCES.value(status="completed")
     _, rows = crawl(dataclasses.replace(CONFIG, respect_robots=False, use_sitemap=False), base_url)
-    found = [r[schema.PAGES_FOUND] for r in rows]
+    found = [r[schema.URLS_QUEUED] for r in rows]
     assert found == sorted(found) and found[-1] == 20, "pages found grows as links are discovered"
     assert CRAWL_PAGES.value() - requests_before == 20
     assert CRAWL_SOURCES.value(status="completed") - sites_before == 1

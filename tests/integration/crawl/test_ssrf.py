@@ -138,7 +138,7 @@ def test_the_crawler_refuses_every_form_as_a_start_url(url, kind):
     assert len(rows) == 1
     row = rows[0]
     assert row[schema.URL] == normalize_url(url)
-    assert row[schema.STATUS] == schema.STATUS_FAILED
+    assert row[schema.STATUS] == schema.PageStatus.FAILED
     assert kind in row[schema.ERROR] and HINT in row[schema.ERROR], row[schema.ERROR]
     assert row[schema.HTTP_STATUS] is None  # refused before any request
 
@@ -149,7 +149,7 @@ def test_percent_encoded_hosts_are_not_decoded_and_do_not_resolve(url):
     with pytest.raises(CrawlError, match="could not resolve host"):
         check_url(url, allow_private_network=False)
     [row] = crawl_rows(CrawlConfig(), url)
-    assert row[schema.STATUS] == schema.STATUS_FAILED
+    assert row[schema.STATUS] == schema.PageStatus.FAILED
     assert row[schema.ERROR].startswith("could not resolve host")
 
 
@@ -218,7 +218,7 @@ def test_no_spelling_of_a_live_loopback_server_reaches_it(serve_app):
     rows = crawl_rows(CrawlConfig(), *urls)
     assert len(rows) == len(urls)
     for row in rows:
-        assert row[schema.STATUS] == schema.STATUS_FAILED
+        assert row[schema.STATUS] == schema.PageStatus.FAILED
         assert "loopback" in row[schema.ERROR] and HINT in row[schema.ERROR], row[schema.ERROR]
     assert server.requests == []
 
@@ -228,7 +228,7 @@ def test_the_same_server_is_crawled_when_private_networks_are_allowed(serve_app)
     rows = crawl_rows(
         CrawlConfig(allow_private_network=True, respect_robots=False, use_sitemap=False), base_url
     )
-    assert [row[schema.STATUS] for row in rows] == [schema.STATUS_OK]
+    assert [row[schema.STATUS] for row in rows] == [schema.PageStatus.COMPLETED]
     assert server.paths() == ["/"]
 
 
@@ -314,7 +314,9 @@ def test_the_crawler_refuses_a_public_page_that_redirects_inside(serve_app, pret
     errors = {row[schema.URL]: row[schema.ERROR] for row in rows}
     for start, (location, reason) in zip(starts, targets, strict=True):
         assert reason in errors[start], (location, errors[start])
-    assert all(row[schema.STATUS] == schema.STATUS_FAILED and row[schema.HTTP_STATUS] == 302 for row in rows)
+    assert all(
+        row[schema.STATUS] == schema.PageStatus.FAILED and row[schema.HTTP_STATUS] == 302 for row in rows
+    )
     assert "/robots.txt" in redirector.paths()  # the public site itself was crawled
     assert internal.requests == []
 
@@ -338,7 +340,7 @@ def test_dns_rebinding_is_refused_when_the_crawler_connects(serve_app, monkeypat
 
     rows = crawl_rows(config, f"http://rebind.example:{port}/")
 
-    assert [row[schema.STATUS] for row in rows] == [schema.STATUS_FAILED]
+    assert [row[schema.STATUS] for row in rows] == [schema.PageStatus.FAILED]
     assert "rebind.example resolves to 127.0.0.1, which is a loopback address" in rows[0][schema.ERROR]
     assert next(answers, None) is None, "the check never asked DNS"
     assert server.requests == []

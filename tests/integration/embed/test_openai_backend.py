@@ -22,9 +22,10 @@ from pipelines import metrics, schema
 from pipelines.config import ConfigError, EmbedConfig, build_config
 from pipelines.embed import EmbeddingError, make_embedder, model_id
 from pipelines.embed.breaker import BreakerState, CircuitBreaker
-from pipelines.embed.openai_backend import OpenAIEmbedder, estimate_tokens, retry_after_seconds
+from pipelines.embed.openai_backend import OpenAIEmbedder, estimate_tokens
 from pipelines.embed.ratelimit import RAY_NAMESPACE, bucket_name
 from pipelines.embed.stage import EmbedStage
+from pipelines.retry import retry_after_seconds
 from tests.fakes.openai_server import FakeEmbeddingServer, fake_vector
 from tests.helpers import chunked_page, chunked_table, poll
 
@@ -42,8 +43,8 @@ def _config(server: FakeEmbeddingServer | SimpleNamespace, **settings) -> EmbedC
         "api_key_env": "",
         "api_requests_per_minute": 0,
         "api_tokens_per_minute": 0,
-        "api_backoff_seconds": 0.01,
-        "api_max_backoff_seconds": 2.0,
+        "api_retry_backoff_seconds": 0.01,
+        "api_retry_max_wait_seconds": 2.0,
         "api_timeout_seconds": 5.0,
     }
     return EmbedConfig(**{**defaults, **settings})
@@ -151,7 +152,7 @@ def test_retry_after_in_seconds_is_honoured(fake_server):
 def test_retry_after_as_an_http_date_and_its_cap(fake_server):
     in_three_seconds = format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
     fake_server.rate_limit_next(1, retry_after=in_three_seconds)
-    make_embedder(_config(fake_server, api_max_backoff_seconds=1.0)).embed_passages(["x"])
+    make_embedder(_config(fake_server, api_retry_max_wait_seconds=1.0)).embed_passages(["x"])
     first, second = fake_server.requests
     assert 1.0 <= second.at - first.at < 2.5  # the date asked for ~3 s; the cap is 1 s
     in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
@@ -358,7 +359,7 @@ def test_stage_marks_pages_failed_while_the_circuit_is_open_then_completes_them(
     )
     fake_server.fail_next(1000, status=503)
     first = stage(batch).to_pylist()
-    assert [p[schema.STATUS] for p in first] == [schema.STATUS_FAILED] * 2
+    assert [p[schema.STATUS] for p in first] == [schema.PageStatus.FAILED] * 2
     assert first[0][schema.ERROR] == "embedding failed: HTTP 503 Service Unavailable (after 1 attempt)"
     second = stage(batch).to_pylist()
     assert second[0][schema.ERROR].startswith(
@@ -368,10 +369,10 @@ def test_stage_marks_pages_failed_while_the_circuit_is_open_then_completes_them(
 
     fake_server.recover()
     out = poll(
-        lambda: (rows := stage(batch).to_pylist())[0][schema.STATUS] == schema.STATUS_OK and rows,
+        lambda: (rows := stage(batch).to_pylist())[0][schema.STATUS] == schema.PageStatus.COMPLETED and rows,
         timeout=10.0,
     )
-    assert [p[schema.STATUS] for p in out] == [schema.STATUS_OK] * 2
+    assert [p[schema.STATUS] for p in out] == [schema.PageStatus.COMPLETED] * 2
     assert {p[schema.EMBEDDING_MODEL] for p in out} == {"openai:text-embedding-3-small@16"}
     chunk = out[0][schema.CHUNKS][0]
     np.testing.assert_allclose(

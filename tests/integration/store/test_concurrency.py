@@ -174,7 +174,7 @@ def test_the_writer_rides_out_a_database_restart(tmp_path, embedder, tenant):
     try:
         migrations.migrate(url, embedder.dim, StoreConfig(), embedder.model_id)
         record_source(url, tenant, "http://site/", "in_progress")
-        writer = ChunkWriter(StoreConfig(database_url=url, write_retry_seconds=0.2), url, "sig")
+        writer = ChunkWriter(StoreConfig(database_url=url, write_retry_backoff_seconds=0.2), url, "sig")
         writer(_embedded_batch(tenant, 0, embedder.model_id, seed=1))
         pgexec(
             "pg_ctl",
@@ -184,7 +184,7 @@ def test_the_writer_rides_out_a_database_restart(tmp_path, embedder, tenant):
         )
         results = writer(_embedded_batch(tenant, 1, embedder.model_id, seed=2))
         writer.close()
-        assert set(results.column(schema.STATUS).to_pylist()) == {schema.STATUS_OK}
+        assert set(results.column(schema.STATUS).to_pylist()) == {schema.PageStatus.COMPLETED}
         _assert_one_consistent_version_per_page(url, tenant)
     finally:
         # The restarted postmaster is not the process the server object started: stop it here.
@@ -201,7 +201,9 @@ def test_a_batch_whose_connection_dies_mid_transaction_is_written_again(
 ):
     record_source(database_url, tenant, "http://site/", "in_progress")
     batch = _embedded_batch(tenant, 0, embedder.model_id, seed=3)
-    writer = ChunkWriter(StoreConfig(database_url=database_url, write_retry_seconds=0.1), database_url, "sig")
+    writer = ChunkWriter(
+        StoreConfig(database_url=database_url, write_retry_backoff_seconds=0.1), database_url, "sig"
+    )
     written: dict = {}
     with db.connect(database_url) as blocker, db.connect(database_url, autocommit=True) as monitor:
         # Hold one of the batch's page locks, so the writer stops inside its transaction.
@@ -220,6 +222,6 @@ def test_a_batch_whose_connection_dies_mid_transaction_is_written_again(
         blocker.commit()
         thread.join(timeout=60)
     writer.close()
-    assert set(written["results"].column(schema.STATUS).to_pylist()) == {schema.STATUS_OK}
+    assert set(written["results"].column(schema.STATUS).to_pylist()) == {schema.PageStatus.COMPLETED}
     assert "write.retry attempt=1" in caplog.text
     _assert_one_consistent_version_per_page(database_url, tenant)

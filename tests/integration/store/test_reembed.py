@@ -114,7 +114,7 @@ def test_reembedding_switches_models_while_searches_go_on_and_resumes_after_a_ki
     batch = chunked_table([chunked_page(tenant, "http://site/late", ["a page embedded with the old model"])])
     [result] = late(EmbedStage(EmbedConfig(), old)(batch)).to_pylist()
     late.close()
-    assert result[schema.STATUS] == schema.STATUS_FAILED
+    assert result[schema.STATUS] == schema.PageStatus.FAILED
     assert "the knowledge base now uses" in result[schema.ERROR]
 
 

@@ -92,7 +92,7 @@ def test_new_content_replaces_a_page_atomically_and_a_failure_keeps_the_old(
     writer(_embedded(embedder, [chunked_page(tenant, "http://site/a", ["قدیمی یک", "قدیمی دو", "قدیمی سه"])]))
     writer(_embedded(embedder, [chunked_page(tenant, "http://site/a", ["تازه"])]))
     assert [r[1] for r in _chunks(database_url, tenant)] == ["تازه"]
-    writer(_embedded(embedder, [chunked_page(tenant, "http://site/a", [], status=schema.STATUS_FAILED)]))
+    writer(_embedded(embedder, [chunked_page(tenant, "http://site/a", [], status=schema.PageStatus.FAILED)]))
     assert [r[1] for r in _chunks(database_url, tenant)] == ["تازه"]
     assert _pages(database_url, tenant) == [("http://site/a", "failed", "HTTP 500", 1, 3)]
 
@@ -156,10 +156,13 @@ def test_unchanged_pages_skip_indexing_and_keep_their_chunks(database_url, embed
     skip = SkipUnchanged(StoreConfig(), database_url, SIGNATURE)
     marked = skip(recrawl)
     assert marked.schema.equals(schema.DOCUMENT)
-    assert marked.column(schema.STATUS).to_pylist() == [schema.STATUS_UNCHANGED, schema.STATUS_OK]
+    assert marked.column(schema.STATUS).to_pylist() == [
+        schema.PageStatus.UNCHANGED,
+        schema.PageStatus.COMPLETED,
+    ]
     assert marked.column(schema.SECTIONS).to_pylist()[0] is None, "nothing left to chunk"
     other_model = SkipUnchanged(StoreConfig(), database_url, "another model or chunking")
-    assert other_model(recrawl).column(schema.STATUS).to_pylist() == [schema.STATUS_OK] * 2
+    assert other_model(recrawl).column(schema.STATUS).to_pylist() == [schema.PageStatus.COMPLETED] * 2
     skip.close()
     other_model.close()
 

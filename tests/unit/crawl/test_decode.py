@@ -1,12 +1,10 @@
 """What the crawler makes of a page's bytes, its headers and its links (no network)."""
 
 import gzip
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 
 import pytest
 
-from pipelines.crawl.crawler import _decode, _parse_links, _retry_after_seconds, _sitemap_locs
+from pipelines.crawl.crawler import _decode, _parse_links, _sitemap_locs
 
 FALLBACKS = ["windows-1256", "windows-1252"]
 PERSIAN = "کتابخانهٔ هضم برای پردازش زبان فارسی است."
@@ -32,14 +30,6 @@ LEGACY = "كتابخانه هضم براي پردازش زبان فارسي نو
 )
 def test_decode(body, header, expected):
     assert _decode(body, header, FALLBACKS) == expected
-
-
-def test_retry_after_accepts_seconds_and_dates():
-    assert _retry_after_seconds("7") == 7.0
-    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    assert 25 <= _retry_after_seconds(soon) <= 30
-    assert _retry_after_seconds("soon") is None
-    assert _retry_after_seconds(None) is None
 
 
 def test_links_and_canonical_are_resolved_against_base():

@@ -17,7 +17,7 @@ def _batch():
     return chunked_table(
         [
             chunked_page("t", "http://site/a", ["first chunk text", "second chunk text"]),
-            chunked_page("t", "http://site/b", [], status=schema.STATUS_FAILED),
+            chunked_page("t", "http://site/b", [], status=schema.PageStatus.FAILED),
             chunked_page("t", "http://site/c", ["only chunk"]),
         ]
     )
@@ -44,7 +44,7 @@ def test_a_sliced_batch_keeps_chunks_with_their_page():
 
 def test_backend_failure_marks_pages_failed_with_the_reason():
     out = EmbedStage(EmbedConfig(), embedder=FailingEmbedder())(_batch()).to_pylist()
-    assert [p[schema.STATUS] for p in out] == [schema.STATUS_FAILED] * 3
+    assert [p[schema.STATUS] for p in out] == [schema.PageStatus.FAILED] * 3
     assert out[0][schema.ERROR] == "embedding failed: provider returned 503"
     assert out[1][schema.ERROR] == "HTTP 500"  # an earlier failure keeps its own reason
 
