@@ -166,9 +166,9 @@ class TimedChunker(Chunker):
 
 def run_service(overrides: list[str]) -> None:
     """One crawl service: `jobs.crawl --once` with the chunker timed. Prints what it crawled."""
-    from jobs.crawl import serve
     from pipelines import pipeline
     from pipelines.config import build_config
+    from pipelines.service import serve
 
     logging.basicConfig(level=SERVICE_LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     pipeline.Chunker = TimedChunker

@@ -104,7 +104,6 @@ import trafilatura
 from bench import baseline_old, crawl_memory, embed_stage, write_path
 from bench.baseline_old_writer import COLUMNS, COPY_TYPES, page_rows
 from bench.sitefarm import serve_site_farm
-from jobs.crawl import RunReport, index_sources
 from pipelines import pipeline, schema
 from pipelines.clean import Cleaner
 from pipelines.config import CleanConfig, EmbedConfig, PipelineConfig, StoreConfig, build_config
@@ -112,6 +111,7 @@ from pipelines.devserver import serve_directory
 from pipelines.embed import make_embedder
 from pipelines.embed import model_id as configured_model_id
 from pipelines.embed.stage import EmbedStage
+from pipelines.service import RunReport, index_sources
 from pipelines.store import db, migrations
 from pipelines.store.sources import record_source
 from tests.fakes.openai_server import FakeEmbeddingServer

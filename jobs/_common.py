@@ -1,21 +1,21 @@
-"""What every job shares: config from --config/--set, logging, the database and the model."""
+"""What every job shares: its common options, its start (logging, metrics, config) and how
+it turns the library's errors into one line and a non-zero exit instead of a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-
-import psycopg
+from collections.abc import Iterator
 
 from pipelines import metrics
 from pipelines.config import ConfigError, PipelineConfig, build_config
-from pipelines.embed import Embedder, make_embedder
 from pipelines.store import db, migrations
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file with config sections (see pipelines/config.py)")
     p.add_argument(
         "--set",
@@ -37,7 +37,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def load_config(args: argparse.Namespace, **sections: dict) -> PipelineConfig:
+def start_job(args: argparse.Namespace, **sections: dict) -> PipelineConfig:
+    """What every job does first: logging, the metrics endpoint if asked for, and the config
+    (defaults ← --config ← `sections` ← --set)."""
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -57,23 +59,10 @@ def load_config(args: argparse.Namespace, **sections: dict) -> PipelineConfig:
         sys.exit(f"configuration error: {exc}")
 
 
-def database_url(config: PipelineConfig) -> str:
-    """The database URL (embedded server started if needed); exits with the reason, not a
-    traceback, when there is no usable database."""
+@contextlib.contextmanager
+def database_errors_exit() -> Iterator[None]:
+    """No usable database, or one holding another model's vectors: the reason, exit 1."""
     try:
-        return db.resolve_database_url(config.store)
-    except db.DatabaseUnavailable as exc:
+        yield
+    except (db.DatabaseUnavailable, migrations.SchemaMismatch) as exc:
         sys.exit(f"database error: {exc}")
-
-
-def open_store(config: PipelineConfig, embedder: Embedder | None = None) -> tuple[str, Embedder]:
-    """The database URL with its schema brought up to date, for jobs that write."""
-    embedder = embedder or make_embedder(config.embed)
-    url = database_url(config)
-    try:
-        migrations.migrate(url, embedder.dim, config.store, embedder.model_id)
-    except migrations.SchemaMismatch as exc:
-        sys.exit(f"database error: {exc}")
-    except psycopg.OperationalError as exc:
-        sys.exit(f"database error: cannot connect ({exc}); check DATABASE_URL / store.database_url")
-    return url, embedder

@@ -13,12 +13,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-from jobs._common import load_config, parser
-from jobs.crawl import run_crawl
-from jobs.search import run_search
+from jobs._common import database_errors_exit, parser, start_job
 from pipelines.config import REPO_ROOT
 from pipelines.devserver import serve_directory
 from pipelines.embed import make_embedder
+from pipelines.search import run_search
+from pipelines.service import run_crawl
 
 DEMO_SITE = REPO_ROOT.parent / "shared" / "corpora" / "hazm-docs-site"
 DEMO_QUERIES = (
@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"demo site not found at {DEMO_SITE}: pass --url, or check out ../shared next to the repo"
             )
         crawl_settings["allow_private_network"] = True  # our own loopback server
-    config = load_config(args, crawl=crawl_settings)
+    config = start_job(args, crawl=crawl_settings)
     embedder = make_embedder(config.embed)
 
-    with contextlib.ExitStack() as serving:
+    with contextlib.ExitStack() as serving, database_errors_exit():
         start_url = args.url
         if not start_url:
             try:

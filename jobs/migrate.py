@@ -5,16 +5,16 @@ python -m jobs.migrate [--set store.database_url=postgresql://...]
 
 from __future__ import annotations
 
-from jobs._common import load_config, open_store, parser
-from pipelines.store import db, migrations
+from jobs._common import database_errors_exit, parser, start_job
+from pipelines.store import migrations
+from pipelines.store.opening import applied_migrations, open_store
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser(__doc__).parse_args(argv)
-    config = load_config(args)
-    url, embedder = open_store(config)
-    with db.connect(url) as conn:
-        applied = [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+    config = start_job(parser(__doc__).parse_args(argv))
+    with database_errors_exit():
+        url, embedder = open_store(config)
+        applied = applied_migrations(url)
     versions = ", ".join(map(str, applied)) or "none"
     print(
         f"schema at migrations {versions} (newest known: {migrations.MIGRATIONS[-1].version}); "

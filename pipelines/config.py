@@ -281,9 +281,10 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class QueueConfig:
-    """The crawl queue (`jobs.crawl --serve` / `--once`), see pipelines/store/queue.py."""
+    """The crawl queue (`jobs.crawl --serve` / `--once`), see pipelines/store/queue.py and
+    pipelines/service/."""
 
-    # Pages a service has between their fetch and their write (pipelines/credits.py): bounds how
+    # Pages a service has between their fetch and their write (pipelines/service/credits.py): bounds how
     # long a fetched page waits (Little's law: about this many pages / pages per second). The
     # service then passes each page through on its own (ray.batch_pages=0, one-page blocks):
     # a page held back in a batch or block would hold its credit, and enough of them would
@@ -292,11 +293,18 @@ class QueueConfig:
     lease_seconds: float = 120.0  # a claimed site returns to the queue this long after its service died
     max_attempts: int = 3  # claims of one site before it is failed as a site that kills its crawls
     poll_seconds: float = 5.0  # --serve: how often an idle service looks for work
+    # Recording a crawl's end through a database restart: asked again for up to lease_seconds.
+    retry_backoff_seconds: float = 0.5  # first retry waits up to this (full jitter), doubling each time
+    retry_max_wait_seconds: float = 5.0  # cap on one wait
 
     def __post_init__(self) -> None:
-        _positive(self, "lease_seconds", "max_attempts", "poll_seconds")
-        if self.pages_in_flight < 0:
-            raise ConfigError("queue.pages_in_flight must be >= 0 (0: unbounded)")
+        _positive(self, "lease_seconds", "max_attempts", "poll_seconds", "retry_max_wait_seconds")
+        if self.pages_in_flight < 0 or self.retry_backoff_seconds < 0:
+            raise ConfigError("queue.pages_in_flight and queue.retry_backoff_seconds must be >= 0")
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.retry_backoff_seconds, self.retry_max_wait_seconds)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """website_sources as the crawl queue: the application enqueues, crawl services claim.
 
-The application adds a website by inserting a row (user_id, url; status 'pending'), or with
-`enqueue`. A service's crawl actors (`jobs.crawl --serve`, through `ClaimFeed`) claim sites
-with `FOR UPDATE SKIP LOCKED` as they have room, so several services never claim the same row
+The SQL of the queue; the service that works it is pipelines.service. The application adds
+a website by inserting a row (user_id, url; status 'pending'), or with `enqueue`. A
+service's crawl actors (`jobs.crawl --serve`, through `pipelines.service.feed.ClaimFeed`)
+claim sites with `FOR UPDATE SKIP LOCKED` as they have room, so several services never claim the same row
 and never wait for each other; the service holds the leases and renews them while it works,
 and finishes a source once its crawl has ended and its pages are written. A service that
 dies stops renewing; once the lease expires the row is claimable again (up to
@@ -17,20 +18,13 @@ the order of arrival.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
-import psycopg
 from psycopg.types.json import Jsonb
 
-from pipelines import schema
 from pipelines.config import QueueConfig
-from pipelines.credits import PageCredits
 from pipelines.schema import SourceStatus
 from pipelines.store import db
 
@@ -189,93 +183,3 @@ class CrawlQueue:
                 "SELECT status, priority, count(*) FROM website_sources GROUP BY status, priority"
             ).fetchall()
         return {(status, priority): count for status, priority, count in rows}
-
-
-class LeaseKeeper(threading.Thread):
-    """Renews the leases of the sources a service holds, every third of a lease, until stopped:
-    a crawl longer than the lease keeps its sources; a dead service loses them. `on_tick` runs
-    after each renewal (the service closes finished sources there when no results arrive)."""
-
-    def __init__(self, queue: CrawlQueue, on_tick: Callable[[], None] | None = None) -> None:
-        super().__init__(name="lease-keeper", daemon=True)
-        self._queue = queue
-        self._on_tick = on_tick
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.wait(self._queue.config.lease_seconds / 3):
-            try:
-                held = self._queue.renew()
-            except (psycopg.Error, db.DatabaseUnavailable) as exc:  # a restart: try again next tick
-                log.warning("queue.renew_failed owner=%s reason=%s", self._queue.owner, exc)
-                continue
-            log.debug("queue.renewed owner=%s held=%d", self._queue.owner, held)
-            if self._on_tick is not None:
-                try:
-                    self._on_tick()
-                except Exception:  # never the reason leases stop being renewed
-                    log.exception("queue.tick_failed owner=%s", self._queue.owner)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self.join()
-
-
-class ClaimFeed:
-    """The crawl's feed (pipelines.crawl.crawler.SourceFeed) from the queue: each crawl actor
-    claims sites as it has room for them, up to `sites_in_flight`, and records each site's
-    page count when its crawl ends. With `once` it stops when the queue has nothing left for it.
-    With `credits`, each fetch waits for room in the service's pipeline (pipelines.credits).
-
-    The database may be away for a moment (a restart): claiming then waits and tries again;
-    recording a crawl's end keeps trying for a lease's length, then fails the crawl (the
-    service hands its sources back and they are crawled again)."""
-
-    def __init__(
-        self, queue: CrawlQueue, sites_in_flight: int, once: bool, credits: PageCredits | None
-    ) -> None:
-        self.poll_seconds = queue.config.poll_seconds
-        self._queue = queue
-        self._sites_in_flight = sites_in_flight
-        self._once = once
-        self._credits = credits
-
-    async def take(self, running: int) -> list[dict] | None:
-        claimed: list[ClaimedSource] = []
-        room = self._sites_in_flight - running
-        if room > 0:
-            try:
-                claimed = await asyncio.to_thread(self._queue.claim, room)
-            except (psycopg.Error, db.DatabaseUnavailable) as exc:
-                log.warning("queue.claim_failed owner=%s reason=%s", self._queue.owner, exc)
-                if not running:
-                    await asyncio.sleep(self.poll_seconds)
-                return []
-        if claimed:
-            return [schema.crawl_request(c.tenant, c.id, c.url, c.include, c.exclude) for c in claimed]
-        if running:
-            return []
-        if self._once:
-            return None
-        await asyncio.sleep(self.poll_seconds)  # an idle service looks for work again
-        return []
-
-    async def crawled(self, request: dict, pages: int) -> None:
-        deadline = time.monotonic() + self._queue.config.lease_seconds
-        while True:
-            try:
-                await asyncio.to_thread(self._queue.crawled, request[schema.SOURCE], pages)
-                return
-            except (psycopg.Error, db.DatabaseUnavailable) as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("queue.crawled_failed source=%s reason=%s", request[schema.SOURCE], exc)
-                await asyncio.sleep(self.poll_seconds)
-
-    async def admit_page(self) -> None:
-        if self._credits is not None:
-            await self._credits.take()
-
-    async def page_skipped(self) -> None:
-        if self._credits is not None:
-            self._credits.give_back(1)

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from jobs.crawl import run_crawl
-from jobs.evaluate import evaluate
-from jobs.search import run_search
 from pipelines.config import build_config
 from pipelines.devserver import serve_directory
+from pipelines.evaluation import evaluate
+from pipelines.search import run_search
+from pipelines.service import run_crawl
 from pipelines.store import db
 from tests.conftest import HAZM_SITE, PERSIANQA_DEV
 

@@ -3,10 +3,10 @@
 import psycopg
 import pytest
 
-from jobs import crawl, evaluate, migrate
-from jobs.search import run_search
+from jobs import crawl, evaluate, migrate, search
 from pipelines.config import build_config
 from pipelines.devserver import serve_directory
+from pipelines.search import run_search
 from pipelines.store import db
 from tests.conftest import HAZM_SITE
 
@@ -37,8 +37,10 @@ def test_unreachable_database_is_a_one_line_error(tmp_path):
 def test_search_reads_without_migrating_and_says_what_to_do_on_an_empty_database(tmp_path, embedder):
     empty = db.start_embedded(tmp_path / "empty")
     config = build_config(store={"database_url": empty})
-    with pytest.raises(SystemExit, match=r"run jobs\.migrate"):
+    with pytest.raises(db.DatabaseUnavailable, match=r"run jobs\.migrate"):
         run_search("t", "پرسش", config, embedder=embedder)
+    with pytest.raises(SystemExit, match=r"run jobs\.migrate"):
+        search.main(["--tenant", "t", "--mode", "text", "--set", f"store.database_url={empty}", "پرسش"])
     with psycopg.connect(empty) as conn:
         assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None, (
             "search migrated"

@@ -13,9 +13,9 @@ import nbclient
 import nbformat
 import pytest
 
-from jobs.crawl import run_crawl
 from pipelines.config import build_config
 from pipelines.devserver import serve_directory
+from pipelines.service import run_crawl
 from tests.conftest import HAZM_SITE, REPO_ROOT
 
 pytestmark = pytest.mark.integration

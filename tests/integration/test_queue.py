@@ -7,12 +7,13 @@ import time
 
 import pytest
 
-from jobs.crawl import serve
 from pipelines import metrics, pipeline
 from pipelines.config import QueueConfig, StoreConfig, build_config
 from pipelines.devserver import serve_directory
+from pipelines.service import serve
+from pipelines.service.leases import LeaseKeeper
 from pipelines.store import db, migrations
-from pipelines.store.queue import CrawlQueue, LeaseKeeper, Priority, enqueue
+from pipelines.store.queue import CrawlQueue, Priority, enqueue
 from tests.conftest import HAZM_SITE
 from tests.helpers import poll
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs._common import load_config, parser
+from jobs._common import parser, start_job
 from pipelines import metrics
 from pipelines.metrics import Counter, Gauge, Histogram
 
@@ -145,7 +145,7 @@ def test_the_metrics_port_flag_starts_the_endpoint():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    load_config(parser("x").parse_args(["--metrics-port", str(port)]))
+    start_job(parser("x").parse_args(["--metrics-port", str(port)]))
     metrics.QUEUE_SIZE.set(1, tags={"queue": "flag-test"})
     assert _scrape(port)[("queue_size", (("queue", "flag-test"),))] == 1
 

@@ -1,5 +1,5 @@
-from jobs.crawl import FAILURE_REASONS_SHOWN, RunReport
 from pipelines import schema
+from pipelines.service import FAILURE_REASONS_SHOWN, RunReport
 
 
 def test_report_counts_outcomes_and_keeps_the_failure_list_short():

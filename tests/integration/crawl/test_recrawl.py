@@ -10,8 +10,8 @@ import threading
 import pytest
 from aiohttp import web
 
-from jobs.crawl import run_crawl
 from pipelines.config import build_config
+from pipelines.service import run_crawl
 from pipelines.store import db
 
 pytestmark = pytest.mark.integration

@@ -6,11 +6,11 @@ import threading
 import pyarrow as pa
 import pytest
 
-from jobs.reembed import run_reembed
 from pipelines import schema
 from pipelines.config import EmbedConfig, StoreConfig, build_config
 from pipelines.embed import make_embedder
 from pipelines.embed.stage import ChunkTextEmbedder, EmbedStage
+from pipelines.reembed import run_reembed
 from pipelines.store import db, migrations
 from pipelines.store.model_switch import ChunkReader, ModelSwitch, NextVectorWriter, Target, shards
 from pipelines.store.search import search_text

@@ -1,0 +1,59 @@
+"""Search one tenant's knowledge as the jobs and the demo ask it: a query in, hits out."""
+
+from __future__ import annotations
+
+import psycopg
+
+from pipelines.config import PipelineConfig
+from pipelines.embed import Embedder, make_embedder
+from pipelines.store import db
+from pipelines.store.search import ModelNotLoaded, SearchHit, search_text
+
+
+class SearchUnavailable(RuntimeError):
+    """The database holds nothing to search yet, or not in a form this code can search;
+    the message says what to run."""
+
+
+def run_search(
+    tenant: str,
+    query: str,
+    config: PipelineConfig,
+    k: int = 5,
+    vectors: str = "both",
+    embedder: Embedder | None = None,
+    mode: str = "hybrid",
+) -> list[SearchHit]:
+    """Reads only: a search never migrates (the application's role may not own the schema).
+    A text search loads no model. Raises `db.DatabaseUnavailable` or `SearchUnavailable`."""
+    embedders = {}
+    if mode != "text":
+        embedder = embedder or make_embedder(config.embed)
+        embedders[embedder.model_id] = embedder
+    store = config.store
+    try:
+        with db.connect(db.resolve_database_url(store)) as conn:
+            _, hits = search_text(
+                conn,
+                tenant,
+                query,
+                embedders,
+                k,
+                vectors,
+                store.hnsw_ef_search,
+                mode=mode,
+                rrf_k=store.rrf_k,
+                rrf_candidates=store.rrf_candidates,
+                text_match=store.text_match,
+            )
+            return hits
+    except psycopg.errors.UndefinedTable as exc:
+        raise SearchUnavailable(
+            "no knowledge base in this database yet: run jobs.migrate or jobs.crawl first"
+        ) from exc
+    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction) as exc:
+        raise SearchUnavailable(
+            "this database's schema is older than this code (no full-text search): run jobs.migrate"
+        ) from exc
+    except ModelNotLoaded as exc:
+        raise SearchUnavailable(f"{exc}: search with that model (--set embed.backend=…)") from exc

@@ -1,0 +1,54 @@
+"""A crawl run now, outside the queue: `jobs.crawl --tenant T --url URL`, the demo, benches."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pipelines import pipeline, schema
+from pipelines.config import PipelineConfig
+from pipelines.embed import Embedder
+from pipelines.service.report import RunReport, SourceProgress, collect
+from pipelines.store.opening import open_store
+from pipelines.store.sources import record_progress, record_source
+
+log = logging.getLogger(__name__)
+
+
+def index_sources(requests: list[dict], config: PipelineConfig, database_url: str, label: str) -> RunReport:
+    """Crawl and index the sources of `requests` (any tenants) in one streaming run."""
+    started = time.perf_counter()
+    documents = pipeline.crawl_documents(requests, config, pipeline.page_history(config, database_url))
+    results = pipeline.index_documents(documents, config, database_url)
+
+    def write_progress(report: RunReport) -> None:
+        record_progress(database_url, report.progress_by_source())
+
+    report = collect(results, label, started, write_progress, config.crawl.progress_interval_seconds)
+    totals = " ".join(f"{k}={v}" for k, v in report.totals.as_dict().items())
+    log.info("crawl.done %s sources=%d %s", label, len(requests), totals)
+    return report
+
+
+def run_crawl(
+    tenant: str,
+    start_urls: list[str],
+    config: PipelineConfig,
+    embedder: Embedder | None = None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> RunReport:
+    """Crawl `start_urls` for `tenant` into its knowledge base; each start URL's source row
+    shows the crawl in progress, then its outcome and counts."""
+    database_url, _ = open_store(config, embedder)
+    pipeline.init_ray(config)
+    sources = {
+        start_url: record_source(database_url, tenant, start_url, schema.SourceStatus.IN_PROGRESS)
+        for start_url in start_urls
+    }
+    requests = [schema.crawl_request(tenant, sources[url], url, include, exclude) for url in start_urls]
+    report = index_sources(requests, config, database_url, f"tenant {tenant}")
+    for start_url, source in sources.items():
+        progress = report.sources.get(source, SourceProgress())
+        record_source(database_url, tenant, start_url, progress.outcome, progress.as_dict())
+    return report

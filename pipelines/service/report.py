@@ -1,0 +1,138 @@
+"""What a crawl did, per source and in all: summed from the writer's per-page results.
+
+The same report serves a one-shot crawl (printed at the end), a service (each source's
+progress written to website_sources.crawl_progress while it runs) and the evaluation job.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray.data
+
+from pipelines import pipeline, schema
+
+# Reasons can name URLs ("redirected off site to …"), so a big site can have hundreds.
+FAILURE_REASONS_SHOWN = 10
+
+
+@dataclass
+class SourceProgress:
+    """One source's crawl so far: what `website_sources.crawl_progress` shows while it runs
+    (the application reads these keys)."""
+
+    pages_found: int = 0  # URLs queued for fetching (grows as links are discovered)
+    pages_completed: int = 0
+    pages_unchanged: int = 0
+    pages_failed: int = 0
+    chunks: int = 0
+    vectors: int = 0
+
+    def absorb(self, other: SourceProgress) -> None:
+        for name, value in dataclasses.asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        crawled = self.pages_completed + self.pages_unchanged + self.pages_failed
+        return {"pages_crawled": crawled, **dataclasses.asdict(self)}
+
+    @property
+    def outcome(self) -> schema.SourceStatus:
+        """A source with at least one page indexed (or unchanged) is completed."""
+        if self.pages_completed or self.pages_unchanged:
+            return schema.SourceStatus.COMPLETED
+        return schema.SourceStatus.FAILED
+
+
+@dataclass
+class RunReport:
+    """What a run did, summed from the writer's per-page results."""
+
+    tenant: str
+    sources: dict[str, SourceProgress] = field(default_factory=dict)
+    # Sources done and let go of (a service runs for months): counted in the totals only.
+    retired: SourceProgress = field(default_factory=SourceProgress)
+    failures: collections.Counter = field(default_factory=collections.Counter)
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, results: dict[str, list]) -> None:
+        for source, status, error, chunks, vectors, queued in zip(
+            results[schema.SOURCE],
+            results[schema.STATUS],
+            results[schema.ERROR],
+            results[schema.CHUNKS_WRITTEN],
+            results[schema.VECTORS_WRITTEN],
+            results[schema.URLS_QUEUED],
+            strict=True,
+        ):
+            progress = self.sources.setdefault(source, SourceProgress())
+            progress.pages_found = max(progress.pages_found, queued or 0)
+            if status == schema.PageStatus.COMPLETED:
+                progress.pages_completed += 1
+            elif status == schema.PageStatus.UNCHANGED:
+                progress.pages_unchanged += 1
+            else:
+                progress.pages_failed += 1
+                self.failures[error or "unknown"] += 1
+            progress.chunks += chunks
+            progress.vectors += vectors
+
+    def retire(self, source: str) -> None:
+        self.retired.absorb(self.sources.pop(source, SourceProgress()))
+
+    @property
+    def totals(self) -> SourceProgress:
+        """All sources of the run together."""
+        summed = dataclasses.replace(self.retired)
+        for progress in self.sources.values():
+            summed.absorb(progress)
+        return summed
+
+    def progress_by_source(self) -> dict[str, dict[str, int]]:
+        """What `record_progress` writes: each running source's crawl_progress."""
+        return {source: progress.as_dict() for source, progress in self.sources.items()}
+
+    def render(self) -> str:
+        t = self.totals
+        lines = [
+            f"{self.tenant}: {t.pages_completed} pages indexed, {t.pages_unchanged} unchanged "
+            f"(already indexed), {t.pages_failed} failed, "
+            f"{t.chunks} chunks, {t.vectors} vectors in {self.seconds:.1f} s",
+        ]
+        for reason, count in self.failures.most_common(FAILURE_REASONS_SHOWN):
+            lines.append(f"  failed x{count}: {reason}")
+        hidden = len(self.failures) - FAILURE_REASONS_SHOWN
+        if hidden > 0:
+            lines.append(f"  … and {hidden} other reasons: see website_pages.error")
+        if self.stage_seconds:
+            lines.append("  time inside each stage (summed over workers):")
+            width = max(len(name) for name in self.stage_seconds)
+            for name, seconds in self.stage_seconds.items():
+                lines.append(f"    {name:<{width}}  {seconds:7.2f} s")
+        return "\n".join(lines)
+
+
+def collect(
+    results: ray.data.Dataset,
+    tenant: str,
+    started: float,
+    on_progress: Callable[[RunReport], None] | None = None,
+    progress_interval_seconds: float = 2.0,
+) -> RunReport:
+    """Run the pipeline to the end, summing its per-page results as they stream in, and
+    reporting progress at most every `progress_interval_seconds` (never per page)."""
+    report = RunReport(tenant)
+    last_reported = time.monotonic()
+    for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+        report.add(batch.to_pydict())
+        if on_progress is not None and time.monotonic() - last_reported >= progress_interval_seconds:
+            on_progress(report)
+            last_reported = time.monotonic()
+    report.seconds = time.perf_counter() - started
+    report.stage_seconds = pipeline.StageTimes.of(results).seconds
+    return report

@@ -1,0 +1,111 @@
+"""The crawl service's loop: one long-lived pipeline fed by the queue, restarted when it fails."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+
+from pipelines import metrics, pipeline
+from pipelines.config import PipelineConfig
+from pipelines.embed import Embedder
+from pipelines.service.credits import PageCredits
+from pipelines.service.feed import ClaimFeed
+from pipelines.service.held import HeldSources
+from pipelines.service.leases import LeaseKeeper
+from pipelines.store.opening import open_store
+from pipelines.store.queue import CrawlQueue, Priority
+
+log = logging.getLogger(__name__)
+
+
+def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) -> int:
+    """Crawl what the queue holds in one long-lived pipeline whose crawl actors claim sites as
+    they have room; with `once`, stop when the queue is empty. Returns the number of sources
+    finished. Several services may run at once: they never claim the same site.
+
+    A failed pipeline (a worker died, the database went away) hands its sources back to the
+    queue at once and a new pipeline starts; pages already written stay, and are written again
+    in place when their sites are crawled again."""
+    database_url, _ = open_store(config, embedder)
+    pipeline.init_ray(config)
+    config = _page_by_page(config)
+    service = f"{socket.gethostname()}:{os.getpid()}"
+    finished = 0
+    reported: set[str] = set()
+    run = 0
+    while True:
+        run += 1
+        # Each pipeline holds its leases under its own name: a crawl actor of a failed pipeline
+        # may still claim a site before it is stopped, and no one must renew that lease.
+        queue = CrawlQueue(database_url, config.queue, owner=f"{service}:{run}")
+        _report_depth(queue, reported)
+        held = HeldSources(queue, database_url, config.crawl.progress_interval_seconds)
+        try:
+            _run_pipeline(config, database_url, queue, held, once, reported)
+        except Exception:  # the queue gets the sites back; they are crawled again
+            log.exception("crawl.pipeline_failed owner=%s", queue.owner)
+            queue.release()
+            continue
+        finally:
+            finished += held.finished
+            print(held.report.render(), flush=True)
+        if once:
+            _report_depth(queue, reported)
+            return finished
+
+
+def _page_by_page(config: PipelineConfig) -> PipelineConfig:
+    """With pages in flight bounded (queue.pages_in_flight), every page goes through the
+    pipeline on its own: no stage waits for a batch to fill, and no page waits in a block for
+    others (a page held back holds its credit, and enough of them would stop the crawl)."""
+    if not config.queue.pages_in_flight:
+        return config
+    return dataclasses.replace(config, ray=dataclasses.replace(config.ray, batch_pages=0, max_block_bytes=1))
+
+
+def _report_depth(queue: CrawlQueue, reported: set[str]) -> None:
+    """queue_size{queue="<status>/<priority>"}; a group that emptied reads 0, not its last size."""
+    depth = {
+        f"{status}/{Priority(priority).name.lower()}": n for (status, priority), n in queue.depth().items()
+    }
+    for label in reported | depth.keys():
+        metrics.QUEUE_SIZE.set(depth.get(label, 0), tags={"queue": label})
+    reported.update(depth)
+
+
+def _run_pipeline(
+    config: PipelineConfig,
+    database_url: str,
+    queue: CrawlQueue,
+    held: HeldSources,
+    once: bool,
+    reported: set[str],
+) -> None:
+    """One pipeline, its crawl actors claiming under `queue`'s name, until its feed ends (with
+    `once`); raises when it fails."""
+
+    def tick() -> None:
+        held.close_finished()
+        _report_depth(queue, reported)
+
+    keeper = LeaseKeeper(queue, on_tick=tick)
+    keeper.start()
+    credits = PageCredits(config.queue.pages_in_flight) if config.queue.pages_in_flight else None
+    feed = ClaimFeed(queue, config.crawl.sites_in_flight, once, credits)
+    started = time.perf_counter()
+    try:
+        documents = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url))
+        results = pipeline.index_documents(documents, config, database_url)
+        for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+            if credits is not None:
+                credits.give_back(batch.num_rows)
+            held.add(batch.to_pydict())
+        held.close_finished(pipeline_ended=True)
+    finally:
+        keeper.stop()
+        if credits is not None:
+            credits.close()
+        held.report.seconds = time.perf_counter() - started
