@@ -257,6 +257,10 @@ class StoreConfig:
     # Full-text query: "any" matches chunks holding any of the question's non-stopwords (OR),
     # "all" only those holding every one (AND); see README "Retrieval quality" for both measured.
     text_match: str = "any"
+    # Searches by jobs.search, the demo and jobs.evaluate take on this role (it must be granted
+    # to the login role), so row-level security keeps other tenants' rows out even if a query
+    # forgets its tenant filter. "": search as the login role (isolation by the filter alone).
+    search_role: str = "kb_app"
 
     def __post_init__(self) -> None:
         _positive(
