@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from http import HTTPStatus
-from typing import Protocol
 
 import aiohttp
 import charset_normalizer
@@ -36,6 +35,7 @@ from yarl import URL
 
 from pipelines import schema
 from pipelines.config import CrawlConfig
+from pipelines.crawl.contracts import PageHistory, SourceFeed, Validators
 from pipelines.crawl.safety import CrawlError, SafeResolver, check_url_async
 from pipelines.crawl.urls import in_scope, is_non_html, normalize_url, site_of
 from pipelines.metrics import CRAWL_PAGES, CRAWL_SOURCES
@@ -65,37 +65,6 @@ class _AlreadySeen(Exception):
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Validators:
-    """What the last fetch of a page said about its version, for a conditional request."""
-
-    etag: str | None = None
-    last_modified: str | None = None
-
-    def headers(self) -> dict[str, str]:
-        headers = {}
-        if self.etag:
-            headers["If-None-Match"] = self.etag
-        if self.last_modified:
-            headers["If-Modified-Since"] = self.last_modified
-        return headers
-
-
-class PageHistory(Protocol):
-    """What earlier crawls stored about a source's pages (see pipelines.store.history).
-
-    Blocking calls: the crawler runs them in a thread so the event loop keeps fetching.
-    """
-
-    def validators(self, source_id: str) -> dict[str, Validators]:
-        """Validators of the source's indexed pages, by URL."""
-        ...
-
-    def links(self, source_id: str, url: str) -> list[str]:
-        """The links the page had when it was last fetched (to follow after a 304)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -760,27 +729,6 @@ class _SourceCrawl:
 
 def _block(rows: list[dict]) -> pa.Table:
     return schema.conform(pa.Table.from_pylist(rows, schema=schema.PAGE), schema.PAGE)
-
-
-class SourceFeed(Protocol):
-    """Where a crawl's sites come from. The crawl asks for more whenever a site ends, so a slow
-    site never holds the next ones back."""
-
-    # How often a crawl with free room asks again while its sites run (None: only when one ends).
-    poll_seconds: float | None
-
-    async def take(self, running: int) -> list[dict] | None:
-        """More crawl requests, given `running` sites are being crawled; [] for none now (the
-        feed has paused if need be), None for none ever again."""
-
-    async def crawled(self, request: dict, pages: int) -> None:
-        """The site of `request` is crawled: `pages` page rows were emitted for it."""
-
-    async def admit_page(self) -> None:
-        """Wait until the pipeline has room for one more page: called before each fetch."""
-
-    async def page_skipped(self) -> None:
-        """An admitted fetch emitted no row (a redirect to a page already seen): its room goes back."""
 
 
 class _FixedSites:
