@@ -16,7 +16,6 @@ import errno
 import logging
 import re
 import time
-import zlib
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -26,15 +25,13 @@ from functools import partial
 from http import HTTPStatus
 
 import aiohttp
-import charset_normalizer
-import lxml.etree
-import lxml.html
 import pyarrow as pa
 from protego import Protego
 from yarl import URL
 
 from pipelines import schema
 from pipelines.config import CrawlConfig
+from pipelines.crawl.content import decode_page, parse_links, sitemap_locs
 from pipelines.crawl.contracts import PageHistory, SourceFeed, Validators
 from pipelines.crawl.safety import CrawlError, SafeResolver, check_url_async
 from pipelines.crawl.urls import in_scope, is_non_html, normalize_url, site_of
@@ -48,11 +45,7 @@ _HTML_CONTENT_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Worth asking again: the server is busy or briefly broken (RFC 9110 §15.6, RFC 6585 §4).
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-_GZIP_MAGIC = b"\x1f\x8b"
 _READ_CHUNK_BYTES = 64 * 1024
-# The HTML standard looks for <meta charset> in the first 1024 bytes; so do we.
-_CHARSET_PRESCAN_BYTES = 1024
-_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
 _SITEMAP_DEPTH = 1  # a page listed in a sitemap counts as one hop from the start page
 _MAX_SITEMAP_FILES = 10  # per source: sitemap indexes can nest without end
 # A robots.txt Crawl-delay of hours would stall the crawl past any job's life; cap it.
@@ -344,91 +337,6 @@ def _is_transient(exc: Exception) -> bool:
     )
 
 
-def _meta_charset(body: bytes) -> str | None:
-    match = _META_CHARSET.search(body[:_CHARSET_PRESCAN_BYTES])
-    return match.group(1).decode("ascii") if match else None
-
-
-def _decode(body: bytes, header_charset: str | None, fallback_encodings: list[str]) -> str:
-    """The page's text, whatever its labels claim.
-
-    A byte-order mark wins; then UTF-8 when the bytes are valid UTF-8, because Persian sites
-    often send UTF-8 under a stale `windows-1256` or `iso-8859-1` header, and text in those
-    encodings is almost never valid UTF-8 by accident. Then the header's charset, then
-    <meta charset>. Unlabelled legacy bytes are guessed among `fallback_encodings` only
-    (an open guess calls windows-1256 Persian "cp1251" Cyrillic), else decoded as the first
-    of them with bad bytes replaced: decoding never fails a page.
-    """
-    for bom, encoding in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
-        if body.startswith(bom):
-            return body.decode(encoding, errors="replace")
-    for label in ("utf-8", header_charset, _meta_charset(body)):
-        if not label:
-            continue
-        try:
-            return body.decode(label)
-        except (LookupError, UnicodeDecodeError) as exc:
-            log.debug("crawl.decode charset=%s failed=%s", label, type(exc).__name__)
-    guess = charset_normalizer.from_bytes(body, cp_isolation=fallback_encodings).best()
-    if guess is not None:
-        return str(guess)
-    return body.decode(fallback_encodings[0], errors="replace")
-
-
-@dataclass(frozen=True)
-class _PageLinks:
-    links: list[str]
-    canonical: str | None
-
-
-def _parse_links(html: str, page_url: str) -> _PageLinks:
-    """Normalised targets of the page's <a href> links (resolved against its <base href> if
-    any) and its <link rel="canonical">."""
-    # Parsed from UTF-8 bytes: lxml refuses a str that carries an XML encoding declaration.
-    root = lxml.etree.fromstring(html.encode("utf-8"), lxml.html.HTMLParser(encoding="utf-8"))
-    if root is None:
-        return _PageLinks([], None)
-    base = page_url
-    for element in root.iter("base"):
-        href = element.get("href")
-        if href:
-            base = normalize_url(href, page_url) or page_url
-            break
-    canonical = None
-    for element in root.iter("link"):
-        if "canonical" in (element.get("rel") or "").lower().split() and element.get("href"):
-            canonical = normalize_url(element.get("href"), base)
-            break
-    links = (normalize_url(a.get("href"), base) for a in root.iter("a") if a.get("href"))
-    return _PageLinks([link for link in dict.fromkeys(links) if link is not None], canonical)
-
-
-def _sitemap_locs(body: bytes, max_bytes: int) -> tuple[bool, list[str]]:
-    """(whether it is a sitemap index, its <loc> values); (False, []) when it is not XML.
-
-    `sitemap.xml.gz` files arrive gzipped without a Content-Encoding header; they are
-    unpacked here, never past `max_bytes` (a gzip bomb stops there).
-    """
-    if body.startswith(_GZIP_MAGIC):
-        unpacker = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-        try:
-            body = unpacker.decompress(body, max_bytes + 1)
-        except zlib.error:
-            return False, []
-        if len(body) > max_bytes:
-            log.info("crawl.sitemap skipped=larger than %d bytes unpacked", max_bytes)
-            return False, []
-    parser = lxml.etree.XMLParser(recover=True, resolve_entities=False, no_network=True)
-    try:
-        root = lxml.etree.fromstring(body, parser)
-    except lxml.etree.XMLSyntaxError:
-        return False, []
-    if root is None:
-        return False, []
-    is_index = lxml.etree.QName(root).localname == "sitemapindex"
-    return is_index, [loc.text.strip() for loc in root.iter("{*}loc") if loc.text and loc.text.strip()]
-
-
 class _UrlFilter:
     """A source's include/exclude patterns (regular expressions searched in the URL)."""
 
@@ -587,10 +495,10 @@ class _SourceCrawl:
             stored = await asyncio.to_thread(self._history.links, self._request[schema.SOURCE], url)
             links = [link for link in stored if self._follows(link)]
         elif response.error is None and response.body is not None:
-            html = _decode(response.body, response.charset, self._config.fallback_encoding_list)
+            html = decode_page(response.body, response.charset, self._config.fallback_encoding_list)
             if is_start:
                 await self._move_to(site_of(response.url))
-            parsed = _parse_links(html, response.url)
+            parsed = parse_links(html, response.url)
             canonical = parsed.canonical
             if canonical and canonical != response.url and self._follows(canonical):
                 if canonical in self._seen:
@@ -668,7 +576,7 @@ class _SourceCrawl:
             if response.error is not None or response.body is None:
                 log.debug("crawl.sitemap url=%s skipped=%s", url, response.error)
                 continue
-            is_index, locs = _sitemap_locs(response.body, self._config.max_response_bytes)
+            is_index, locs = sitemap_locs(response.body, self._config.max_response_bytes)
             off_site = 0
             for loc in locs:
                 target = normalize_url(loc)
