@@ -6,6 +6,7 @@
 """
 
 from pipelines.crawl.crawler import Crawler
+from pipelines.crawl.downloader import BLOCKED_BY_ROBOTS
 from pipelines.crawl.safety import CrawlError, UnsafeURLError
 
-__all__ = ["CrawlError", "Crawler", "UnsafeURLError"]
+__all__ = ["BLOCKED_BY_ROBOTS", "CrawlError", "Crawler", "UnsafeURLError"]

@@ -1,7 +1,7 @@
 """The crawl stage: crawl requests in, page rows out, streamed in bounded blocks.
 
 Anatomy, in Scrapy's words: `Crawler` is the stage and the engine; a `_SourceCrawl` is one
-request's scheduler (frontier, seen set, page budget); the `_Downloader` is shared by every
+request's scheduler (frontier, seen set, page budget); the `Downloader` is shared by every
 source of a batch (one aiohttp session, per-site politeness, robots.txt, redirects, limits).
 
 Every outcome a tenant cares about is a row: a page that failed, was blocked by robots.txt or
@@ -12,329 +12,33 @@ later run can retry it. Links we choose not to follow (other sites, images) leav
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import re
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from functools import partial
-from http import HTTPStatus
 
 import aiohttp
 import pyarrow as pa
-from protego import Protego
-from yarl import URL
 
 from pipelines import schema
 from pipelines.config import CrawlConfig
 from pipelines.crawl.content import decode_page, parse_links, sitemap_locs
 from pipelines.crawl.contracts import PageHistory, SourceFeed, Validators
-from pipelines.crawl.safety import CrawlError, SafeResolver, check_url_async
+from pipelines.crawl.downloader import Downloader, Response, Robots
+from pipelines.crawl.safety import CrawlError, SafeResolver
 from pipelines.crawl.urls import in_scope, is_non_html, normalize_url, site_of
-from pipelines.metrics import CRAWL_PAGES, CRAWL_SOURCES
-from pipelines.retry import retry_after_seconds
+from pipelines.metrics import CRAWL_SOURCES
 
 log = logging.getLogger(__name__)
 
-BLOCKED_BY_ROBOTS = "blocked by robots.txt"
-_HTML_CONTENT_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Worth asking again: the server is busy or briefly broken (RFC 9110 §15.6, RFC 6585 §4).
-_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-_READ_CHUNK_BYTES = 64 * 1024
 _SITEMAP_DEPTH = 1  # a page listed in a sitemap counts as one hop from the start page
 _MAX_SITEMAP_FILES = 10  # per source: sitemap indexes can nest without end
-# A robots.txt Crawl-delay of hours would stall the crawl past any job's life; cap it.
-_MAX_CRAWL_DELAY_SECONDS = 60.0
 
 
 class _AlreadySeen(Exception):
     """A redirect leads to a page this source has already queued: that crawl covers it."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class _Response:
-    """What fetching one URL came to: a body, a 304, or the reason there is neither."""
-
-    url: str  # the final URL when redirects succeeded, else the one requested
-    error: str | None = None
-    http_status: int | None = None
-    content_type: str | None = None
-    charset: str | None = None
-    body: bytes | None = None
-    fetched_at: datetime | None = None
-    etag: str | None = None
-    last_modified: str | None = None
-    transient: bool = False  # the error may go away if we ask again
-    retry_after: float | None = None  # seconds the server asked us to wait (429/503)
-    attempts: int = 1
-
-    @property
-    def not_modified(self) -> bool:
-        return self.http_status == HTTPStatus.NOT_MODIFIED
-
-
-@dataclass(frozen=True)
-class _Robots:
-    """A site's robots.txt as it applies to us."""
-
-    user_agent: str
-    rules: Protego | None = None  # None: no robots.txt (or not respected), everything allowed
-    # Why robots.txt could not be read (5xx, network): then nothing is allowed (RFC 9309 §2.3.1.4).
-    unavailable: str | None = None
-
-    def refusal(self, url: str) -> str | None:
-        if self.unavailable is not None:
-            return f"{BLOCKED_BY_ROBOTS} (robots.txt unavailable: {self.unavailable})"
-        if self.rules is not None and not self.rules.can_fetch(url, self.user_agent):
-            return BLOCKED_BY_ROBOTS
-        return None
-
-    @property
-    def sitemaps(self) -> list[str]:
-        return list(self.rules.sitemaps) if self.rules is not None else []
-
-
-class _Site:
-    """Politeness towards one origin, shared by every source of the batch that crawls it."""
-
-    def __init__(self, concurrency: int, delay: float) -> None:
-        self._slots = asyncio.Semaphore(concurrency)
-        self._pace = asyncio.Lock()
-        self._next_start = 0.0
-        self.delay = delay
-        self.robots_lock = asyncio.Lock()
-        self.robots: _Robots | None = None
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the site's request slots, starting no sooner than `delay` after the last start."""
-        async with self._slots:
-            if self.delay:
-                async with self._pace:
-                    loop = asyncio.get_running_loop()
-                    wait = self._next_start - loop.time()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    self._next_start = loop.time() + self.delay
-            yield
-
-
-HopCheck = Callable[[str], Awaitable[str | None]]
-
-
-def _http_error(status: int) -> str:
-    """`HTTP 503 Service Unavailable`: the code for people who know it, the phrase for the rest."""
-    try:
-        return f"HTTP {status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"HTTP {status}"
-
-
-class _Downloader:
-    """HTTP for one batch: the session, per-site politeness, a global connection limit shared
-    fairly between sites, robots.txt, retries, redirects and limits."""
-
-    def __init__(self, config: CrawlConfig, http: aiohttp.ClientSession) -> None:
-        self._config = config
-        self._http = http
-        self._sites: dict[str, _Site] = {}
-        # FIFO: each site holds at most `concurrency_per_site` places in the queue, so a huge
-        # site gets no more turns than a small one while both have pages left.
-        self._connections = asyncio.Semaphore(config.max_connections)
-
-    def _site(self, origin: str) -> _Site:
-        if origin not in self._sites:
-            self._sites[origin] = _Site(self._config.concurrency_per_site, self._config.delay_seconds)
-        return self._sites[origin]
-
-    async def check_safety(self, url: str) -> str | None:
-        """Why `url` may not be fetched (scheme, private address), or None."""
-        try:
-            await check_url_async(url, self._config.allow_private_network)
-        except CrawlError as exc:
-            return str(exc)
-        return None
-
-    async def robots(self, origin: str) -> _Robots:
-        """The robots.txt of `origin`, read once per batch however many sources crawl it."""
-        if not self._config.respect_robots:
-            return _Robots(self._config.user_agent)
-        site = self._site(origin)
-        async with site.robots_lock:
-            if site.robots is None:
-                site.robots = await self._read_robots(origin, site)
-        return site.robots
-
-    async def _read_robots(self, origin: str, site: _Site) -> _Robots:
-        user_agent = self._config.user_agent
-        response = await self.fetch(f"{origin}/robots.txt", html_only=False, check_hop=self.check_safety)
-        if response.error is None and response.body is not None:
-            rules = Protego.parse(response.body.decode("utf-8", errors="replace"))
-            crawl_delay = min(rules.crawl_delay(user_agent) or 0.0, _MAX_CRAWL_DELAY_SECONDS)
-            site.delay = max(self._config.delay_seconds, crawl_delay)
-            robots = _Robots(user_agent, rules=rules)
-        elif response.http_status is not None and 400 <= response.http_status < 500:
-            robots = _Robots(user_agent)  # no robots.txt: everything is allowed
-        else:
-            robots = _Robots(user_agent, unavailable=response.error)
-        log.info(
-            "crawl.robots site=%s http=%s delay=%s unavailable=%s",
-            origin,
-            response.http_status,
-            site.delay,
-            robots.unavailable,
-        )
-        return robots
-
-    async def fetch(
-        self, url: str, html_only: bool, check_hop: HopCheck, validators: Validators | None = None
-    ) -> _Response:
-        """GET `url`, following redirects by hand so that every hop passes `check_hop`.
-
-        `check_hop(target)` returns why a redirect target is refused, or None to follow it.
-        `validators` make the first hop conditional: the answer may be 304 Not Modified.
-        """
-        chain = [url]
-        headers = validators.headers() if validators else {}
-        while True:
-            response, target = await self._get_with_retries(chain[-1], html_only, headers)
-            if target is None:
-                return response
-            if target in chain:
-                failure = f"redirect loop back to {target}"
-            elif len(chain) > self._config.max_redirects:
-                failure = f"more than {self._config.max_redirects} redirects (last to {target})"
-            else:
-                failure = await check_hop(target)
-            if failure is not None:
-                return replace(response, url=url, error=failure)
-            chain.append(target)
-            headers = {}  # validators belong to the URL they were stored for
-
-    async def _get_with_retries(
-        self, url: str, html_only: bool, headers: dict[str, str]
-    ) -> tuple[_Response, str | None]:
-        """`_get`, asked again after transient failures (pipelines.retry: jittered
-        exponential backoff, the server's Retry-After a floor)."""
-        config = self._config
-        for attempt in range(config.retries + 1):
-            response, target = await self._get(url, html_only, headers)
-            if not response.transient or attempt == config.retries:
-                break
-            wait = config.backoff.wait(attempt, response.retry_after)
-            log.info(
-                "crawl.retry url=%s reason=%s attempt=%d wait=%.2f", url, response.error, attempt + 1, wait
-            )
-            await asyncio.sleep(wait)
-        attempts = attempt + 1
-        if response.error is not None and attempts > 1:
-            response = replace(response, error=f"{response.error} (after {attempts} attempts)")
-        return replace(response, attempts=attempts), target
-
-    async def _get(self, url: str, html_only: bool, headers: dict[str, str]) -> tuple[_Response, str | None]:
-        """One HTTP exchange: the response, and the redirect target (None when not a redirect)."""
-        async with self._site(site_of(url)).slot(), self._connections:
-            CRAWL_PAGES.inc()
-            try:
-                async with self._http.get(
-                    URL(url, encoded=True), allow_redirects=False, headers=headers
-                ) as resp:
-                    return await self._read(url, resp, html_only)
-            except (aiohttp.ClientError, TimeoutError, CrawlError) as exc:
-                return (
-                    _Response(
-                        url, error=self._describe(exc), fetched_at=_now(), transient=_is_transient(exc)
-                    ),
-                    None,
-                )
-
-    async def _read(
-        self, url: str, resp: aiohttp.ClientResponse, html_only: bool
-    ) -> tuple[_Response, str | None]:
-        declared_type = resp.content_type if "Content-Type" in resp.headers else None
-        response = _Response(
-            url,
-            http_status=resp.status,
-            content_type=declared_type,
-            charset=resp.charset,
-            fetched_at=_now(),
-            etag=resp.headers.get("ETag"),
-            last_modified=resp.headers.get("Last-Modified"),
-        )
-        location = resp.headers.get("Location")
-        if resp.status in _REDIRECT_STATUSES and location:
-            target = normalize_url(location, base=url)
-            if target is None:
-                return replace(response, error=f"redirected to a URL that is not http(s): {location}"), None
-            return response, target
-        if response.not_modified:
-            return response, None
-        if not 200 <= resp.status < 300:
-            return replace(
-                response,
-                error=_http_error(resp.status),
-                transient=resp.status in _TRANSIENT_STATUSES,
-                retry_after=retry_after_seconds(resp.headers),
-            ), None
-        if html_only and declared_type not in _HTML_CONTENT_TYPES:
-            return replace(response, error=f"not HTML ({declared_type or 'no content-type'})"), None
-        cap = self._config.max_response_bytes
-        too_large = replace(response, error=f"response larger than {cap} bytes")
-        if resp.content_length is not None and resp.content_length > cap:
-            return too_large, None
-        # Counted after decompression, a piece at a time: a gzip/deflate/br bomb is cut off
-        # at the cap instead of filling memory.
-        body = bytearray()
-        async for piece in resp.content.iter_chunked(_READ_CHUNK_BYTES):
-            body += piece
-            if len(body) > cap:
-                return too_large, None
-        return replace(response, body=bytes(body)), None
-
-    def _describe(self, exc: Exception) -> str:
-        """A failure in words a tenant understands ("connection refused", not a traceback)."""
-        if isinstance(exc, CrawlError):
-            return str(exc)
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return f"connection timed out after {self._config.connect_timeout_seconds:g}s"
-        if isinstance(exc, TimeoutError):
-            return f"timed out after {self._config.total_timeout_seconds:g}s"
-        if isinstance(exc, aiohttp.ClientConnectorDNSError):
-            return f"could not resolve host {exc.host}"
-        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            return f"TLS certificate not accepted: {exc.certificate_error}"
-        if isinstance(exc, aiohttp.ClientConnectorSSLError):
-            return f"TLS handshake failed: {exc.os_error}"
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            if exc.os_error.errno == errno.ECONNREFUSED:
-                return "connection refused"
-            return f"could not connect: {exc.os_error.strerror or exc.os_error}"
-        if isinstance(exc, aiohttp.ServerDisconnectedError):
-            return "server closed the connection"
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return f"incomplete or undecodable response body: {exc}"
-        if isinstance(exc, aiohttp.ClientResponseError):
-            return f"invalid HTTP response: {exc.message}"
-        return f"request failed: {exc}"
-
-
-def _is_transient(exc: Exception) -> bool:
-    """Timeouts and dropped connections may pass; refusals by DNS, TLS or our own checks won't."""
-    if isinstance(exc, CrawlError | aiohttp.ClientConnectorDNSError | aiohttp.ClientSSLError):
-        return False
-    return isinstance(
-        exc,
-        TimeoutError | aiohttp.ServerDisconnectedError | aiohttp.ClientConnectorError | aiohttp.ClientOSError,
-    )
 
 
 class _UrlFilter:
@@ -363,7 +67,7 @@ class _SourceCrawl:
     def __init__(
         self,
         config: CrawlConfig,
-        downloader: _Downloader,
+        downloader: Downloader,
         request: dict,
         emit: Callable[[dict], Awaitable[None]],
         history: PageHistory | None,
@@ -381,7 +85,7 @@ class _SourceCrawl:
         self._admitted = 0  # URLs queued for fetching: at most config.max_pages
         self._over_budget = 0  # distinct URLs found after the budget was spent
         self._site = ""
-        self._robots = _Robots(config.user_agent)
+        self._robots = Robots(config.user_agent)
         self._filter = _UrlFilter([], [])
         self._outcomes: Counter[str] = Counter()
 
@@ -593,7 +297,7 @@ class _SourceCrawl:
         url: str,
         depth: int,
         error: str | None,
-        response: _Response | None = None,
+        response: Response | None = None,
         html: str | None = None,
         links: list[str] | None = None,
     ) -> dict:
@@ -715,7 +419,7 @@ class Crawler:
         async with aiohttp.ClientSession(
             timeout=timeout, connector=connector, headers={"User-Agent": config.user_agent}
         ) as http:
-            downloader = _Downloader(config, http)
+            downloader = Downloader(config, http)
             sites = asyncio.create_task(self._crawl_sites(feed, downloader, rows))
             try:
                 async for block in _blocks(rows, sites, config.pages_per_block, config.block_seconds):
@@ -725,7 +429,7 @@ class Crawler:
                 sites.cancel()
                 await asyncio.gather(sites, return_exceptions=True)
 
-    async def _crawl_sites(self, feed: SourceFeed, downloader: _Downloader, rows: asyncio.Queue) -> None:
+    async def _crawl_sites(self, feed: SourceFeed, downloader: Downloader, rows: asyncio.Queue) -> None:
         """Crawl the feed's sites at once, asking it for more as they end."""
         running: dict[asyncio.Task, dict] = {}
         try:
