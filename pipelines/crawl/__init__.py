@@ -2,7 +2,11 @@
 
 - `urls`: normalisation and scope rules (what counts as the same page, the same site).
 - `safety`: which addresses may be fetched at all (SSRF protection).
-- `crawler`: the asynchronous crawler and the `Crawler` stage.
+- `contracts`: what the crawl asks of the rest of the pipeline (`PageHistory`, `SourceFeed`).
+- `content`: what is made of a page's bytes (text, links, sitemap entries).
+- `downloader`: HTTP for a batch of sources (politeness, robots.txt, retries, redirects, limits).
+- `frontier`: one source's crawl (frontier, seen set, page budget) and the rows it emits.
+- `crawler`: the `Crawler` stage, which runs the sources and streams their rows in blocks.
 """
 
 from pipelines.crawl.crawler import Crawler
