@@ -20,7 +20,7 @@ from pipelines.chunk import CHUNKER_VERSION, Chunker
 from pipelines.clean import Cleaner
 from pipelines.config import PipelineConfig
 from pipelines.crawl import Crawler
-from pipelines.crawl.crawler import PageHistory, SourceFeed
+from pipelines.crawl.contracts import PageHistory, SourceFeed
 from pipelines.embed import model_id
 from pipelines.embed.stage import ChunkTextEmbedder, EmbedStage
 from pipelines.store import model_switch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from psycopg_pool import ConnectionPool
 
-from pipelines.crawl.crawler import Validators
+from pipelines.crawl.contracts import Validators
 from pipelines.store import db
 
 

@@ -16,8 +16,7 @@ from aiohttp import web
 
 from pipelines import schema
 from pipelines.config import CrawlConfig
-from pipelines.crawl import Crawler
-from pipelines.crawl.crawler import BLOCKED_BY_ROBOTS
+from pipelines.crawl import BLOCKED_BY_ROBOTS, Crawler
 from pipelines.devserver import serve_directory
 from tests.integration.crawl.crawling import by_path, crawl, requests
 

@@ -22,7 +22,7 @@ from aiohttp.resolver import ThreadedResolver
 
 from pipelines import schema
 from pipelines.config import CrawlConfig
-from pipelines.crawl import CrawlError, UnsafeURLError, crawler, safety
+from pipelines.crawl import CrawlError, UnsafeURLError, downloader, safety
 from pipelines.crawl.safety import check_url
 from pipelines.crawl.urls import normalize_url, site_of
 from tests.integration.crawl.crawling import crawl
@@ -251,7 +251,7 @@ def internal_targets(internal_url: str) -> list[tuple[str, str]]:
 
 
 def test_downloader_refuses_redirects_to_internal_targets(serve_app):
-    """The hop check (`_Downloader.fetch` with `check_safety`) on every redirect target.
+    """The hop check (`Downloader.fetch` with `check_safety`) on every redirect target.
 
     The redirecting server stands for a public site: the downloader is asked to fetch it
     directly (the crawler checks start URLs before this point), over a plain session.
@@ -262,12 +262,12 @@ def test_downloader_refuses_redirects_to_internal_targets(serve_app):
 
     async def fetch_all() -> list:
         async with aiohttp.ClientSession() as http:
-            downloader = crawler._Downloader(CrawlConfig(), http)
+            client = downloader.Downloader(CrawlConfig(), http)
             return [
-                await downloader.fetch(
+                await client.fetch(
                     f"{public_url}hop?to={quote(location, safe='')}",
                     html_only=True,
-                    check_hop=downloader.check_safety,
+                    check_hop=client.check_safety,
                 )
                 for location, _ in targets
             ]
@@ -291,13 +291,13 @@ def pretend_public(monkeypatch):
     Every other URL (redirect targets included) still goes through the real check.
     """
     public_sites: set[str] = set()
-    real_check = crawler.check_url_async
+    real_check = downloader.check_url_async
 
     async def check(url: str, allow_private_network: bool) -> None:
         if site_of(url) not in public_sites:
             await real_check(url, allow_private_network)
 
-    monkeypatch.setattr(crawler, "check_url_async", check)
+    monkeypatch.setattr(downloader, "check_url_async", check)
     return public_sites.add
 
 

@@ -4,7 +4,7 @@ import gzip
 
 import pytest
 
-from pipelines.crawl.crawler import _decode, _parse_links, _sitemap_locs
+from pipelines.crawl.content import decode_page, parse_links, sitemap_locs
 
 FALLBACKS = ["windows-1256", "windows-1252"]
 PERSIAN = "کتابخانهٔ هضم برای پردازش زبان فارسی است."
@@ -29,7 +29,7 @@ LEGACY = "كتابخانه هضم براي پردازش زبان فارسي نو
     ],
 )
 def test_decode(body, header, expected):
-    assert _decode(body, header, FALLBACKS) == expected
+    assert decode_page(body, header, FALLBACKS) == expected
 
 
 def test_links_and_canonical_are_resolved_against_base():
@@ -37,12 +37,12 @@ def test_links_and_canonical_are_resolved_against_base():
         '<html><head><base href="/docs/"><link rel="Canonical" href="page?utm_source=x"></head>'
         '<body><a href="a.html">a</a><a href="a.html#x">again</a><a href="mailto:x@y">m</a></body></html>'
     )
-    parsed = _parse_links(html, "http://site.test/other/")
+    parsed = parse_links(html, "http://site.test/other/")
     assert parsed.links == ["http://site.test/docs/a.html"]
     assert parsed.canonical == "http://site.test/docs/page"
 
 
 def test_gzipped_sitemaps_unpack_but_not_past_the_cap():
     urlset = b'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"><url><loc>http://s.test/a</loc></url></urlset>'
-    assert _sitemap_locs(gzip.compress(urlset), 10_000) == (False, ["http://s.test/a"])
-    assert _sitemap_locs(gzip.compress(urlset + b" " * 20_000), 10_000) == (False, [])
+    assert sitemap_locs(gzip.compress(urlset), 10_000) == (False, ["http://s.test/a"])
+    assert sitemap_locs(gzip.compress(urlset + b" " * 20_000), 10_000) == (False, [])

@@ -1,0 +1,64 @@
+"""What the crawl stage asks of the rest of the pipeline, and the small values it shares.
+
+The crawl knows nothing of the database or the queue: the store hands it a `PageHistory`
+(what earlier crawls saw, for conditional requests) and, in the service, a `SourceFeed`
+(which sites to crawl next). Both are protocols here so that `pipelines.crawl` imports no
+store code, and tests pass plain objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What the last fetch of a page said about its version, for a conditional request."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+class PageHistory(Protocol):
+    """What earlier crawls stored about a source's pages (see pipelines.store.history).
+
+    Blocking calls: the crawler runs them in a thread so the event loop keeps fetching.
+    """
+
+    def validators(self, source_id: str) -> dict[str, Validators]:
+        """Validators of the source's indexed pages, by URL."""
+        ...
+
+    def links(self, source_id: str, url: str) -> list[str]:
+        """The links the page had when it was last fetched (to follow after a 304)."""
+        ...
+
+
+class SourceFeed(Protocol):
+    """Where a crawl's sites come from. The crawl asks for more whenever a site ends, so a slow
+    site never holds the next ones back."""
+
+    # How often a crawl with free room asks again while its sites run (None: only when one ends).
+    poll_seconds: float | None
+
+    async def take(self, running: int) -> list[dict] | None:
+        """More crawl requests, given `running` sites are being crawled; [] for none now (the
+        feed has paused if need be), None for none ever again."""
+
+    async def crawled(self, request: dict, pages: int) -> None:
+        """The site of `request` is crawled: `pages` page rows were emitted for it."""
+
+    async def admit_page(self) -> None:
+        """Wait until the pipeline has room for one more page: called before each fetch."""
+
+    async def page_skipped(self) -> None:
+        """An admitted fetch emitted no row (a redirect to a page already seen): its room goes back."""

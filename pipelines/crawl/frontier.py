@@ -1,0 +1,344 @@
+"""The per-source crawl, Scrapy's scheduler: one crawl request's frontier, seen set and budget.
+
+Every outcome a tenant cares about is a row: a page that failed, was blocked by robots.txt or
+redirected elsewhere is recorded with its reason, so the tenant sees why it is missing and a
+later run can retry it. Links we choose not to follow (other sites, images) leave no row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+from pipelines import schema
+from pipelines.config import CrawlConfig
+from pipelines.crawl.content import decode_page, parse_links, sitemap_locs
+from pipelines.crawl.contracts import PageHistory, SourceFeed, Validators
+from pipelines.crawl.downloader import Downloader, Response, Robots
+from pipelines.crawl.safety import CrawlError
+from pipelines.crawl.urls import in_scope, is_non_html, normalize_url, site_of
+from pipelines.metrics import CRAWL_SOURCES
+
+log = logging.getLogger(__name__)
+
+_SITEMAP_DEPTH = 1  # a page listed in a sitemap counts as one hop from the start page
+_MAX_SITEMAP_FILES = 10  # per source: sitemap indexes can nest without end
+
+
+class _AlreadySeen(Exception):
+    """A redirect leads to a page this source has already queued: that crawl covers it."""
+
+
+class UrlFilter:
+    """A source's include/exclude patterns (regular expressions searched in the URL)."""
+
+    def __init__(self, include: list[str], exclude: list[str]) -> None:
+        self._include = [self._compile(p, "include") for p in include]
+        self._exclude = [self._compile(p, "exclude") for p in exclude]
+
+    @staticmethod
+    def _compile(pattern: str, kind: str) -> re.Pattern:
+        try:
+            return re.compile(pattern)
+        except re.error as exc:
+            raise CrawlError(f"invalid {kind} pattern {pattern!r}: {exc}") from exc
+
+    def allows(self, url: str) -> bool:
+        if self._include and not any(p.search(url) for p in self._include):
+            return False
+        return not any(p.search(url) for p in self._exclude)
+
+
+def page_row(
+    request: dict,
+    url: str,
+    depth: int,
+    error: str | None,
+    urls_queued: int,
+    response: Response | None = None,
+    html: str | None = None,
+    links: list[str] | None = None,
+) -> dict:
+    """The schema.PAGE row of one page of `request`'s source: failed when `error` says why,
+    unchanged after a 304, else completed. `urls_queued` is the source's count so far."""
+    if error is not None:
+        status = schema.PageStatus.FAILED
+    elif response is not None and response.not_modified:
+        status = schema.PageStatus.UNCHANGED
+    else:
+        status = schema.PageStatus.COMPLETED
+    return {
+        schema.TENANT: request[schema.TENANT],
+        schema.SOURCE: request[schema.SOURCE],
+        schema.URL: url,
+        schema.STATUS: status,
+        schema.ERROR: error,
+        schema.HTTP_STATUS: response.http_status if response else None,
+        schema.ETAG: response.etag if response else None,
+        schema.LAST_MODIFIED: response.last_modified if response else None,
+        schema.LINKS: links if status != schema.PageStatus.FAILED else None,
+        schema.URLS_QUEUED: urls_queued,
+        schema.CONTENT_TYPE: response.content_type if response else None,
+        schema.HTML: html,
+        schema.DEPTH: depth,
+        schema.FETCHED_AT: response.fetched_at if response else None,
+    }
+
+
+class SourceCrawl:
+    """One crawl request: breadth-first over its site, with its own frontier, seen set and budget."""
+
+    def __init__(
+        self,
+        config: CrawlConfig,
+        downloader: Downloader,
+        request: dict,
+        emit: Callable[[dict], Awaitable[None]],
+        history: PageHistory | None,
+        feed: SourceFeed,
+    ) -> None:
+        self._config = config
+        self._feed = feed
+        self._downloader = downloader
+        self._request = request
+        self._emit_row = emit
+        self._history = history
+        self._validators: dict[str, Validators] = {}
+        self._frontier: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        self._seen: set[str] = set()
+        self._admitted = 0  # URLs queued for fetching: at most config.max_pages
+        self._over_budget = 0  # distinct URLs found after the budget was spent
+        self._site = ""
+        self._robots = Robots(config.user_agent)
+        self._filter = UrlFilter([], [])
+        self._outcomes: Counter[str] = Counter()
+
+    @property
+    def _emitted(self) -> int:
+        """Page rows emitted for this site so far."""
+        return sum(self._outcomes.values())
+
+    async def run(self) -> int:
+        """Crawl the site; returns the number of page rows emitted for it."""
+        started = time.monotonic()
+        tenant, source, url = (self._request[k] for k in (schema.TENANT, schema.SOURCE, schema.URL))
+        log.info("crawl.source.start tenant=%s source=%s url=%s", tenant, source, url)
+        outcome = schema.SourceStatus.FAILED
+        try:
+            await self._crawl(url)
+            if self._outcomes[schema.PageStatus.FAILED] < self._emitted:
+                outcome = schema.SourceStatus.COMPLETED
+        finally:
+            CRAWL_SOURCES.inc(tags={"status": outcome})
+            log.info(
+                "crawl.source.done tenant=%s source=%s url=%s completed=%d unchanged=%d failed=%d "
+                "not_queued_over_max_pages=%d seconds=%.1f",
+                tenant,
+                source,
+                url,
+                self._outcomes[schema.PageStatus.COMPLETED],
+                self._outcomes[schema.PageStatus.UNCHANGED],
+                self._outcomes[schema.PageStatus.FAILED],
+                self._over_budget,
+                time.monotonic() - started,
+            )
+        return self._emitted
+
+    async def _crawl(self, url: str) -> None:
+        try:
+            self._filter = UrlFilter(
+                self._request.get(schema.INCLUDE_PATTERNS) or [],
+                self._request.get(schema.EXCLUDE_PATTERNS) or [],
+            )
+        except CrawlError as exc:
+            await self._emit(url, 0, error=str(exc))
+            return
+        start = normalize_url(url)
+        if start is None:
+            await self._emit(url, 0, error=f"not an http(s) URL: {url!r}")
+            return
+        refusal = await self._downloader.check_safety(start)
+        if refusal is not None:
+            await self._emit(start, 0, error=refusal)
+            return
+        self._site = site_of(start)
+        self._robots = await self._downloader.robots(self._site)
+        self._seen.add(start)
+        refusal = self._robots.refusal(start)
+        if refusal is not None:
+            await self._emit(start, 0, error=refusal)
+            return
+        if self._history is not None:
+            self._validators = await asyncio.to_thread(self._history.validators, self._request[schema.SOURCE])
+        self._admitted = 1
+        await self._crawl_page(start, 0, is_start=True)
+        if self._config.use_sitemap:
+            await self._admit_sitemap_pages()
+        workers = [asyncio.create_task(self._work()) for _ in range(self._config.concurrency_per_site)]
+        try:
+            await self._frontier.join()
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            url, depth = await self._frontier.get()
+            try:
+                await self._crawl_page(url, depth)
+            finally:
+                self._frontier.task_done()
+
+    async def _crawl_page(self, url: str, depth: int, is_start: bool = False) -> None:
+        await self._feed.admit_page()
+        emitted = self._emitted
+        try:
+            await self._fetch_page(url, depth, is_start)
+        except Exception as exc:  # one page's surprise (a parser bug) must not end the whole crawl
+            log.exception("crawl.page url=%s status=failed reason=internal error", url)
+            await self._emit(url, depth, error=f"internal error: {exc!r}")
+        if self._emitted == emitted:
+            await self._feed.page_skipped()
+
+    async def _fetch_page(self, url: str, depth: int, is_start: bool) -> None:
+        """Fetch one page, record its row, then queue its links one hop deeper.
+
+        The start page may redirect to another origin (http → https, example.ir →
+        www.example.ir): the crawl then continues on the site it landed on. A page that
+        names another URL as its canonical one is recorded under that URL, once.
+        """
+        check_hop = partial(self._check_redirect, any_site=is_start)
+        try:
+            response = await self._downloader.fetch(
+                url, html_only=True, check_hop=check_hop, validators=self._validators.get(url)
+            )
+        except _AlreadySeen as seen:
+            log.debug("crawl.page url=%s skipped=redirect to %s, already queued", url, seen)
+            return
+        html = None
+        links: list[str] = []
+        row_url = response.url
+        if response.not_modified:
+            stored = await asyncio.to_thread(self._history.links, self._request[schema.SOURCE], url)
+            links = [link for link in stored if self._follows(link)]
+        elif response.error is None and response.body is not None:
+            html = decode_page(response.body, response.charset, self._config.fallback_encoding_list)
+            if is_start:
+                await self._move_to(site_of(response.url))
+            parsed = parse_links(html, response.url)
+            canonical = parsed.canonical
+            if canonical and canonical != response.url and self._follows(canonical):
+                if canonical in self._seen:
+                    log.debug("crawl.page url=%s skipped=canonical %s already queued", url, canonical)
+                    return
+                self._seen.add(canonical)
+                row_url = canonical
+            links = [link for link in parsed.links if self._follows(link)]
+        await self._emit(row_url, depth, error=response.error, response=response, html=html, links=links)
+        if depth < self._config.max_depth:
+            for link in links:
+                await self._admit(link, depth + 1)
+
+    def _follows(self, url: str) -> bool:
+        """Whether a link is ours to crawl: same site, a web page, not too long, allowed by the filters."""
+        return (
+            in_scope(url, self._site)
+            and not is_non_html(url)
+            and len(url) <= self._config.max_url_length
+            and self._filter.allows(url)
+        )
+
+    async def _move_to(self, site: str) -> None:
+        if site != self._site:
+            log.info("crawl.source.moved from=%s to=%s", self._site, site)
+            self._site = site
+            self._robots = await self._downloader.robots(site)
+
+    async def _check_redirect(self, target: str, any_site: bool) -> str | None:
+        if not any_site and not in_scope(target, self._site):
+            return f"redirected off site to {target}"
+        refusal = await self._downloader.check_safety(target)
+        if refusal is not None:
+            return refusal
+        refusal = (await self._downloader.robots(site_of(target))).refusal(target)
+        if refusal is not None:
+            return f"redirected to {target}: {refusal}"
+        if target in self._seen:
+            raise _AlreadySeen(target)
+        self._seen.add(target)
+        return None
+
+    async def _admit(self, url: str, depth: int) -> None:
+        """Queue `url` unless seen, too deep or over budget; robots.txt refusals become rows."""
+        if url in self._seen or depth > self._config.max_depth:
+            return
+        self._seen.add(url)
+        if self._admitted >= self._config.max_pages:
+            self._over_budget += 1
+            return
+        refusal = self._robots.refusal(url)
+        if refusal is not None:
+            await self._emit(url, depth, error=refusal)
+            return
+        self._admitted += 1
+        self._frontier.put_nowait((url, depth))
+
+    async def _admit_sitemap_pages(self) -> None:
+        """Queue the pages listed by the site's sitemaps (robots.txt `Sitemap:` lines, /sitemap.xml)."""
+        pending = deque([*self._robots.sitemaps, f"{self._site}/sitemap.xml"])
+        read: set[str] = set()
+        while pending and len(read) < _MAX_SITEMAP_FILES and self._admitted < self._config.max_pages:
+            url = normalize_url(pending.popleft())
+            if url is None or url in read:
+                continue
+            if not in_scope(url, self._site):
+                log.debug("crawl.sitemap url=%s skipped=off site", url)
+                continue
+            read.add(url)
+            response = await self._downloader.fetch(
+                url, html_only=False, check_hop=self._downloader.check_safety
+            )
+            if response.error is not None or response.body is None:
+                log.debug("crawl.sitemap url=%s skipped=%s", url, response.error)
+                continue
+            is_index, locs = sitemap_locs(response.body, self._config.max_response_bytes)
+            off_site = 0
+            for loc in locs:
+                target = normalize_url(loc)
+                if target is None or not in_scope(target, self._site):
+                    off_site += 1
+                elif is_index:
+                    pending.append(target)
+                elif self._follows(target):
+                    await self._admit(target, _SITEMAP_DEPTH)
+            log.debug("crawl.sitemap url=%s entries=%d off_site=%d", url, len(locs), off_site)
+
+    async def _emit(
+        self,
+        url: str,
+        depth: int,
+        error: str | None,
+        response: Response | None = None,
+        html: str | None = None,
+        links: list[str] | None = None,
+    ) -> None:
+        """Record one page's outcome: its row, counted, logged and passed on."""
+        row = page_row(self._request, url, depth, error, self._admitted, response, html, links)
+        self._outcomes[row[schema.STATUS]] += 1
+        level = logging.DEBUG if row[schema.ERROR] is None else logging.INFO
+        log.log(
+            level,
+            "crawl.page url=%s status=%s http=%s depth=%s reason=%s",
+            row[schema.URL],
+            row[schema.STATUS],
+            row[schema.HTTP_STATUS],
+            row[schema.DEPTH],
+            row[schema.ERROR],
+        )
+        await self._emit_row(row)
