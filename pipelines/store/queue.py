@@ -126,6 +126,17 @@ class CrawlQueue:
         log.info("queue.claimed owner=%s sources=%d", self.owner, len(claimed))
         return claimed
 
+    def hold(self, source_ids: list[str]) -> None:
+        """Take a lease on sources a one-shot crawl records itself (not claimed from the queue):
+        renewed like a claim's, so a crawl killed without a word leaves them claimable again."""
+        with db.connect(self.database_url) as conn:
+            conn.execute(
+                f"""UPDATE website_sources SET lease_owner = %s, updated_at = now(),
+                       lease_expires_at = now() + make_interval(secs => %s)
+                   WHERE id = ANY(%s::uuid[]) AND status = {_IN_PROGRESS}""",
+                (self.owner, self.config.lease_seconds, source_ids),
+            )
+
     def renew(self) -> int:
         """Extend the leases of every source this service holds; returns how many it holds."""
         with db.connect(self.database_url) as conn:
@@ -174,6 +185,17 @@ class CrawlQueue:
                    SET lease_owner = NULL, lease_expires_at = now(), crawled_pages = NULL, updated_at = now()
                    WHERE lease_owner = %s AND status = {_IN_PROGRESS}""",
                 (self.owner,),
+            )
+
+    def fail_held(self, reason: str) -> None:
+        """Fail every source this owner holds, with `reason` (a one-shot crawl interrupted:
+        the tenant sees why, and the source is no longer in progress)."""
+        with db.connect(self.database_url) as conn:
+            conn.execute(
+                f"""UPDATE website_sources SET status = '{SourceStatus.FAILED}', error = %s,
+                       lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                   WHERE lease_owner = %s AND status = {_IN_PROGRESS}""",
+                (reason, self.owner),
             )
 
     def depth(self) -> dict[tuple[str, int], int]:

@@ -1,0 +1,72 @@
+"""A one-shot crawl (`jobs.crawl --tenant T --url U`) never leaves its source stuck in progress:
+it holds a lease while it runs, and an interrupted crawl records why."""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import threading
+
+import pytest
+from aiohttp import web
+
+from pipelines.config import build_config
+from pipelines.service import run_crawl
+from pipelines.store import db
+from tests.helpers import poll
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stalled_site(serve_app):
+    """A site whose pages answer only once the test is over (the server's shutdown ends them)."""
+    released = asyncio.Event()
+
+    async def page(request: web.Request) -> web.Response:
+        await released.wait()
+        return web.Response(text="<html><body>late</body></html>", content_type="text/html")
+
+    async def release(app: web.Application) -> None:
+        released.set()
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    app.on_shutdown.append(release)
+    _, base_url = serve_app(app)
+    return base_url
+
+
+def _source(database_url: str, tenant: str) -> tuple:
+    with db.connect(database_url) as conn:
+        return conn.execute(
+            """SELECT status, lease_owner IS NOT NULL, lease_expires_at > now(), error
+               FROM website_sources WHERE user_id = %s""",
+            (tenant,),
+        ).fetchone()
+
+
+def test_an_interrupted_crawl_holds_a_lease_then_records_why(
+    ray_local, database_url, embedder, tenant, stalled_site
+):
+    config = build_config(
+        store={"database_url": database_url},
+        crawl={"allow_private_network": True, "respect_robots": False, "use_sitemap": False},
+    )
+    seen_running: list[tuple] = []
+
+    def interrupt_once_running() -> None:
+        running = poll(lambda: (_source(database_url, tenant) or ("",))[0] == "in_progress", timeout=60)
+        if running:
+            seen_running.append(_source(database_url, tenant))
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_once_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_crawl(tenant, [stalled_site], config, embedder)
+    assert seen_running, "the crawl never showed its source in progress"
+    status, leased, lease_in_future, _ = seen_running[0]
+    assert leased and lease_in_future, "a running one-shot crawl holds a lease on its source"
+    status, leased, _, error = _source(database_url, tenant)
+    assert status == "failed" and not leased
+    assert "interrupted" in error and "run it again" in error
