@@ -16,7 +16,7 @@ import re
 import sys
 
 from jobs._common import database_errors_exit, parser, start_job
-from pipelines.service import run_crawl, serve
+from pipelines.service import PipelineKeepsFailing, run_crawl, serve
 from pipelines.store import db
 from pipelines.store.queue import Priority, enqueue
 
@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     config = start_job(args, crawl=crawl_settings)
     with database_errors_exit():
         if args.serve or args.once:
-            print(f"crawled {serve(config, once=args.once)} sources from the queue")
+            try:
+                print(f"crawled {serve(config, once=args.once)} sources from the queue")
+            except PipelineKeepsFailing as exc:
+                sys.exit(str(exc))
         elif args.enqueue:
             url = db.resolve_database_url(config.store)
             for start_url in args.url:

@@ -300,15 +300,31 @@ class QueueConfig:
     # Recording a crawl's end through a database restart: asked again for up to lease_seconds.
     retry_backoff_seconds: float = 0.5  # first retry waits up to this (full jitter), doubling each time
     retry_max_wait_seconds: float = 5.0  # cap on one wait
+    # A failed pipeline is restarted after up to this (full jitter), doubling with each failure
+    # in a row that finished no source, up to restart_max_wait_seconds.
+    restart_backoff_seconds: float = 1.0
+    restart_max_wait_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        _positive(self, "lease_seconds", "max_attempts", "poll_seconds", "retry_max_wait_seconds")
-        if self.pages_in_flight < 0 or self.retry_backoff_seconds < 0:
-            raise ConfigError("queue.pages_in_flight and queue.retry_backoff_seconds must be >= 0")
+        _positive(
+            self,
+            "lease_seconds",
+            "max_attempts",
+            "poll_seconds",
+            "retry_max_wait_seconds",
+            "restart_max_wait_seconds",
+        )
+        for name in ("pages_in_flight", "retry_backoff_seconds", "restart_backoff_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"queue.{name} must be >= 0, got {getattr(self, name)!r}")
 
     @property
     def backoff(self) -> Backoff:
         return Backoff(self.retry_backoff_seconds, self.retry_max_wait_seconds)
+
+    @property
+    def restart_backoff(self) -> Backoff:
+        return Backoff(self.restart_backoff_seconds, self.restart_max_wait_seconds)
 
 
 @dataclass(frozen=True)

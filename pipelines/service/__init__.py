@@ -13,10 +13,11 @@ lives, fed by the queue in website_sources (pipelines/store/queue.py holds its S
 
 from pipelines.service.oneshot import index_sources, run_crawl
 from pipelines.service.report import FAILURE_REASONS_SHOWN, RunReport, SourceProgress, collect
-from pipelines.service.serve import serve
+from pipelines.service.serve import PipelineKeepsFailing, serve
 
 __all__ = [
     "FAILURE_REASONS_SHOWN",
+    "PipelineKeepsFailing",
     "RunReport",
     "SourceProgress",
     "collect",

@@ -21,14 +21,20 @@ from pipelines.store.queue import CrawlQueue, Priority
 log = logging.getLogger(__name__)
 
 
+class PipelineKeepsFailing(RuntimeError):
+    """`--once`: every pipeline failed before it could finish a source."""
+
+
 def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) -> int:
     """Crawl what the queue holds in one long-lived pipeline whose crawl actors claim sites as
     they have room; with `once`, stop when the queue is empty. Returns the number of sources
     finished. Several services may run at once: they never claim the same site.
 
     A failed pipeline (a worker died, the database went away) hands its sources back to the
-    queue at once and a new pipeline starts; pages already written stay, and are written again
-    in place when their sites are crawled again."""
+    queue at once and a new pipeline starts, after a jittered wait that grows while failures
+    go on; pages already written stay, and are written again in place when their sites are
+    crawled again. With `once`, queue.max_attempts failures in a row raise
+    `PipelineKeepsFailing`."""
     database_url, _ = open_store(config, embedder)
     pipeline.init_ray(config)
     config = _page_by_page(config)
@@ -36,6 +42,7 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
     finished = 0
     reported: set[str] = set()
     run = 0
+    failures_in_a_row = 0
     while True:
         run += 1
         # Each pipeline holds its leases under its own name: a crawl actor of a failed pipeline
@@ -48,6 +55,13 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
         except Exception:  # the queue gets the sites back; they are crawled again
             log.exception("crawl.pipeline_failed owner=%s", queue.owner)
             queue.release()
+            failures_in_a_row = 0 if held.finished else failures_in_a_row + 1
+            if once and failures_in_a_row >= config.queue.max_attempts:
+                raise PipelineKeepsFailing(
+                    f"the crawl pipeline failed {failures_in_a_row} times in a row without finishing a "
+                    "source (see the log above); fix the cause and run again: the queue keeps its sites"
+                ) from None
+            _wait_before_restart(config, failures_in_a_row)
             continue
         finally:
             finished += held.finished
@@ -55,6 +69,18 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
         if once:
             _report_depth(queue, reported)
             return finished
+
+
+def _wait_before_restart(config: PipelineConfig, failures_in_a_row: int) -> None:
+    """Pipelines that keep failing (the database is down, the cluster lost its GPU node) are
+    restarted ever more slowly, up to queue.restart_max_wait_seconds, not in a tight loop."""
+    wait = config.queue.restart_backoff.wait(failures_in_a_row)
+    log.warning(
+        "crawl.pipeline_restart failures_in_a_row=%d wait_seconds=%.1f (the failure is logged above)",
+        failures_in_a_row,
+        wait,
+    )
+    time.sleep(wait)
 
 
 def _page_by_page(config: PipelineConfig) -> PipelineConfig:

@@ -60,6 +60,7 @@ _CLAIM = f"""
     chosen AS (
         SELECT s.id FROM website_sources s JOIN ranked USING (id)
         WHERE {_CLAIMABLE.replace("status", "s.status").replace("lease_expires_at", "s.lease_expires_at")}
+          AND (s.attempts > 0) = %(retried)s
         ORDER BY s.priority, ranked.tenant_rank, s.enqueued_at, s.id
         LIMIT %(limit)s
         FOR UPDATE OF s SKIP LOCKED
@@ -71,6 +72,16 @@ _CLAIM = f"""
     RETURNING s.id::text, s.user_id, s.url, coalesce(s.include_patterns, '{{}}'),
               coalesce(s.exclude_patterns, '{{}}'), s.attempts
 """
+
+# What an owner is crawling (a source whose crawl has ended is past the part that dies), and
+# how much of it is a retried source crawled alone.
+_HELD = f"""
+    SELECT count(*), count(*) FILTER (WHERE attempts > 1) FROM website_sources
+    WHERE lease_owner = %s AND status = {_IN_PROGRESS} AND crawled_pages IS NULL
+"""
+
+# A retried source is waiting for a service to empty and take it.
+_RETRIED_WAITING = f"SELECT EXISTS (SELECT FROM website_sources WHERE {_CLAIMABLE} AND attempts > 0)"
 
 # Claimed too often: its crawls keep dying (a site that crashes workers): stop trying.
 _GIVE_UP = f"""
@@ -115,15 +126,34 @@ class CrawlQueue:
         self.owner = owner
 
     def claim(self, limit: int) -> list[ClaimedSource]:
-        with db.connect(self.database_url) as conn:
+        """Up to `limit` sources for this owner to crawl.
+
+        A source claimed before that came back (its pipeline failed, or its service died) may
+        be what killed it; it is crawled alone, so that if it kills again it takes no other
+        source's attempts with it, and it alone is failed after `max_attempts`. While one is
+        waiting, this owner claims nothing new, so it empties and takes it."""
+        with db.connect(self.database_url) as conn, conn.transaction():
+            # One claim at a time per owner (its crawl actors claim concurrently): what it holds
+            # cannot change between the look and the claim.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self.owner,))
             given_up = conn.execute(_GIVE_UP, (self.config.max_attempts,)).rowcount
             if given_up:
                 log.warning("queue.gave_up sources=%d attempts=%d", given_up, self.config.max_attempts)
-            rows = conn.execute(
-                _CLAIM, {"limit": limit, "owner": self.owner, "lease": self.config.lease_seconds}
-            ).fetchall()
+            held, retried_held = conn.execute(_HELD, (self.owner,)).fetchone()
+            params = {"owner": self.owner, "lease": self.config.lease_seconds}
+            rows = []
+            if not held:
+                rows = conn.execute(_CLAIM, {**params, "limit": 1, "retried": True}).fetchall()
+            retried_waiting = conn.execute(_RETRIED_WAITING).fetchone()[0]
+            if not rows and not retried_held and not retried_waiting:
+                rows = conn.execute(_CLAIM, {**params, "limit": limit, "retried": False}).fetchall()
         claimed = [ClaimedSource(*row) for row in rows]
-        log.info("queue.claimed owner=%s sources=%d", self.owner, len(claimed))
+        log.info(
+            "queue.claimed owner=%s sources=%d retried_alone=%d",
+            self.owner,
+            len(claimed),
+            sum(c.attempts > 1 for c in claimed),
+        )
         return claimed
 
     def hold(self, source_ids: list[str]) -> None:

@@ -10,7 +10,7 @@ import pytest
 from pipelines import metrics, pipeline
 from pipelines.config import QueueConfig, StoreConfig, build_config
 from pipelines.devserver import serve_directory
-from pipelines.service import serve
+from pipelines.service import PipelineKeepsFailing, serve
 from pipelines.service.leases import LeaseKeeper
 from pipelines.store import db, migrations
 from pipelines.store.queue import CrawlQueue, Priority, enqueue
@@ -191,3 +191,74 @@ def test_a_source_reports_its_crawled_pages_to_its_owner_only(queue_url):
     assert owner.crawl_ended() == {source: 4}
     owner.finish(source, "completed", {"pages_crawled": 4})
     assert owner.crawl_ended() == {}
+
+
+def test_a_source_that_keeps_killing_pipelines_is_failed_alone(queue_url):
+    """Three sources in a pipeline that dies; one of them kills every pipeline it is in. The
+    retried sources are crawled one at a time, so only the killer runs out of attempts."""
+    config = QueueConfig(max_attempts=3)
+    sources = {enqueue(queue_url, f"tenant-{n}", f"https://site{n}.example/"): n for n in range(3)}
+    killer = next(source for source, n in sources.items() if n == 1)
+    first = CrawlQueue(queue_url, config, owner="service:1")
+    assert {s.id for s in first.claim(16)} == set(sources)
+    first.release()  # the pipeline died with all three in it
+
+    finished = set()
+    for run in range(2, 12):
+        queue = CrawlQueue(queue_url, config, owner=f"service:{run}")
+        claimed = queue.claim(16)
+        if not claimed:
+            break
+        assert len(claimed) == 1, "a retried source is crawled alone"
+        assert queue.claim(16) == [], "nothing else is claimed while it runs"
+        if claimed[0].id == killer:
+            queue.release()  # it killed this pipeline too
+        else:
+            queue.finish(claimed[0].id, "completed", {})
+            finished.add(claimed[0].id)
+    assert finished == set(sources) - {killer}
+    status, attempts, _, error = _status(queue_url, killer)
+    assert status == "failed" and attempts == 3 and "3 attempts" in error
+    for source in finished:
+        assert _status(queue_url, source)[:2] == ("completed", 2), "innocent sources spent one retry"
+
+
+def test_a_service_takes_no_new_sources_while_a_retried_one_waits(queue_url):
+    retried = enqueue(queue_url, "tenant-a", "https://retried.example/")
+    CrawlQueue(queue_url, QueueConfig(), owner="died").claim(1)
+    CrawlQueue(queue_url, QueueConfig(), owner="died").release()
+    busy = CrawlQueue(queue_url, QueueConfig(), owner="busy")
+    enqueue(queue_url, "tenant-b", "https://first.example/")
+    enqueue(queue_url, "tenant-c", "https://second.example/")
+    with db.connect(queue_url) as conn:  # busy already holds a fresh source
+        conn.execute(
+            "UPDATE website_sources SET status = 'in_progress', lease_owner = 'busy', attempts = 1, "
+            "lease_expires_at = now() + interval '1 minute' WHERE url = 'https://first.example/'"
+        )
+    assert busy.claim(16) == [], "it drains instead of taking the second fresh source"
+    with db.connect(queue_url) as conn:
+        conn.execute(
+            "UPDATE website_sources SET status = 'completed', lease_owner = NULL WHERE lease_owner = 'busy'"
+        )
+    assert [s.id for s in busy.claim(16)] == [retried]
+
+
+def test_a_pipeline_that_keeps_failing_is_restarted_ever_more_slowly_then_given_up(
+    ray_local, queue_url, embedder, monkeypatch, caplog
+):
+    def crawl_feed_failing(feed, config, history=None):
+        raise RuntimeError("the GPU node is gone")
+
+    monkeypatch.setattr(pipeline, "crawl_feed", crawl_feed_failing)
+    enqueue(queue_url, "tenant-r", "https://restarts.example/")
+    config = build_config(
+        store={"database_url": queue_url},
+        queue={"max_attempts": 3, "restart_backoff_seconds": 0.05, "restart_max_wait_seconds": 0.2},
+    )
+    with (
+        caplog.at_level("WARNING", logger="pipelines.service.serve"),
+        pytest.raises(PipelineKeepsFailing, match="failed 3 times in a row"),
+    ):
+        serve(config, once=True, embedder=embedder)
+    restarts = [r.getMessage() for r in caplog.records if "crawl.pipeline_restart" in r.getMessage()]
+    assert [m.split()[1] for m in restarts] == ["failures_in_a_row=1", "failures_in_a_row=2"]
