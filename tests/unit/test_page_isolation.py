@@ -3,14 +3,18 @@ comes out failed with the reason, and the other pages of its batch come out as t
 without it. No Ray: the stages are called directly (the writer's test needs the database and
 lives in tests/integration/store/test_write_isolation.py)."""
 
+import math
+
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from pipelines import isolation, metrics, schema
 from pipelines.chunk import Chunker
 from pipelines.clean import Cleaner
-from pipelines.config import ChunkConfig, CleanConfig
-from tests.helpers import chunked_page, chunked_table
+from pipelines.config import ChunkConfig, CleanConfig, EmbedConfig
+from pipelines.embed.stage import EmbedStage
+from tests.helpers import HashingEmbedder, chunked_page, chunked_table
 
 POISON = "poison"
 
@@ -148,6 +152,78 @@ def test_a_page_whose_chunking_raises_fails_alone():
         assert chunks[index] == alone and len(alone) > 1, "neighbours chunked as without the poison"
     assert chunks[1] == [] and chunks[3] == []
     assert metrics.CHUNK_PAGES.value(status="error") == errors_before + 1
+
+
+# -- embed ------------------------------------------------------------------------------
+
+
+class _PoisonedEmbedder(HashingEmbedder):
+    """A model that raises on one text (a tokenizer bug, an input the runtime rejects) and
+    records the size of every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def embed_passages(self, texts):
+        self.calls.append(len(texts))
+        if any(POISON in t for t in texts):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return super().embed_passages(texts)
+
+
+def _embed_pages(poison_at: int, pages: int = 16) -> list[dict]:
+    return [
+        chunked_page(
+            "t",
+            f"http://site/{n}",
+            [f"page {n} first chunk", f"page {n} {POISON} chunk" if n == poison_at else f"page {n} second"],
+        )
+        for n in range(pages)
+    ]
+
+
+def test_a_page_whose_embedding_raises_fails_alone_and_the_batch_is_bisected():
+    pages = _embed_pages(poison_at=11)
+    pages.append(chunked_page("t", "http://site/failed", [], status=schema.PageStatus.FAILED))
+    embedder = _PoisonedEmbedder()
+
+    out = EmbedStage(EmbedConfig(), embedder=embedder)(chunked_table(pages))
+
+    assert out.schema.equals(schema.embedded(embedder.dim))
+    statuses, errors = _statuses(out), _errors(out)
+    assert statuses == ["completed"] * 11 + ["failed"] + ["completed"] * 4 + ["failed"]
+    assert errors[11] == "internal error in embed: RuntimeError: CUDA error: device-side assert triggered"
+    assert errors[16] == "HTTP 500"
+    rows = out.to_pylist()
+    assert rows[11][schema.CHUNKS] == [], "nothing of a failed page travels on to the writer"
+    for page, row in zip(pages, rows, strict=True):
+        if row[schema.STATUS] != schema.PageStatus.COMPLETED:
+            continue
+        texts = [c[schema.FULL_TEXT] for c in page[schema.CHUNKS]]
+        np.testing.assert_allclose(
+            [c[schema.FULL_EMBEDDING] for c in row[schema.CHUNKS]],
+            HashingEmbedder().embed_passages(texts),
+            rtol=1e-6,
+        )
+    # Bisecting: the first call, then two per halving down to the poison page; one by one
+    # would have made one call per page.
+    assert len(embedder.calls) <= 1 + 2 * math.ceil(math.log2(len(pages))) < len(pages)
+
+
+def test_a_backend_outage_still_fails_the_whole_batch_at_once():
+    """EmbeddingError is the backend's failure, not a page's: no bisecting, every page failed."""
+    from pipelines.embed import EmbeddingError
+
+    class Down(_PoisonedEmbedder):
+        def embed_passages(self, texts):
+            self.calls.append(len(texts))
+            raise EmbeddingError("provider returned 503")
+
+    embedder = Down()
+    out = EmbedStage(EmbedConfig(), embedder=embedder)(chunked_table(_embed_pages(poison_at=-1, pages=4)))
+    assert _statuses(out) == ["failed"] * 4
+    assert set(_errors(out)) == {"embedding failed: provider returned 503"}
+    assert len(embedder.calls) == 1
 
 
 # -- the helper -------------------------------------------------------------------------
