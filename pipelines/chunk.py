@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipelines import metrics, persian, schema
+from pipelines import isolation, metrics, persian, schema
 from pipelines.config import ChunkConfig, EmbedConfig
 from pipelines.embed import make_embedder
 
@@ -259,9 +259,13 @@ class Chunker:
         return chunks
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Chunk every completed page; a page whose chunking raises fails alone, with no
+        chunks and the reason, while the rest of the batch goes on."""
         started = time.perf_counter()
-        chunk_lists = []
-        for status, title, text, sections, chunk_type in zip(
+        chunk_lists: list[list[dict]] = []
+        failures: list[str | None] = []
+        for url, status, title, text, sections, chunk_type in zip(
+            batch.column(schema.URL).to_pylist(),
             batch.column(schema.STATUS).to_pylist(),
             batch.column(schema.TITLE).to_pylist(),
             batch.column(schema.TEXT).to_pylist(),
@@ -271,13 +275,20 @@ class Chunker:
         ):
             if status != schema.PageStatus.COMPLETED:
                 chunk_lists.append([])
+                failures.append(None)
                 metrics.CHUNK_PAGES.inc(tags={"status": "skipped"})
                 continue
             # A source without headings may hand over only the text: one untitled section.
             page_sections = sections or ([{"title": None, "text": text}] if text else [])
-            chunk_lists.append(self._chunk_page_recorded(title, page_sections, chunk_type))
-        out = batch.drop_columns([schema.TEXT, schema.SECTIONS]).append_column(
-            schema.CHUNKS, pa.array(chunk_lists, type=pa.list_(schema.CHUNK_TYPE_STRUCT))
+            chunks, reason = isolation.run_page(
+                "chunk", url, self._chunk_page_recorded, title, page_sections, chunk_type
+            )
+            chunk_lists.append(chunks or [])
+            failures.append(reason)
+        out = (
+            isolation.fail_rows(batch, failures)
+            .drop_columns([schema.TEXT, schema.SECTIONS])
+            .append_column(schema.CHUNKS, pa.array(chunk_lists, type=pa.list_(schema.CHUNK_TYPE_STRUCT)))
         )
         log.info(
             "chunk.batch pages=%d chunks=%d seconds=%.3f",

@@ -11,7 +11,6 @@ a printable placeholder letter before extraction and swap it back afterwards.
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 import time
 from collections.abc import Iterable
@@ -21,10 +20,8 @@ import lxml.html
 import pyarrow as pa
 import trafilatura
 
-from pipelines import metrics, schema
+from pipelines import isolation, metrics, schema
 from pipelines.config import CleanConfig
-
-log = logging.getLogger(__name__)
 
 ZWNJ = "\u200c"
 # Printable letters that real pages practically never contain; the first one absent from a
@@ -144,7 +141,8 @@ def content_hash(text: str) -> str:
 
 
 class Cleaner:
-    """Stage: PAGE rows → DOCUMENT rows (failed pages pass through with their reason)."""
+    """Stage: PAGE rows → DOCUMENT rows (failed pages pass through with their reason; a page
+    without main text, or whose extraction raises, fails alone with its reason)."""
 
     def __init__(self, config: CleanConfig) -> None:
         self.config = config
@@ -199,11 +197,13 @@ class Cleaner:
             row[schema.CHUNK_TYPE] = CHUNK_TYPE_WEBSITE
             if page[schema.STATUS] == schema.PageStatus.COMPLETED:
                 started = time.perf_counter()
-                try:
-                    row.update(self.extract(page[schema.HTML] or ""))
-                except NoMainText as exc:
-                    log.info("clean.failed url=%s reason=%s", page[schema.URL], exc)
-                    row.update({schema.STATUS: schema.PageStatus.FAILED, schema.ERROR: str(exc)})
+                extracted, reason = isolation.run_page(
+                    "clean", page[schema.URL], self.extract, page[schema.HTML] or "", expected=(NoMainText,)
+                )
+                if reason is None:
+                    row.update(extracted)
+                else:
+                    row.update({schema.STATUS: schema.PageStatus.FAILED, schema.ERROR: reason})
                 metrics.PAGE_PROCESS_DURATION.observe(time.perf_counter() - started)
             out.append(row)
         return pa.Table.from_pylist(out, schema=schema.DOCUMENT)

@@ -2,9 +2,10 @@
 
 Runs on an actor pool so each actor loads the model once. Each distinct text is embedded
 once per batch (a short chunk's TL;DR is often the chunk itself), and not at all when the
-cache already holds its vector for this model. A backend failure marks the batch's pages
-failed with the reason (nothing is half-written: the writer stores a page's chunks only
-with its vectors), and a later run retries them.
+cache already holds its vector for this model. A backend failure (EmbeddingError) marks the
+batch's pages failed with the reason (nothing is half-written: the writer stores a page's
+chunks only with its vectors), and a later run retries them; any other exception is narrowed
+down to the page that causes it, which fails alone (pipelines.isolation).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import ids, metrics, schema
+from pipelines import ids, isolation, metrics, schema
 from pipelines.config import EmbedConfig
 from pipelines.embed import Embedder, EmbeddingError, make_embedder
 
@@ -90,34 +91,54 @@ class EmbedStage:
         return pa.ListArray.from_arrays(offsets, struct, type=self.output_schema.field(schema.CHUNKS).type)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Embed the batch in one model call. When that call raises an EmbeddingError (the
+        backend is down, refused the batch), the batch's pages fail with the reason. Any other
+        exception is a page's fault until shown otherwise: the batch is bisected
+        (isolation.bisect) so that only the page whose texts make the model raise fails."""
         started = time.perf_counter()
+        out = isolation.bisect("embed", batch, self._embed_batch, self._failed)
+        log.info(
+            "embed.batch pages=%d chunks=%d seconds=%.3f",
+            batch.num_rows,
+            pc.sum(pc.list_value_length(batch.column(schema.CHUNKS))).as_py() or 0,
+            time.perf_counter() - started,
+        )
+        return out
+
+    def _embed_batch(self, batch: pa.Table) -> pa.Table:
         chunk_lists = batch.column(schema.CHUNKS).combine_chunks()
         flat = chunk_lists.flatten()
         tldrs = flat.field(schema.TLDR).to_pylist()
         texts = flat.field(schema.FULL_TEXT).to_pylist()
-        status = batch.column(schema.STATUS)
-        error = batch.column(schema.ERROR)
         try:
             vectors = self.embed(tldrs + texts)
         except EmbeddingError as exc:
             log.warning("embed.failed pages=%d reason=%s", batch.num_rows, exc)
-            vectors = np.zeros((2 * len(texts), self.embedder.dim), dtype=np.float32)
-            failed = pc.equal(status, schema.PageStatus.COMPLETED)
-            status = pc.if_else(failed, schema.PageStatus.FAILED, status)
-            error = pc.if_else(failed, f"embedding failed: {exc}", error)
-        embedded = self._with_vectors(chunk_lists, vectors[: len(tldrs)], vectors[len(tldrs) :])
+            completed = batch.column(schema.STATUS).to_pylist()
+            reason = f"embedding failed: {exc}"
+            return self._output(
+                isolation.fail_rows(
+                    batch, [reason if s == schema.PageStatus.COMPLETED else None for s in completed]
+                ),
+                None,
+            )
+        return self._output(
+            batch, self._with_vectors(chunk_lists, vectors[: len(tldrs)], vectors[len(tldrs) :])
+        )
+
+    def _failed(self, batch: pa.Table, reason: str) -> pa.Table:
+        """The output for pages whose embedding raised: failed with `reason`, no chunks."""
+        return self._output(isolation.fail_rows(batch, [reason] * batch.num_rows), None)
+
+    def _output(self, batch: pa.Table, embedded: pa.ListArray | None) -> pa.Table:
+        """`batch` with its chunks replaced by `embedded`, or by none (failed pages: nothing of
+        theirs is written, so no placeholder vectors travel on)."""
+        if embedded is None:
+            embedded = pa.array([[]] * batch.num_rows, type=self.output_schema.field(schema.CHUNKS).type)
         out = (
-            batch.set_column(batch.schema.get_field_index(schema.STATUS), schema.STATUS, status)
-            .set_column(batch.schema.get_field_index(schema.ERROR), schema.ERROR, error)
-            .drop_columns([schema.CHUNKS])
+            batch.drop_columns([schema.CHUNKS])
             .append_column(schema.EMBEDDING_MODEL, pa.array([self.embedder.model_id] * batch.num_rows))
             .append_column(schema.CHUNKS, embedded)
-        )
-        log.info(
-            "embed.batch pages=%d texts=%d seconds=%.3f",
-            batch.num_rows,
-            2 * len(texts),
-            time.perf_counter() - started,
         )
         return schema.conform(out, self.output_schema)
 

@@ -7,10 +7,11 @@ same index signature (embedding model + chunk settings).
 
 from __future__ import annotations
 
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import ids, schema
+from pipelines import ids, isolation, schema
 from pipelines.config import StoreConfig
 from pipelines.store import db
 
@@ -33,12 +34,24 @@ class SkipUnchanged:
         self._pool.close()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """One query for the batch. Should it raise for anything but an unreachable database
+        (OperationalError), the batch is bisected (isolation.bisect) so that only the page that
+        makes it raise fails, with the reason."""
+        return isolation.bisect(
+            "skip-unchanged",
+            batch,
+            self._mark_unchanged,
+            lambda page, reason: schema.conform(isolation.fail_rows(page, [reason]), schema.DOCUMENT),
+            outage=(psycopg.OperationalError,),
+        )
+
+    def _mark_unchanged(self, batch: pa.Table) -> pa.Table:
         fetched = pc.equal(batch.column(schema.STATUS), schema.PageStatus.COMPLETED).to_pylist()
         page_ids = ids.page_ids(batch)
         hashes = batch.column(schema.CONTENT_HASH).to_pylist()
         candidates = [(pid, h) for pid, h, ok in zip(page_ids, hashes, fetched, strict=True) if ok]
         if not candidates:
-            return batch
+            return schema.conform(batch, schema.DOCUMENT)
         with self._pool.connection() as conn:
             rows = conn.execute(
                 _INDEXED, ([pid for pid, _ in candidates], [h for _, h in candidates], self.index_signature)

@@ -4,7 +4,9 @@ One transaction per batch of pages: lock the pages (advisory locks in a fixed or
 writers of the same page serialise and no two writers can deadlock), upsert their status
 rows, delete their old chunks, binary-COPY the new chunks into a staging table and move
 them over with one INSERT. A retried batch rewrites the same ids with the same content:
-running it twice leaves exactly one copy of every chunk.
+running it twice leaves exactly one copy of every chunk. A page the database refuses (a
+transaction that raises for anything but a lost connection) is recorded failed on its own,
+and the rest of its batch is written (ChunkWriter.__call__).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg.types.json import Jsonb
 
-from pipelines import ids, metrics, schema
+from pipelines import ids, isolation, metrics, schema
 from pipelines.config import StoreConfig
 from pipelines.store import db
 
@@ -140,6 +142,31 @@ def _latest_per_page(batch: pa.Table, page_ids: list[str]) -> tuple[pa.Table, li
     return batch.take(kept), [page_ids[i] for i in kept]
 
 
+# What _record_failed keeps of a page whose write raised: who it is and how it went.
+_OUTCOME_ONLY = frozenset(
+    {
+        schema.TENANT,
+        schema.SOURCE,
+        schema.URL,
+        schema.STATUS,
+        schema.ERROR,
+        schema.HTTP_STATUS,
+        schema.URLS_QUEUED,
+        schema.CHUNK_TYPE,
+    }
+)
+
+
+def _outcome_only(batch: pa.Table) -> pa.Table:
+    """`batch` with every column but _OUTCOME_ONLY's emptied (nulls, no chunks)."""
+    rows = [
+        {name: (value if name in _OUTCOME_ONLY else None) for name, value in page.items()}
+        | {schema.CHUNKS: []}
+        for page in batch.drop_columns([schema.CHUNKS]).to_pylist()
+    ]
+    return pa.Table.from_pylist(rows, schema=batch.schema)
+
+
 def chunk_row(page: dict, page_id: str, chunk: dict, total_chunks: int, tldr_vector, full_vector) -> tuple:
     """One chunk of a completed page as a tenant_knowledge row, in CHUNK_COLUMNS order."""
     metadata = {
@@ -210,33 +237,63 @@ class ChunkWriter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Write the batch in one transaction, again from the start if the connection breaks
-        (the database restarted, failed over, ended the session): the batch is idempotent."""
+        (the database restarted, failed over, ended the session): the batch is idempotent.
+
+        A transaction that raises anything else is narrowed down to the page that makes it
+        raise (isolation.bisect: halves of the batch in transactions of their own, so one bad
+        page among n costs about 2·log2(n) transactions instead of n one by one): the other
+        pages are written, and that page is recorded failed with the reason (_record_failed).
+        """
         started = time.perf_counter()
-        batch, page_ids = _latest_per_page(batch, ids.page_ids(batch))
-        for attempt in range(self.config.write_retries + 1):
+        batch, _ = _latest_per_page(batch, ids.page_ids(batch))
+        results = isolation.bisect(
+            "write", batch, self._commit, self._record_failed, outage=(psycopg.OperationalError,)
+        )
+        # Final outcomes, counted once committed (a retried transaction is not counted twice).
+        for status, pages in collections.Counter(results.column(schema.STATUS).to_pylist()).items():
+            metrics.PAGE_PROCESS.inc(pages, tags={"status": status})
+        log.info(
+            "write.batch pages=%d chunks=%d seconds=%.3f",
+            results.num_rows,
+            pc.sum(results.column(schema.CHUNKS_WRITTEN)).as_py() or 0,
+            time.perf_counter() - started,
+        )
+        return results
+
+    def _commit(self, batch: pa.Table) -> pa.Table:
+        """write_batch in a transaction of its own, from the start again after a lost
+        connection (up to config.write_retries times; then the OperationalError propagates)."""
+        page_ids = ids.page_ids(batch)
+        attempt = 0
+        while True:
             try:
                 transaction_started = time.perf_counter()
                 with self._pool.connection() as conn, conn.transaction():
                     results = self.write_batch(conn, batch, page_ids)
                 metrics.DB_WRITE_DURATION.observe(time.perf_counter() - transaction_started)
-                break
+                return results
             except psycopg.OperationalError as exc:
                 if attempt == self.config.write_retries:
                     raise
                 wait = self.config.write_backoff.wait(attempt)
-                log.warning("write.retry attempt=%d wait=%.1f reason=%s", attempt + 1, wait, exc)
+                attempt += 1
+                log.warning("write.retry attempt=%d wait=%.1f reason=%s", attempt, wait, exc)
                 time.sleep(wait)
-        # Final outcomes, counted once committed (a retried transaction is not counted twice).
-        for status, pages in collections.Counter(results.column(schema.STATUS).to_pylist()).items():
-            metrics.PAGE_PROCESS.inc(pages, tags={"status": status})
-        log.info(
-            "write.batch pages=%d chunks=%d seconds=%.3f attempts=%d",
-            results.num_rows,
-            pc.sum(results.column(schema.CHUNKS_WRITTEN)).as_py() or 0,
-            time.perf_counter() - started,
-            attempt + 1,
-        )
-        return results
+
+    def _record_failed(self, page: pa.Table, reason: str) -> pa.Table:
+        """A page whose write raised, recorded failed with `reason` as a failed fetch is: its
+        previous version's chunks and description stay. Only its identity and outcome are
+        written, since its content is what the write choked on. Should even that raise, the
+        result still says failed (and the log why), so the driver counts the page."""
+        failed = _outcome_only(isolation.fail_rows(page, [reason] * page.num_rows))
+        try:
+            return self._commit(failed)
+        except psycopg.OperationalError:
+            raise
+        except Exception:
+            log.error("write.unrecorded urls=%s", failed.column(schema.URL).to_pylist(), exc_info=True)
+            pages = failed.drop_columns([schema.CHUNKS]).to_pylist()
+            return self._results(pages, ids.page_ids(failed), [0] * failed.num_rows)
 
     def write_batch(self, conn: psycopg.Connection, batch: pa.Table, page_ids: list[str]) -> pa.Table:
         """Everything one batch changes, inside the caller's transaction (nothing is visible
