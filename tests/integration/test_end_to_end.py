@@ -8,8 +8,8 @@ from jobs.crawl import run_crawl
 from jobs.evaluate import evaluate
 from jobs.search import run_search
 from pipelines.config import build_config
-from pipelines.devserver import serve_directory
 from pipelines.store import db
+from pipelines.testing.devserver import serve_directory
 from tests.conftest import HAZM_SITE, PERSIANQA_DEV
 
 pytestmark = pytest.mark.integration

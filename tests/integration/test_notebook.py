@@ -15,7 +15,7 @@ import pytest
 
 from jobs.crawl import run_crawl
 from pipelines.config import build_config
-from pipelines.devserver import serve_directory
+from pipelines.testing.devserver import serve_directory
 from tests.conftest import HAZM_SITE, REPO_ROOT
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ import pytest
 from jobs.crawl import serve
 from pipelines import metrics, pipeline
 from pipelines.config import QueueConfig, StoreConfig, build_config
-from pipelines.devserver import serve_directory
 from pipelines.store import db, migrations
 from pipelines.store.queue import CrawlQueue, LeaseKeeper, Priority, enqueue
+from pipelines.testing.devserver import serve_directory
 from tests.conftest import HAZM_SITE
 from tests.helpers import poll
 
