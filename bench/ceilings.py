@@ -105,67 +105,89 @@ def clean_ceiling(htmls: list[str], rounds: int) -> CleanCeiling:
 
 # -- embed ------------------------------------------------------------------------------------
 
+_WARMED_AT = "bench_warmed_at"
 _FINISHED_AT = "bench_finished_at"
 
 
-class _TimedEmbedStage(EmbedStage):
-    """EmbedStage that stamps each output batch with the wall-clock time its call ended."""
+class _WarmTimedEmbedStage(EmbedStage):
+    """EmbedStage that warms itself up in its first call, before the batch that call was handed
+    (whichever batch Ray hands it first), and stamps each output batch with the wall-clock times
+    its warm-up ended and its call ended."""
+
+    def __init__(self, config: EmbedConfig, warm_up: pa.Table) -> None:
+        super().__init__(config)
+        self._warm_up = warm_up
+        self._warmed_at: float | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self._warmed_at is None:
+            warmed = super().__call__(self._warm_up)
+            if warmed.num_rows != self._warm_up.num_rows:
+                raise RuntimeError(
+                    f"the warm-up returned {warmed.num_rows} of {self._warm_up.num_rows} pages"
+                )
+            self._warmed_at = time.time()
         out = super().__call__(batch)
-        return out.append_column(_FINISHED_AT, pa.array([time.time()] * out.num_rows, pa.float64()))
+        finished = time.time()
+        return out.append_column(
+            _WARMED_AT, pa.array([self._warmed_at] * out.num_rows, pa.float64())
+        ).append_column(_FINISHED_AT, pa.array([finished] * out.num_rows, pa.float64()))
 
 
-def measure_embed_stage_warm(chunked: pa.Table, texts: int, config: PipelineConfig) -> float:
-    """Texts/s of the embed stage on its Ray actor pool, as in a long job: actor up, model loaded.
-
-    `bench.embed_stage.measure_stage` builds a new dataset for its timed pass, and Ray Data
-    starts a new actor pool for every dataset, so its clock includes the actor's start-up and
-    model load. Here one dataset carries a warm-up block first (a batch of one-word pages),
-    then the measured pages in blocks of `ray.batch_pages`, as the pipeline cuts them. The one
-    actor handles its batches in order; each output batch carries the time its call ended, and
-    the stage's time is from the end of the warm-up batch to the end of the last measured one
-    (the actor's own calls plus Ray's hand-over of each batch to it; the driver's side of
-    collecting the outputs is not counted: on a busy machine it lags, and in the pipeline the
-    next stage does that work).
-    """
-    batch_pages = config.ray.batch_pages
+def _warm_up_pages(chunked: pa.Table, pages: int) -> pa.Table:
+    """`pages` pages shaped like `chunked`'s first, each one chunk of a word or two."""
     template = chunked.slice(0, 1).to_pylist()[0]
     warm_chunk = dict(template[schema.CHUNKS][0])
-    warm = pa.Table.from_pylist(
+    return pa.Table.from_pylist(
         [
             {
                 **template,
                 schema.URL: f"warm-up/{i}",
                 schema.CHUNKS: [{**warm_chunk, schema.TLDR: f"warm {i}", schema.FULL_TEXT: f"warm-up {i}"}],
             }
-            for i in range(batch_pages)
+            for i in range(pages)
         ],
         schema=schema.CHUNKED,
     )
-    blocks = [warm] + [chunked.slice(i, batch_pages) for i in range(0, chunked.num_rows, batch_pages)]
+
+
+def measure_embed_stage_warm(chunked: pa.Table, texts: int, config: PipelineConfig) -> float:
+    """Texts/s of the embed stage on its Ray actor pool, as in a long job: actor up, model loaded
+    and warmed up.
+
+    `bench.embed_stage.measure_stage` builds a new dataset for its timed pass, and Ray Data
+    starts a new actor pool for every dataset, so its clock includes the actor's start-up and
+    model load. Here one dataset carries the measured pages in blocks of `ray.batch_pages`, as
+    the pipeline cuts them, to one actor; in its first call the actor first embeds a warm-up
+    batch (`ray.batch_pages` one-word pages) and notes when that ended, then the batch it was
+    handed. The stage's time is from the end of the warm-up to the end of the last measured
+    call (the actor's own calls plus Ray's hand-over of each batch to it; the driver's side of
+    collecting the outputs is not counted: on a busy machine it lags, and in the pipeline the
+    next stage does that work).
+
+    The warm-up is part of the actor's first call, not a first block of the dataset, because
+    the order in which an actor runs its batches is not the order of the blocks: Ray Data
+    hands an actor two batches at a time and lets it run them out of order
+    (`allow_out_of_order_execution`), so a warm-up block could run second.
+    """
+    batch_pages = config.ray.batch_pages
+    blocks = [chunked.slice(i, batch_pages) for i in range(0, chunked.num_rows, batch_pages)]
     embedded = ray.data.from_arrow(blocks).map_batches(
-        _TimedEmbedStage,
+        _WarmTimedEmbedStage,
         batch_size=batch_pages,
         batch_format="pyarrow",
         num_cpus=config.ray.embed_cpus,
         concurrency=config.ray.embed_concurrency,
-        fn_constructor_kwargs={"config": config.embed},
+        fn_constructor_kwargs={"config": config.embed, "warm_up": _warm_up_pages(chunked, batch_pages)},
     )
-    warm_done, done, rows = [], [], 0
+    warmed, done = [], []
     for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
-        for url, finished in zip(
-            batch.column(schema.URL).to_pylist(), batch.column(_FINISHED_AT).to_pylist(), strict=True
-        ):
-            (warm_done if url.startswith("warm-up/") else done).append(finished)
-    rows = len(done)
-    if rows != chunked.num_rows or len(warm_done) != batch_pages:
-        raise RuntimeError(
-            f"embed stage returned {rows} + {len(warm_done)} pages, expected {chunked.num_rows}"
-        )
-    if max(warm_done) > min(done):
-        raise RuntimeError("the warm-up batch was not embedded first: cannot time the stage warm")
-    return texts / (max(done) - max(warm_done))
+        warmed += batch.column(_WARMED_AT).to_pylist()
+        done += batch.column(_FINISHED_AT).to_pylist()
+    if len(done) != chunked.num_rows:
+        raise RuntimeError(f"embed stage returned {len(done)} pages, expected {chunked.num_rows}")
+    # One actor, so one warm-up; were there more, the earliest: errs against the stage.
+    return texts / (max(done) - min(warmed))
 
 
 def embed_ceiling(chunks: int) -> EmbedCeiling:

@@ -46,8 +46,8 @@ What each part measures, and why:
      extra work: the ZWNJ protection, the lxml pass for headings, keywords and lang, the
      section split, the hash, the Arrow conversion. In-process, in `clean_rounds` rounds of
      both back to back (which goes first alternates); the ratio is the median round's.
-   - embed: the embed stage on its Ray actor pool, warm (actor started and model loaded
-     before the clock: see `bench.ceilings.measure_embed_stage_warm`, and why not
+   - embed: the embed stage on its Ray actor pool, warm (actor started, model loaded and
+     warmed up before the clock: see `bench.ceilings.measure_embed_stage_warm`, and why not
      `bench.embed_stage.measure_stage`) against the raw model's `embed_passages` in this
      process, on the same distinct texts of the first `embed_chunks` chunks of the hazm site
      (`bench.embed_stage`'s inputs and raw measurement; the raw side is the faster of two
