@@ -3,7 +3,7 @@
     python -m bench.crawl_memory [--small 1000] [--large 10000]
 
 What runs: `pipelines.pipeline.crawl_documents` (crawl → clean, the stages that see raw HTML)
-on one generated loopback site (`bench.sitefarm`) of exactly N pages, crawled with the
+on one generated loopback site (`pipelines.testing.sitefarm`) of exactly N pages, crawled with the
 default crawl settings except max_pages = N, no depth limit, private network allowed (it is
 loopback) and no sitemap (the farm has none). The driver consumes the dataset with
 `iter_batches` and only counts rows, as a job does: nothing is materialised.
@@ -57,7 +57,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.sitefarm import serve_site_farm
+from pipelines.testing.sitefarm import serve_site_farm
 
 log = logging.getLogger("bench.crawl_memory")
 

@@ -10,7 +10,7 @@ and chunked (`Chunker.chunk_page`) exactly as the pipeline does with the openai 
 (its token estimate sets the chunk budget); pages are reused in turn when --pages asks for
 more than the corpus has. Each page's texts are its chunks' TL;DRs and full texts, what
 the embed stage sends. Both runs use the real `OpenAIEmbedder` against the fake server
-(tests/fakes/openai_server.py) on loopback:
+(pipelines/testing/openai_server.py) on loopback:
 
 - one request per text: per page, `embed_passages` with `api_max_inputs_per_request = 1`;
 - packed: per batch of `ray.batch_pages` (16) pages, ONE `embed_passages` call with the
@@ -37,7 +37,7 @@ from pipelines.chunk import Chunker
 from pipelines.clean import Cleaner, NoMainText
 from pipelines.config import ChunkConfig, CleanConfig, EmbedConfig, RayConfig
 from pipelines.embed.openai_backend import OpenAIEmbedder
-from tests.fakes.openai_server import FakeEmbeddingServer
+from pipelines.testing.openai_server import FakeEmbeddingServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HAZM_SITE = REPO_ROOT.parent / "shared" / "corpora" / "hazm-docs-site"

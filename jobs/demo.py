@@ -15,10 +15,10 @@ from pathlib import Path
 
 from jobs._common import database_errors_exit, parser, start_job
 from pipelines.config import REPO_ROOT
-from pipelines.devserver import serve_directory
 from pipelines.embed import make_embedder
 from pipelines.search import run_search
 from pipelines.service import run_crawl
+from pipelines.testing.devserver import serve_directory
 
 DEMO_SITE = REPO_ROOT.parent / "shared" / "corpora" / "hazm-docs-site"
 DEMO_QUERIES = (

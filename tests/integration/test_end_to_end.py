@@ -5,11 +5,11 @@ import json
 import pytest
 
 from pipelines.config import build_config
-from pipelines.devserver import serve_directory
 from pipelines.evaluation import evaluate
 from pipelines.search import run_search
 from pipelines.service import run_crawl
 from pipelines.store import db
+from pipelines.testing.devserver import serve_directory
 from tests.conftest import HAZM_SITE, PERSIANQA_DEV
 
 pytestmark = pytest.mark.integration

@@ -5,9 +5,9 @@ import pytest
 
 from jobs import crawl, evaluate, migrate, search
 from pipelines.config import build_config
-from pipelines.devserver import serve_directory
 from pipelines.search import run_search
 from pipelines.store import db
+from pipelines.testing.devserver import serve_directory
 from tests.conftest import HAZM_SITE
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ import nbformat
 import pytest
 
 from pipelines.config import build_config
-from pipelines.devserver import serve_directory
 from pipelines.service import run_crawl
+from pipelines.testing.devserver import serve_directory
 from tests.conftest import HAZM_SITE, REPO_ROOT
 
 pytestmark = pytest.mark.integration

@@ -9,11 +9,11 @@ import pytest
 
 from pipelines import metrics, pipeline
 from pipelines.config import QueueConfig, StoreConfig, build_config
-from pipelines.devserver import serve_directory
 from pipelines.service import PipelineKeepsFailing, serve
 from pipelines.service.leases import LeaseKeeper
 from pipelines.store import db, migrations
 from pipelines.store.queue import CrawlQueue, Priority, enqueue
+from pipelines.testing.devserver import serve_directory
 from tests.conftest import HAZM_SITE
 from tests.helpers import poll
 

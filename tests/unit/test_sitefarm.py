@@ -9,7 +9,7 @@ from collections import deque
 
 import pytest
 
-from bench.sitefarm import SiteFarm, max_depth_needed, serve_site_farm
+from pipelines.testing.sitefarm import SiteFarm, max_depth_needed, serve_site_farm
 
 pytestmark = pytest.mark.integration  # loopback HTTP, no Ray: under a second
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from pipelines import schema
 from pipelines.config import CrawlConfig
 from pipelines.crawl import BLOCKED_BY_ROBOTS, Crawler
-from pipelines.devserver import serve_directory
+from pipelines.testing.devserver import serve_directory
 from tests.integration.crawl.crawling import by_path, crawl, requests
 
 pytestmark = pytest.mark.integration
@@ -146,7 +146,7 @@ def test_devserver_serves_folder_index_and_redirects_to_the_slash(hazm_url):
 
 
 def test_devserver_runs_from_the_shell():
-    command = [sys.executable, "-m", "pipelines.devserver", str(HAZM_SITE)]
+    command = [sys.executable, "-m", "pipelines.testing.devserver", str(HAZM_SITE)]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT) as server:
         try:
             base_url = server.stdout.readline().split(" at ")[1].split()[0]

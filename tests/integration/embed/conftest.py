@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fakes.openai_server import FakeEmbeddingServer
+from pipelines.testing.openai_server import FakeEmbeddingServer
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from pipelines.embed.openai_backend import OpenAIEmbedder, estimate_tokens
 from pipelines.embed.ratelimit import RAY_NAMESPACE, bucket_name
 from pipelines.embed.stage import EmbedStage
 from pipelines.retry import retry_after_seconds
-from tests.fakes.openai_server import FakeEmbeddingServer, fake_vector
+from pipelines.testing.openai_server import FakeEmbeddingServer, fake_vector
 from tests.helpers import chunked_page, chunked_table, poll
 
 pytestmark = pytest.mark.integration

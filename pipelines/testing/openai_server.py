@@ -15,7 +15,7 @@ so a client that ignores `index` does too.
     ...
     server.stop()
 
-From a shell: `python -m tests.fakes.openai_server --port 0 --latency 0.05`.
+From a shell: `python -m pipelines.testing.openai_server --port 0 --latency 0.05`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The crawler is exercised against real HTTP rather than mocks: this serves a fold
 site such as ../shared/corpora/hazm-docs-site) the way a plain web host does, including
 `index.html` for folder URLs and the redirect from `/folder` to `/folder/`.
 
-    python -m pipelines.devserver DIR [--port N]
+    python -m pipelines.testing.devserver DIR [--port N]
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ different ports are crawled as the distinct sites they stand for. Virtual hosts 
 header would need names that resolve to loopback (DNS or /etc/hosts changes), and sites under
 path prefixes would share one origin, hence one politeness budget.
 
-    python -m bench.sitefarm --pages 1000 [--sites 3]     # serve until Ctrl-C, print the URLs
+    python -m pipelines.testing.sitefarm --pages 1000 [--sites 3]     # serve until Ctrl-C, print the URLs
 """
 
 from __future__ import annotations

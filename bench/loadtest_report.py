@@ -1,0 +1,163 @@
+"""The load test's verdict and table, from its `Outcome` (bench.loadtest.measure): each metric
+against the old roadmap's target, the details below the table, and the one-line summary.
+Measures nothing; the metrics are defined in bench/loadtest.py's docstring."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from bench.loadtest_harness import FAULT_AT
+
+if TYPE_CHECKING:
+    from bench.loadtest import Outcome
+
+# Targets of the old roadmap.
+TARGET_SUCCESS_RATE = 0.99
+TARGET_PAGE_P95_SECONDS = 5.0
+TARGET_CHUNK_P95_SECONDS = 10.0
+TARGET_API_ERROR_RATE = 0.005
+
+_MARK = {True: "yes", False: "NO", None: "not gated"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linear between ranks; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def checks(o: Outcome) -> dict[str, bool]:
+    """Every target, met or not."""
+    met = {
+        "crawl success rate": o.success_rate >= TARGET_SUCCESS_RATE,
+        "page processing time": percentile(o.page_seconds, 95) < TARGET_PAGE_P95_SECONDS,
+        "chunking time": percentile(o.chunk_seconds, 95) < TARGET_CHUNK_P95_SECONDS,
+        "API error rate": o.api_error_rate < TARGET_API_ERROR_RATE,
+        "deadlocks": o.deadlocks == 0,
+        "duplicate chunks": o.duplicates == 0,
+        "lost pages": o.lost == 0,
+        "finished in time": not o.timed_out,
+        "deliberate failures recorded failed": o.deliberate_not_failed == 0,
+    }
+    if not o.plan.gate_latency:  # printed, not gated: see --small
+        del met["page processing time"], met["chunking time"]
+    if not o.plan.faults:  # with faults, re-crawling what a dead service held is the point
+        met["no double work"] = o.reclaims == 0 and o.pages_fetched_again == 0
+    if o.plan.faults:
+        met["every fault injected"] = len(o.faults.injected) == len(FAULT_AT)
+    return met
+
+
+def render(o: Outcome) -> str:
+    """The metrics table, then what lies behind it."""
+    p = o.plan
+    lines = [
+        f"load test: {p.tenants} tenants x {p.pages_per_tenant} pages, {p.services} services, "
+        f"faults {'on' if p.faults else 'off'}; {o.expected_pages} pages expected, run {o.seconds:.0f} s",
+        "",
+        *_table(_metric_rows(o)),
+        "",
+        *_details(o),
+    ]
+    return "\n".join(lines)
+
+
+def _metric_rows(o: Outcome) -> list[tuple[str, str, str, str]]:
+    met: dict[str, bool | None] = dict(checks(o))
+    if not o.plan.gate_latency:  # shown, marked as not gated
+        met["page processing time"] = met["chunking time"] = None
+    drained = f"{o.drained_seconds:.0f} s" if o.drained_seconds is not None else "never"
+    return [
+        ("metric", "target", "measured", "met"),
+        (
+            "crawl success rate",
+            ">= 99 %",
+            f"{100 * o.success_rate:.2f} % ({o.pages_completed}/{o.pages_attempted} pages)",
+            _MARK[met["crawl success rate"]],
+        ),
+        (
+            "page processing time p50 / p95",
+            "p95 < 5 s",
+            f"{percentile(o.page_seconds, 50):.2f} / {percentile(o.page_seconds, 95):.2f} s",
+            _MARK[met["page processing time"]],
+        ),
+        (
+            "chunking time p50 / p95",
+            "p95 < 10 s",
+            f"{1000 * percentile(o.chunk_seconds, 50):.1f} / {1000 * percentile(o.chunk_seconds, 95):.1f} ms",
+            _MARK[met["chunking time"]],
+        ),
+        ("backlog peak", "(reported)", f"{o.backlog_peak} sources, drained in {drained}", "-"),
+        (
+            "API error rate after retries",
+            "< 0.5 %",
+            f"{100 * o.api_error_rate:.2f} % ({o.api_calls_failed}/{o.api_calls} calls; raw HTTP "
+            f"{o.api_http_errors}/{o.api_requests})",
+            _MARK[met["API error rate"]],
+        ),
+        ("deadlocks", "0", str(o.deadlocks), _MARK[met["deadlocks"]]),
+        (
+            "duplicate chunks",
+            "0",
+            f"{o.duplicates} ({o.duplicate_chunks} repeated, {o.chunk_count_mismatches} count mismatches)",
+            _MARK[met["duplicate chunks"]],
+        ),
+        (
+            "lost pages",
+            "0",
+            f"{len(o.lost_pages)} pages, {o.sources_not_completed} sources unfinished",
+            _MARK[met["lost pages"]],
+        ),
+    ]
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Markdown table, columns padded to their widest cell; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append(
+            "| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |"
+        )
+        if index == 0:
+            lines.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    return lines
+
+
+def _details(o: Outcome) -> list[str]:
+    served = ", ".join(f"{kind} {count}" for kind, count in sorted(o.fault_pages_served.items())) or "none"
+    lines = [
+        f"misbehaving page requests served: {served}; deliberately failing pages reached: "
+        f"{o.deliberate_pages} ({o.deliberate_not_failed} not stored 'failed')",
+        f"embedding: pages reported failed with 'embedding failed' {o.embed_failed_pages_reported} "
+        f"(still failed at the end: {o.embed_failed_pages_final})",
+        f"services started: {o.services_started}; exited with an error: {len(o.service_failures)}; "
+        f"double work: {o.reclaims} sources claimed again, {o.pages_fetched_again} pages fetched again"
+        + ("" if o.plan.faults else " (target 0 without faults)"),
+    ]
+    lines += [f"  {failure}" for failure in o.service_failures]
+    if o.plan.faults:
+        for name in sorted(FAULT_AT, key=lambda name: o.faults.at.get(name, math.inf)):  # in time order
+            if name in o.faults.injected:
+                lines.append(f"fault {name} at {o.faults.at[name]:.0f} s: {o.faults.injected[name]}")
+            else:
+                lines.append(f"fault {name}: NOT injected")
+    if o.lost_pages:
+        lines.append("lost: " + ", ".join(o.lost_pages[:10]) + (" …" if len(o.lost_pages) > 10 else ""))
+    return lines
+
+
+def summary(o: Outcome) -> str:
+    missed = [name for name, ok in checks(o).items() if not ok]
+    verdict = "all targets met" if not missed else "MISSED: " + ", ".join(missed)
+    return (
+        f"loadtest {o.plan.tenants}x{o.plan.pages_per_tenant} faults={'on' if o.plan.faults else 'off'}: "
+        f"{verdict} (success {100 * o.success_rate:.2f} %, page p95 {percentile(o.page_seconds, 95):.2f} s"
+        f"{'' if o.plan.gate_latency else ' not gated'}, "
+        f"lost {o.lost}, duplicates {o.duplicates}, deadlocks {o.deadlocks}) in {o.seconds:.0f} s"
+    )
