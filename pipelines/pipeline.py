@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import ray
@@ -48,6 +49,11 @@ def init_ray(config: PipelineConfig) -> None:
         configure_logging=True,
     )
     ray.data.DataContext.get_current().enable_progress_bars = True
+    # A small crawl gives a task pool fewer blocks than its concurrency allows: Ray Data then
+    # suggests repartitioning, which is no help for a stream whose size the crawl decides.
+    warnings.filterwarnings(
+        "ignore", message="The maximum number of concurrent tasks for", category=UserWarning
+    )
 
 
 def _configure_ray_data(config: PipelineConfig) -> None:
@@ -86,24 +92,38 @@ def _run_stage(
     `one_task_per_actor` for a stage whose tasks run as long as the pipeline (the queue-fed
     crawl): Ray would otherwise queue a second task behind the first on an actor that started
     early, where it never runs."""
-    options: dict[str, object] = (
-        {"fn_constructor_kwargs": constructor_kwargs} if isinstance(stage, type) else {}
-    )
-    if not retry_tasks:
-        options["max_task_retries"] = 0
+    options: dict[str, object] = {"compute": _compute(stage, concurrency, one_task_per_actor)}
+    if isinstance(stage, type):
+        options["fn_constructor_kwargs"] = constructor_kwargs
+    with warnings.catch_warnings():
+        if not retry_tasks:
+            # Ray Data 2.60 names no parameter for task retries, so this one still goes through
+            # **ray_remote_args, which warns of its removal in 2.64; nothing a user can act on.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=Warning)
+            options["max_task_retries"] = 0
+        return dataset.map_batches(
+            stage,
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            num_cpus=cpus,
+            num_gpus=gpus,
+            **options,
+        )
+
+
+def _compute(
+    stage: object, concurrency: int | tuple[int, int], one_task_per_actor: bool
+) -> ray.data.ActorPoolStrategy | ray.data.TaskPoolStrategy:
+    """How many workers run a stage (`compute=`; `concurrency=` is deprecated since Ray 2.51)."""
+    if not isinstance(stage, type):
+        assert isinstance(concurrency, int), "tasks: a fixed limit"
+        return ray.data.TaskPoolStrategy(size=concurrency)
+    if isinstance(concurrency, tuple):
+        low, high = concurrency
+        return ray.data.ActorPoolStrategy(min_size=low, max_size=high)
     if one_task_per_actor:
-        assert isinstance(concurrency, int), "a fixed pool: one long task per actor"
-        options["compute"] = ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1)
-    else:
-        options["concurrency"] = concurrency
-    return dataset.map_batches(
-        stage,
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        num_cpus=cpus,
-        num_gpus=gpus,
-        **options,
-    )
+        return ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1)
+    return ray.data.ActorPoolStrategy(size=concurrency)
 
 
 def page_history(config: PipelineConfig, database_url: str) -> StoredPageHistory | None:
