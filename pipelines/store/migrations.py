@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from pipelines.config import StoreConfig
+from pipelines.store import db
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,7 @@ def migrate(url: str, dim: int, config: StoreConfig, model_id: str, up_to: int |
     `jobs.reembed`'s work, which keeps search online while it happens.
     """
     wanted = [m for m in MIGRATIONS if up_to is None or m.version <= up_to]
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url, **db.connect_options(url)) as conn:
         # The lock first: two runs that both create the extension collide on its catalogue row.
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
         conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
@@ -421,7 +422,7 @@ def _finish_concurrently(url: str, wanted: list[Migration]) -> None:
     backfills = [m for m in wanted if m.backfill]
     if not indexes and not backfills:
         return
-    with psycopg.connect(url) as holder:
+    with psycopg.connect(url, **db.connect_options(url)) as holder:
         holder.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         # A server-wide idle_in_transaction_session_timeout would end the lock mid-build.
         holder.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
@@ -437,7 +438,7 @@ def backfill_in_batches(url: str, migration: Migration) -> None:
     """Run a migration's backfill statement, one short transaction per batch, until it updates
     no row: readers and writers are never held up by more than one batch's row locks."""
     started, rows = time.perf_counter(), 0
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True, **db.connect_options(url)) as conn:
         while updated := conn.execute(migration.backfill).rowcount:
             rows += updated
     if rows:
@@ -452,7 +453,7 @@ def backfill_in_batches(url: str, migration: Migration) -> None:
 def build_indexes_concurrently(url: str, definitions: list[str]) -> None:
     """CREATE INDEX CONCURRENTLY each missing index; one a crash left invalid is rebuilt.
     Runs on every migrate, so an index build that was interrupted is finished by the next."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True, **db.connect_options(url)) as conn:
         for definition in definitions:
             name = definition.split()[0]
             valid = conn.execute(
