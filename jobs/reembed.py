@@ -64,10 +64,7 @@ def run_reembed(config: PipelineConfig, embedder: Embedder | None = None) -> Ree
     started = time.perf_counter()
     target = Target(embedder.model_id, embedder.dim)
     switch = ModelSwitch(url, config.store, target)
-    try:
-        active = switch.active_model()
-    except db.DatabaseUnavailable:
-        active = None
+    active = switch.active_model()
     report = ReembedReport(active, target.model_id)
     if active is None or active == target.model_id:
         if active is not None and switch.leftovers():
@@ -97,7 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", choices=BACKENDS, help="the backend to switch to (default: embed.backend)")
     args = p.parse_args(argv)
     config = load_config(args, embed={"backend": args.model} if args.model else {})
-    print(run_reembed(config).render())
+    try:
+        report = run_reembed(config)
+    except db.DatabaseUnavailable as exc:
+        sys.exit(f"database error: {exc}")
+    print(report.render())
 
 
 if __name__ == "__main__":

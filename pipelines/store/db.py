@@ -158,8 +158,9 @@ def pool(url: str, name: str, max_size: int = 1, vectors: bool = True) -> Connec
     )
 
 
-def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """A connection that speaks pgvector (the extension must exist: run jobs.migrate first).
+def connect(url: str, *, autocommit: bool = False, vectors: bool = True) -> psycopg.Connection:
+    """A connection that speaks pgvector (the extension must exist: run jobs.migrate first),
+    or, with `vectors=False`, one to any database, for code that must not need the extension.
 
     Raises DatabaseUnavailable, in one line that says what to check, when there is none to be
     had within CONNECT_TIMEOUT_SECONDS.
@@ -172,6 +173,8 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
             f"cannot connect to the database ({_masked_reason(exc, url)}): check DATABASE_URL / "
             "store.database_url, and that the server is running and reachable from here"
         ) from exc
+    if not vectors:
+        return conn
     try:
         register_vector(conn)
     except psycopg.ProgrammingError as exc:  # pgvector's "vector type not found in the database"
