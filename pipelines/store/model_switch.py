@@ -102,7 +102,10 @@ class ModelSwitch:
         self.target = target
 
     def active_model(self) -> str | None:
-        with db.connect(self.database_url) as conn:
+        """The model whose vectors the knowledge base holds; None if the database holds no
+        knowledge base yet (nothing to re-embed). A database that cannot be reached is no
+        such answer: DatabaseUnavailable, so a scheduled run fails instead of doing nothing."""
+        with db.connect(self.database_url, vectors=False) as conn:  # never migrated: no pgvector
             return migrations.setting(conn, "embedding_model")
 
     def leftovers(self) -> bool:

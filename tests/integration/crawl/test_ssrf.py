@@ -341,6 +341,6 @@ def test_dns_rebinding_is_refused_when_the_crawler_connects(serve_app, monkeypat
     rows = crawl_rows(config, f"http://rebind.example:{port}/")
 
     assert [row[schema.STATUS] for row in rows] == [schema.PageStatus.FAILED]
-    assert "rebind.example resolves to 127.0.0.1, which is a loopback address" in rows[0][schema.ERROR]
+    assert "rebind.example resolves to a loopback address" in rows[0][schema.ERROR]
     assert next(answers, None) is None, "the check never asked DNS"
     assert server.requests == []

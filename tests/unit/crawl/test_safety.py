@@ -126,9 +126,7 @@ def test_resolver_refuses_a_second_answer_that_turned_private():
     """DNS rebinding: the first answer (the one check_url saw) is public, the next is loopback."""
     stub = _StubResolver(["93.184.216.34"], ["127.0.0.1"])
     assert [r["host"] for r in resolve_with(stub, "rebind.example")] == ["93.184.216.34"]
-    with pytest.raises(
-        UnsafeURLError, match=r"rebind\.example resolves to 127\.0\.0\.1, which is a loopback"
-    ):
+    with pytest.raises(UnsafeURLError, match=r"rebind\.example resolves to a loopback address"):
         resolve_with(stub, "rebind.example")
 
 
@@ -140,5 +138,6 @@ def test_resolver_passes_public_answers_through():
 
 @pytest.mark.parametrize("answer", ["127.0.0.1", "::1", "::ffff:169.254.169.254", "10.0.0.1", "fe80::1%2"])
 def test_resolver_refuses_a_private_answer_among_public_ones(answer):
-    with pytest.raises(UnsafeURLError, match=f"mixed\\.example resolves to {re.escape(answer)}"):
+    with pytest.raises(UnsafeURLError, match=r"mixed\.example resolves to a \S+ address") as refused:
         resolve_with(_StubResolver(["93.184.216.34", answer]), "mixed.example")
+    assert re.sub("^::ffff:|%.*", "", answer) not in str(refused.value), "the answer stays internal"
