@@ -106,6 +106,14 @@ def masked_reason(exc: Exception, url: str) -> str:
     return " ".join(re.sub(r'"([^"]*)"', masked, str(exc)).split())
 
 
+def cannot_connect(exc: Exception, url: str) -> DatabaseUnavailable:
+    """The error for a server that could not be reached, in one line that says what to check."""
+    return DatabaseUnavailable(
+        f"cannot connect to the database ({masked_reason(exc, url)}): check DATABASE_URL / "
+        "store.database_url, and that the server is running and reachable from here"
+    )
+
+
 def check_database_url(url: str, source: str = "the database URL") -> None:
     """Raise DatabaseUnavailable, one line naming `source`, the problem and the fix, if `url`
     is not a connection string libpq can read. The password never appears in it."""
@@ -169,10 +177,7 @@ def connect(url: str, *, autocommit: bool = False, vectors: bool = True) -> psyc
     try:
         conn = psycopg.connect(url, autocommit=autocommit, **connect_options(url))
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to the database ({masked_reason(exc, url)}): check DATABASE_URL / "
-            "store.database_url, and that the server is running and reachable from here"
-        ) from exc
+        raise cannot_connect(exc, url) from exc
     if not vectors:
         return conn
     try:

@@ -19,10 +19,7 @@ def open_store(config: PipelineConfig, embedder: Embedder | None = None) -> tupl
     try:
         migrations.migrate(url, embedder.dim, config.store, embedder.model_id)
     except psycopg.OperationalError as exc:
-        raise db.DatabaseUnavailable(
-            f"cannot connect to the database ({db.masked_reason(exc, url)}): check DATABASE_URL / "
-            "store.database_url, and that the server is running and reachable from here"
-        ) from exc
+        raise db.cannot_connect(exc, url) from exc
     return url, embedder
 
 
