@@ -12,10 +12,10 @@ Exits 1 when no page could be indexed.
 
 from __future__ import annotations
 
-import re
 import sys
 
 from jobs._common import database_errors_exit, parser, start_job
+from pipelines.crawl.patterns import PatternError, UrlFilter
 from pipelines.service import run_crawl, serve
 from pipelines.store import db
 from pipelines.store.queue import Priority, enqueue
@@ -44,11 +44,10 @@ def _arguments(argv: list[str] | None):
     args = p.parse_args(argv)
     if not (args.serve or args.once) and not (args.tenant and args.url):
         p.error("--tenant and --url are required (or --serve / --once to crawl the queue)")
-    for pattern in (args.include or []) + (args.exclude or []):
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            p.error(f"invalid URL pattern {pattern!r}: {exc}")
+    try:  # the checks the crawl makes: RE2, linear time, no backreferences or lookaround
+        UrlFilter(args.include or [], args.exclude or [])
+    except PatternError as exc:
+        p.error(str(exc))
     return args
 
 

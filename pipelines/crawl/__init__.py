@@ -2,6 +2,7 @@
 
 - `urls`: normalisation and scope rules (what counts as the same page, the same site).
 - `safety`: which addresses may be fetched at all (SSRF protection).
+- `patterns`: tenants' include/exclude patterns, run by RE2 in linear time; the checks of a request.
 - `contracts`: what the crawl asks of the rest of the pipeline (`PageHistory`, `SourceFeed`).
 - `content`: what is made of a page's bytes (text, links, sitemap entries).
 - `downloader`: HTTP for a batch of sources (politeness, robots.txt, retries, redirects, limits).

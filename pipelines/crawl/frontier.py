@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ from pipelines.config import CrawlConfig
 from pipelines.crawl.content import decode_page, parse_links, sitemap_locs
 from pipelines.crawl.contracts import PageHistory, SourceFeed, Validators
 from pipelines.crawl.downloader import Downloader, Response, Robots
-from pipelines.crawl.safety import CrawlError
+from pipelines.crawl.patterns import InvalidSourceError, UrlFilter, check_source
 from pipelines.crawl.urls import in_scope, is_non_html, normalize_url, site_of
 from pipelines.metrics import CRAWL_SOURCES
 
@@ -32,26 +31,6 @@ _MAX_SITEMAP_FILES = 10  # per source: sitemap indexes can nest without end
 
 class _AlreadySeen(Exception):
     """A redirect leads to a page this source has already queued: that crawl covers it."""
-
-
-class UrlFilter:
-    """A source's include/exclude patterns (regular expressions searched in the URL)."""
-
-    def __init__(self, include: list[str], exclude: list[str]) -> None:
-        self._include = [self._compile(p, "include") for p in include]
-        self._exclude = [self._compile(p, "exclude") for p in exclude]
-
-    @staticmethod
-    def _compile(pattern: str, kind: str) -> re.Pattern:
-        try:
-            return re.compile(pattern)
-        except re.error as exc:
-            raise CrawlError(f"invalid {kind} pattern {pattern!r}: {exc}") from exc
-
-    def allows(self, url: str) -> bool:
-        if self._include and not any(p.search(url) for p in self._include):
-            return False
-        return not any(p.search(url) for p in self._exclude)
 
 
 def page_row(
@@ -151,16 +130,13 @@ class SourceCrawl:
 
     async def _crawl(self, url: str) -> None:
         try:
-            self._filter = UrlFilter(
+            start, self._filter = check_source(
+                url,
                 self._request.get(schema.INCLUDE_PATTERNS) or [],
                 self._request.get(schema.EXCLUDE_PATTERNS) or [],
             )
-        except CrawlError as exc:
+        except InvalidSourceError as exc:
             await self._emit(url, 0, error=str(exc))
-            return
-        start = normalize_url(url)
-        if start is None:
-            await self._emit(url, 0, error=f"not an http(s) URL: {url!r}")
             return
         refusal = await self._downloader.check_safety(start)
         if refusal is not None:

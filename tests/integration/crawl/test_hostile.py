@@ -9,6 +9,7 @@ import gzip
 import ssl
 import subprocess
 import threading
+import time
 import zlib
 from urllib.parse import urlsplit
 
@@ -386,3 +387,54 @@ def test_progress_counts_and_metrics(serve_app):
     assert found == sorted(found) and found[-1] == 20, "pages found grows as links are discovered"
     assert CRAWL_PAGES.value() - requests_before == 20
     assert CRAWL_SOURCES.value(status="completed") - sites_before == 1
+
+
+# --- hostile tenants: patterns, link bombs, slow sites (no tenant may stall the service) -------
+
+
+def _links_site(links: list[str], sitemap_locs: int = 0) -> web.Application:
+    """`/` links to `links`; every other page is a small leaf; `/sitemap.xml` lists
+    `sitemap_locs` pages."""
+
+    async def index(_request):
+        return _html(html_page("index", links))
+
+    async def leaf(_request):
+        return _html(html_page("a leaf"))
+
+    async def sitemap(request):
+        locs = "".join(f"<url><loc>http://{request.host}/s/{n}</loc></url>" for n in range(sitemap_locs))
+        return web.Response(text=f"<urlset>{locs}</urlset>", content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/sitemap.xml", sitemap)
+    app.router.add_get("/{tail:.+}", leaf)
+    return app
+
+
+# Only the start page and what it links to.
+LINKS_ONLY = dataclasses.replace(CONFIG, respect_robots=False, use_sitemap=False)
+
+
+@pytest.mark.timeout(30)
+def test_a_catastrophic_exclude_pattern_runs_in_linear_time(serve_app):
+    # Python's re: 2**40 steps on the first link. RE2: one pass over each URL.
+    hostile_link, excluded_link = "/x/" + "a" * 40 + "!", "/y/aaaa"
+    _, base_url = serve_app(_links_site([hostile_link, excluded_link]))
+    started = time.monotonic()
+    _, rows = crawl(LINKS_ONLY, base_url, exclude=[r"(a+)+$"])
+    assert time.monotonic() - started < 5
+    assert set(by_path(rows)) == {"/", hostile_link}
+
+
+@pytest.mark.parametrize(
+    "pattern, reason", [(r"/(\w+)/\1", "backreferences and lookaround"), (r"/a.{999}b", "too complex")]
+)
+def test_a_pattern_re2_cannot_run_is_one_failed_row_that_says_why(serve_app, pattern, reason):
+    server, base_url = serve_app(_links_site(["/a"]))
+    _, rows = crawl(CONFIG, base_url, include=[pattern])
+    assert [r[schema.STATUS] for r in rows] == [schema.PageStatus.FAILED]
+    assert rows[0][schema.ERROR].startswith(f"invalid include pattern {pattern!r}: ")
+    assert reason in rows[0][schema.ERROR]
+    assert server.paths() == [], "a refused source fetches nothing"
