@@ -70,7 +70,12 @@ def page_row(
 
 
 class SourceCrawl:
-    """One crawl request: breadth-first over its site, with its own frontier, seen set and budget."""
+    """One crawl request: breadth-first over its site, with its own frontier, seen set and budget.
+
+    Bounded whatever the site does: links per page, their stored size, sitemap entries and
+    the seen set. Parsing a page and filtering its
+    links run in a thread, so a huge page never holds up the other sites of the event loop.
+    """
 
     def __init__(
         self,
@@ -96,6 +101,7 @@ class SourceCrawl:
         self._robots = Robots(config.user_agent)
         self._filter = UrlFilter([], [])
         self._outcomes: Counter[str] = Counter()
+        self._cut: Counter[str] = Counter()  # what the bounds cut: links, sitemap URLs, seen set
 
     @property
     def _emitted(self) -> int:
@@ -116,7 +122,8 @@ class SourceCrawl:
             CRAWL_SOURCES.inc(tags={"status": outcome})
             log.info(
                 "crawl.source.done tenant=%s source=%s url=%s completed=%d unchanged=%d failed=%d "
-                "not_queued_over_max_pages=%d seconds=%.1f",
+                "not_queued_over_max_pages=%d not_queued_seen_full=%d links_dropped=%d "
+                "sitemap_urls_dropped=%d seconds=%.1f",
                 tenant,
                 source,
                 url,
@@ -124,6 +131,9 @@ class SourceCrawl:
                 self._outcomes[schema.PageStatus.UNCHANGED],
                 self._outcomes[schema.PageStatus.FAILED],
                 self._over_budget,
+                self._cut["not_queued_seen_full"],
+                self._cut["links_dropped"],
+                self._cut["sitemap_urls_dropped"],
                 time.monotonic() - started,
             )
         return self._emitted
@@ -202,24 +212,62 @@ class SourceCrawl:
         row_url = response.url
         if response.not_modified:
             stored = await asyncio.to_thread(self._history.links, self._request[schema.SOURCE], url)
-            links = [link for link in stored if self._follows(link)]
+            links, dropped = await asyncio.to_thread(self._links_to_follow, stored)
+            self._count_dropped_links(url, len(stored), len(links), dropped)
         elif response.error is None and response.body is not None:
-            html = decode_page(response.body, response.charset, self._config.fallback_encoding_list)
             if is_start:
                 await self._move_to(site_of(response.url))
-            parsed = parse_links(html, response.url)
-            canonical = parsed.canonical
-            if canonical and canonical != response.url and self._follows(canonical):
+            html, canonical, found, links, dropped = await asyncio.to_thread(self._read_page, response)
+            self._count_dropped_links(url, found, len(links), dropped)
+            if canonical and canonical != response.url:
                 if canonical in self._seen:
                     log.debug("crawl.page url=%s skipped=canonical %s already queued", url, canonical)
                     return
                 self._seen.add(canonical)
                 row_url = canonical
-            links = [link for link in parsed.links if self._follows(link)]
         await self._emit(row_url, depth, error=response.error, response=response, html=html, links=links)
         if depth < self._config.max_depth:
             for link in links:
                 await self._admit(link, depth + 1)
+
+    def _read_page(self, response: Response) -> tuple[str, str | None, int, list[str], int]:
+        """In a thread: (the page's text, its canonical URL if ours to crawl, distinct links
+        found, the links to follow, how many were dropped by the bounds)."""
+        html = decode_page(response.body, response.charset, self._config.fallback_encoding_list)
+        parsed = parse_links(html, response.url, self._config.max_links_per_page)
+        canonical = parsed.canonical if parsed.canonical and self._follows(parsed.canonical) else None
+        links, dropped = self._links_to_follow(parsed.links)
+        return html, canonical, len(parsed.links) + parsed.dropped, links, parsed.dropped + dropped
+
+    def _links_to_follow(self, candidates: list[str]) -> tuple[list[str], int]:
+        """In a thread: the links ours to crawl among the first crawl.max_links_per_page of
+        `candidates`, while they fit in crawl.max_stored_links_bytes; and how many were dropped."""
+        limit = self._config.max_links_per_page
+        links: list[str] = []
+        size = 0
+        for looked_at, link in enumerate(candidates[:limit]):
+            if not self._follows(link):
+                continue
+            size += len(link)
+            if size > self._config.max_stored_links_bytes:
+                return links, len(candidates) - looked_at
+            links.append(link)
+        return links, max(0, len(candidates) - limit)
+
+    def _count_dropped_links(self, url: str, found: int, kept: int, dropped: int) -> None:
+        if not dropped:
+            return
+        self._cut["links_dropped"] += dropped
+        log.info(
+            "crawl.page.links url=%s found=%d followed=%d dropped=%d "
+            "reason=over crawl.max_links_per_page=%d or crawl.max_stored_links_bytes=%d",
+            url,
+            found,
+            kept,
+            dropped,
+            self._config.max_links_per_page,
+            self._config.max_stored_links_bytes,
+        )
 
     def _follows(self, url: str) -> bool:
         """Whether a link is ours to crawl: same site, a web page, not too long, allowed by the filters."""
@@ -254,6 +302,16 @@ class SourceCrawl:
         """Queue `url` unless seen, too deep or over budget; robots.txt refusals become rows."""
         if url in self._seen or depth > self._config.max_depth:
             return
+        if len(self._seen) >= self._config.max_seen_urls:
+            if not self._cut["not_queued_seen_full"]:
+                log.info(
+                    "crawl.source.seen_full source=%s seen=%d: new links are no longer queued "
+                    "(crawl.max_seen_urls)",
+                    self._request[schema.SOURCE],
+                    len(self._seen),
+                )
+            self._cut["not_queued_seen_full"] += 1
+            return
         self._seen.add(url)
         if self._admitted >= self._config.max_pages:
             self._over_budget += 1
@@ -266,10 +324,17 @@ class SourceCrawl:
         self._frontier.put_nowait((url, depth))
 
     async def _admit_sitemap_pages(self) -> None:
-        """Queue the pages listed by the site's sitemaps (robots.txt `Sitemap:` lines, /sitemap.xml)."""
+        """Queue the pages listed by the site's sitemaps (robots.txt `Sitemap:` lines, /sitemap.xml),
+        at most crawl.max_sitemap_urls entries of them all together."""
         pending = deque([*self._robots.sitemaps, f"{self._site}/sitemap.xml"])
         read: set[str] = set()
-        while pending and len(read) < _MAX_SITEMAP_FILES and self._admitted < self._config.max_pages:
+        room = self._config.max_sitemap_urls
+        while (
+            pending
+            and len(read) < _MAX_SITEMAP_FILES
+            and self._admitted < self._config.max_pages
+            and room > 0
+        ):
             url = normalize_url(pending.popleft())
             if url is None or url in read:
                 continue
@@ -283,17 +348,41 @@ class SourceCrawl:
             if response.error is not None or response.body is None:
                 log.debug("crawl.sitemap url=%s skipped=%s", url, response.error)
                 continue
-            is_index, locs = sitemap_locs(response.body, self._config.max_response_bytes)
-            off_site = 0
-            for loc in locs:
-                target = normalize_url(loc)
-                if target is None or not in_scope(target, self._site):
-                    off_site += 1
-                elif is_index:
-                    pending.append(target)
-                elif self._follows(target):
-                    await self._admit(target, _SITEMAP_DEPTH)
-            log.debug("crawl.sitemap url=%s entries=%d off_site=%d", url, len(locs), off_site)
+            is_index, entries, targets, dropped = await asyncio.to_thread(
+                self._sitemap_entries, response.body, room
+            )
+            room -= entries - dropped
+            level = logging.DEBUG
+            if dropped:
+                self._cut["sitemap_urls_dropped"] += dropped
+                level = logging.INFO
+            log.log(
+                level,
+                "crawl.sitemap url=%s entries=%d followed=%d dropped=%d (crawl.max_sitemap_urls=%d)",
+                url,
+                entries,
+                len(targets),
+                dropped,
+                self._config.max_sitemap_urls,
+            )
+            if is_index:
+                pending.extend(targets)
+                continue
+            for target in targets:
+                await self._admit(target, _SITEMAP_DEPTH)
+
+    def _sitemap_entries(self, body: bytes, room: int) -> tuple[bool, int, list[str], int]:
+        """In a thread: (whether it is an index, its entries, those of the first `room` that are
+        ours to crawl (or to read, in an index), the entries past `room`)."""
+        is_index, locs = sitemap_locs(body, self._config.max_response_bytes)
+        targets = []
+        for loc in locs[:room]:
+            target = normalize_url(loc)
+            if target is None or not in_scope(target, self._site):
+                continue
+            if is_index or self._follows(target):
+                targets.append(target)
+        return is_index, len(locs), targets, max(0, len(locs) - room)
 
     async def _emit(
         self,
