@@ -62,6 +62,10 @@ class CrawlConfig:
     # Per source: distinct URLs remembered to skip repeats; once full, new links are not queued
     # (at least max_pages).
     max_seen_urls: int = 20_000
+    # A source's crawl ends this long after it starts, with the pages it has: fetches in flight
+    # are cut, nothing more is fetched (200 pages at robots.txt Crawl-delay 60 would hold a site
+    # slot for 3 hours). Counted as crawl_total{status="timed_out"}.
+    source_deadline_seconds: float = 3600.0
     # Guessed between (in this order of preference) for a non-UTF-8 page that names no charset.
     fallback_encodings: str = "windows-1256,windows-1252"
     pages_per_block: int = 16  # pages per Arrow block the crawl yields: bounds memory
@@ -90,6 +94,7 @@ class CrawlConfig:
             "max_links_per_page",
             "max_stored_links_bytes",
             "max_sitemap_urls",
+            "source_deadline_seconds",
         )
         if self.max_seen_urls < self.max_pages:
             raise ConfigError(

@@ -6,7 +6,7 @@
 - `contracts`: what the crawl asks of the rest of the pipeline (`PageHistory`, `SourceFeed`).
 - `content`: what is made of a page's bytes (text, links, sitemap entries).
 - `downloader`: HTTP for a batch of sources (politeness, robots.txt, retries, redirects, limits).
-- `frontier`: one source's crawl (frontier, seen set, page budget, bounds) and the rows it emits.
+- `frontier`: one source's crawl (frontier, seen set, page budget, bounds, deadline) and the rows it emits.
 - `crawler`: the `Crawler` stage, which runs the sources and streams their rows in blocks.
 """
 

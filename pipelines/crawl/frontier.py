@@ -8,11 +8,13 @@ later run can retry it. Links we choose not to follow (other sites, images) leav
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 from pipelines import schema
 from pipelines.config import CrawlConfig
@@ -27,10 +29,16 @@ log = logging.getLogger(__name__)
 
 _SITEMAP_DEPTH = 1  # a page listed in a sitemap counts as one hop from the start page
 _MAX_SITEMAP_FILES = 10  # per source: sitemap indexes can nest without end
+# crawl_total{status} of a source whose crawl crawl.source_deadline_seconds ended.
+TIMED_OUT = "timed_out"
 
 
 class _AlreadySeen(Exception):
     """A redirect leads to a page this source has already queued: that crawl covers it."""
+
+
+class _DeadlinePassed(Exception):
+    """The source's deadline has passed: nothing more is fetched."""
 
 
 def page_row(
@@ -72,8 +80,8 @@ def page_row(
 class SourceCrawl:
     """One crawl request: breadth-first over its site, with its own frontier, seen set and budget.
 
-    Bounded whatever the site does: links per page, their stored size, sitemap entries and
-    the seen set. Parsing a page and filtering its
+    Bounded whatever the site does: links per page, their stored size, sitemap entries, the
+    seen set, and the time (crawl.source_deadline_seconds). Parsing a page and filtering its
     links run in a thread, so a huge page never holds up the other sites of the event loop.
     """
 
@@ -101,7 +109,8 @@ class SourceCrawl:
         self._robots = Robots(config.user_agent)
         self._filter = UrlFilter([], [])
         self._outcomes: Counter[str] = Counter()
-        self._cut: Counter[str] = Counter()  # what the bounds cut: links, sitemap URLs, seen set
+        self._deadline = float("inf")  # event-loop time; set when the crawl starts
+        self._cut: Counter[str] = Counter()  # what the bounds cut: links, sitemap URLs, seen set, deadline
 
     @property
     def _emitted(self) -> int:
@@ -111,19 +120,25 @@ class SourceCrawl:
     async def run(self) -> int:
         """Crawl the site; returns the number of page rows emitted for it."""
         started = time.monotonic()
+        self._deadline = asyncio.get_running_loop().time() + self._config.source_deadline_seconds
         tenant, source, url = (self._request[k] for k in (schema.TENANT, schema.SOURCE, schema.URL))
         log.info("crawl.source.start tenant=%s source=%s url=%s", tenant, source, url)
         outcome = schema.SourceStatus.FAILED
         try:
-            await self._crawl(url)
+            try:
+                await self._crawl(url)
+            except _DeadlinePassed:
+                self._skip_past_deadline(url)
             if self._outcomes[schema.PageStatus.FAILED] < self._emitted:
                 outcome = schema.SourceStatus.COMPLETED
+            if self._cut["not_fetched_past_deadline"]:
+                outcome = TIMED_OUT
         finally:
             CRAWL_SOURCES.inc(tags={"status": outcome})
             log.info(
                 "crawl.source.done tenant=%s source=%s url=%s completed=%d unchanged=%d failed=%d "
                 "not_queued_over_max_pages=%d not_queued_seen_full=%d links_dropped=%d "
-                "sitemap_urls_dropped=%d seconds=%.1f",
+                "sitemap_urls_dropped=%d not_fetched_past_deadline=%d seconds=%.1f",
                 tenant,
                 source,
                 url,
@@ -134,6 +149,7 @@ class SourceCrawl:
                 self._cut["not_queued_seen_full"],
                 self._cut["links_dropped"],
                 self._cut["sitemap_urls_dropped"],
+                self._cut["not_fetched_past_deadline"],
                 time.monotonic() - started,
             )
         return self._emitted
@@ -148,12 +164,12 @@ class SourceCrawl:
         except InvalidSourceError as exc:
             await self._emit(url, 0, error=str(exc))
             return
-        refusal = await self._downloader.check_safety(start)
+        refusal = await self._before_deadline(self._downloader.check_safety, start)
         if refusal is not None:
             await self._emit(start, 0, error=refusal)
             return
         self._site = site_of(start)
-        self._robots = await self._downloader.robots(self._site)
+        self._robots = await self._before_deadline(self._downloader.robots, self._site)
         self._seen.add(start)
         refusal = self._robots.refusal(start)
         if refusal is not None:
@@ -164,7 +180,9 @@ class SourceCrawl:
         self._admitted = 1
         await self._crawl_page(start, 0, is_start=True)
         if self._config.use_sitemap:
-            await self._admit_sitemap_pages()
+            # Past the deadline, the pages it queued are counted as the workers skip them.
+            with contextlib.suppress(_DeadlinePassed):
+                await self._admit_sitemap_pages()
         workers = [asyncio.create_task(self._work()) for _ in range(self._config.concurrency_per_site)]
         try:
             await self._frontier.join()
@@ -181,16 +199,51 @@ class SourceCrawl:
             finally:
                 self._frontier.task_done()
 
+    def _past_deadline(self) -> bool:
+        return asyncio.get_running_loop().time() >= self._deadline
+
+    async def _before_deadline(self, call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """`await call(*args, **kwargs)`, cut off at the source's deadline: _DeadlinePassed.
+
+        Only network work goes through here, never an emit: a row counted is a row passed on.
+        """
+        if self._past_deadline():
+            raise _DeadlinePassed
+        timeout = asyncio.timeout_at(self._deadline)
+        try:
+            async with timeout:
+                return await call(*args, **kwargs)
+        except TimeoutError:
+            if timeout.expired():
+                raise _DeadlinePassed from None
+            raise
+
     async def _crawl_page(self, url: str, depth: int, is_start: bool = False) -> None:
+        if self._past_deadline():
+            self._skip_past_deadline(url)
+            return
         await self._feed.admit_page()
         emitted = self._emitted
         try:
             await self._fetch_page(url, depth, is_start)
+        except _DeadlinePassed:
+            self._skip_past_deadline(url)
         except Exception as exc:  # one page's surprise (a parser bug) must not end the whole crawl
             log.exception("crawl.page url=%s status=failed reason=internal error", url)
             await self._emit(url, depth, error=f"internal error: {exc!r}")
         if self._emitted == emitted:
             await self._feed.page_skipped()
+
+    def _skip_past_deadline(self, url: str) -> None:
+        if not self._cut["not_fetched_past_deadline"]:
+            log.info(
+                "crawl.source.deadline source=%s seconds=%g pages=%d: nothing more is fetched",
+                self._request[schema.SOURCE],
+                self._config.source_deadline_seconds,
+                self._emitted,
+            )
+        self._cut["not_fetched_past_deadline"] += 1
+        log.debug("crawl.page url=%s skipped=past the source's deadline", url)
 
     async def _fetch_page(self, url: str, depth: int, is_start: bool) -> None:
         """Fetch one page, record its row, then queue its links one hop deeper.
@@ -201,8 +254,12 @@ class SourceCrawl:
         """
         check_hop = partial(self._check_redirect, any_site=is_start)
         try:
-            response = await self._downloader.fetch(
-                url, html_only=True, check_hop=check_hop, validators=self._validators.get(url)
+            response = await self._before_deadline(
+                self._downloader.fetch,
+                url,
+                html_only=True,
+                check_hop=check_hop,
+                validators=self._validators.get(url),
             )
         except _AlreadySeen as seen:
             log.debug("crawl.page url=%s skipped=redirect to %s, already queued", url, seen)
@@ -282,7 +339,7 @@ class SourceCrawl:
         if site != self._site:
             log.info("crawl.source.moved from=%s to=%s", self._site, site)
             self._site = site
-            self._robots = await self._downloader.robots(site)
+            self._robots = await self._before_deadline(self._downloader.robots, site)
 
     async def _check_redirect(self, target: str, any_site: bool) -> str | None:
         if not any_site and not in_scope(target, self._site):
@@ -299,8 +356,9 @@ class SourceCrawl:
         return None
 
     async def _admit(self, url: str, depth: int) -> None:
-        """Queue `url` unless seen, too deep or over budget; robots.txt refusals become rows."""
-        if url in self._seen or depth > self._config.max_depth:
+        """Queue `url` unless seen, too deep, over budget or past the deadline; robots.txt
+        refusals become rows."""
+        if url in self._seen or depth > self._config.max_depth or self._past_deadline():
             return
         if len(self._seen) >= self._config.max_seen_urls:
             if not self._cut["not_queued_seen_full"]:
@@ -342,8 +400,8 @@ class SourceCrawl:
                 log.debug("crawl.sitemap url=%s skipped=off site", url)
                 continue
             read.add(url)
-            response = await self._downloader.fetch(
-                url, html_only=False, check_hop=self._downloader.check_safety
+            response = await self._before_deadline(
+                self._downloader.fetch, url, html_only=False, check_hop=self._downloader.check_safety
             )
             if response.error is not None or response.body is None:
                 log.debug("crawl.sitemap url=%s skipped=%s", url, response.error)

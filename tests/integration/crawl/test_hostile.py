@@ -20,10 +20,11 @@ from aiohttp import web
 
 from pipelines import schema
 from pipelines.config import CrawlConfig
-from pipelines.crawl import frontier
+from pipelines.crawl import Crawler, frontier
 from pipelines.crawl.content import parse_links
+from pipelines.crawl.frontier import TIMED_OUT
 from pipelines.metrics import CRAWL_PAGES, CRAWL_SOURCES
-from tests.integration.crawl.crawling import by_path, crawl
+from tests.integration.crawl.crawling import by_path, crawl, requests
 
 pytestmark = pytest.mark.integration
 
@@ -521,3 +522,75 @@ def test_links_are_parsed_off_the_event_loop(serve_app, monkeypatch):
     _, rows = crawl(LINKS_ONLY, base_url)
     assert len(rows) == 3 and len(threads) == 3
     assert threading.main_thread() not in threads, "the crawl's event loop runs in the main thread here"
+
+
+class CountingFeed:
+    """One batch of sites, counting the page credits the crawl takes and gives back."""
+
+    poll_seconds = None
+
+    def __init__(self, requests: list[dict]) -> None:
+        self.requests: list[dict] | None = requests
+        self.taken = self.given_back = 0
+
+    async def take(self, running):
+        requests, self.requests = self.requests, None
+        return requests
+
+    async def crawled(self, request, pages):
+        return None
+
+    async def admit_page(self):
+        self.taken += 1
+
+    async def page_skipped(self):
+        self.given_back += 1
+
+
+def _slow_site(slowness: str) -> web.Application:
+    """`/` answers at once and links to pages that come slowly: after a robots.txt Crawl-delay
+    of 60 s, or a response that only ends when the server stops."""
+    released = asyncio.Event()
+
+    async def index(_request):
+        return _html(html_page("index", [f"/p/{n}" for n in range(5)]))
+
+    async def page(_request):
+        if slowness == "response":
+            await released.wait()
+        return _html(html_page("too late"))
+
+    async def robots(_request):
+        return web.Response(text="User-agent: *\nCrawl-delay: 60\n" if slowness == "crawl-delay" else "")
+
+    async def release(_app):
+        released.set()
+
+    app = web.Application()
+    app.on_shutdown.append(release)
+    app.router.add_get("/", index)
+    app.router.add_get("/p/{n}", page)
+    app.router.add_get("/robots.txt", robots)
+    return app
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("slowness", ["crawl-delay", "response"])
+def test_a_source_deadline_ends_a_slow_crawl_with_the_pages_it_has(serve_app, crawl_log, slowness):
+    _, base_url = serve_app(_slow_site(slowness))
+    config = dataclasses.replace(
+        CONFIG, source_deadline_seconds=1.0, use_sitemap=False, total_timeout_seconds=30
+    )
+    feed = CountingFeed([schema.crawl_request("tenant-a", "source-0", base_url)])
+    timed_out_before = CRAWL_SOURCES.value(status=TIMED_OUT)
+    started = time.monotonic()
+    blocks = list(Crawler(config, feed=feed)(requests(base_url)))
+    elapsed = time.monotonic() - started
+    rows = [row for block in blocks for row in block.to_pylist()]
+    assert elapsed < 5, f"the crawl ran {elapsed:.1f}s past a 1 s deadline"
+    assert [(urlsplit(r[schema.URL]).path, r[schema.STATUS]) for r in rows] == [
+        ("/", schema.PageStatus.COMPLETED)
+    ], "the page fetched before the deadline stays"
+    assert "not_fetched_past_deadline=5" in _done_line(crawl_log)
+    assert CRAWL_SOURCES.value(status=TIMED_OUT) - timed_out_before == 1
+    assert feed.taken - feed.given_back == len(rows), "every credit of a fetch cut short goes back"
