@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Iterator
 
-from pipelines import metrics
+from pipelines import ids, metrics
 from pipelines.config import ConfigError, PipelineConfig, build_config
 from pipelines.store import db, migrations
 
@@ -36,6 +36,25 @@ def parser(description: str) -> argparse.ArgumentParser:
         "in Ray workers report through Ray's own export instead (ray start --metrics-export-port)",
     )
     return p
+
+
+def tenant_id(value: str) -> str:
+    """argparse type: a valid tenant id, or the reason it is not."""
+    try:
+        return ids.check_tenant(value)
+    except ids.InvalidTenant as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_int(value: str) -> int:
+    """argparse type: a whole number above zero."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {value!r}")
+    return number
 
 
 def start_job(args: argparse.Namespace, **sections: dict) -> PipelineConfig:

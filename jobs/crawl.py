@@ -12,10 +12,10 @@ Exits 1 when no page could be indexed.
 
 from __future__ import annotations
 
-import re
 import sys
 
-from jobs._common import database_errors_exit, parser, start_job
+from jobs._common import database_errors_exit, parser, positive_int, start_job, tenant_id
+from pipelines.crawl.patterns import InvalidSourceError, check_source
 from pipelines.service import PipelineKeepsFailing, run_crawl, serve
 from pipelines.store import db
 from pipelines.store.queue import Priority, enqueue
@@ -27,28 +27,24 @@ def _arguments(argv: list[str] | None):
     mode.add_argument("--serve", action="store_true", help="crawl queued sources until stopped")
     mode.add_argument("--once", action="store_true", help="crawl queued sources until the queue is empty")
     mode.add_argument("--enqueue", action="store_true", help="queue --url for --tenant instead of crawling")
-    p.add_argument("--tenant", help="the tenant (user) the knowledge belongs to")
+    p.add_argument("--tenant", type=tenant_id, help="the tenant (user) the knowledge belongs to")
     p.add_argument("--url", action="append", help="start URL (repeatable)")
-    p.add_argument("--max-pages", type=int, help="pages per site (default: crawl.max_pages)")
+    p.add_argument("--max-pages", type=positive_int, help="pages per site (default: crawl.max_pages)")
     p.add_argument(
         "--allow-private-network",
         action="store_true",
         help="allow loopback/private addresses (tests, self-hosted sites); refused by default",
     )
-    p.add_argument(
-        "--include", action="append", metavar="REGEX", help="crawl only URLs matching (repeatable)"
-    )
-    p.add_argument(
-        "--exclude", action="append", metavar="REGEX", help="never crawl URLs matching (repeatable)"
-    )
+    p.add_argument("--include", action="append", metavar="RE2", help="crawl only URLs matching (repeatable)")
+    p.add_argument("--exclude", action="append", metavar="RE2", help="never crawl URLs matching (repeatable)")
     args = p.parse_args(argv)
     if not (args.serve or args.once) and not (args.tenant and args.url):
         p.error("--tenant and --url are required (or --serve / --once to crawl the queue)")
-    for pattern in (args.include or []) + (args.exclude or []):
+    for url in args.url or []:  # what the crawl and the queue refuse, refused before any work
         try:
-            re.compile(pattern)
-        except re.error as exc:
-            p.error(f"invalid URL pattern {pattern!r}: {exc}")
+            check_source(url, args.include or [], args.exclude or [])
+        except InvalidSourceError as exc:
+            p.error(str(exc))
     return args
 
 
@@ -66,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"crawled {serve(config, once=args.once)} sources from the queue")
             except PipelineKeepsFailing as exc:
                 sys.exit(str(exc))
-        elif args.enqueue:
+        elif args.enqueue:  # the arguments were checked as enqueue checks them
             url = db.resolve_database_url(config.store)
             for start_url in args.url:
                 source = enqueue(url, args.tenant, start_url, Priority.NEW_SITE, args.include, args.exclude)

@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from jobs._common import database_errors_exit, parser, start_job
+from jobs._common import database_errors_exit, parser, positive_int, start_job, tenant_id
 from pipelines.config import REPO_ROOT
 from pipelines.embed import make_embedder
 from pipelines.search import run_search
@@ -34,8 +34,8 @@ DEMO_PORT = 8765
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
     p.add_argument("--url", help="crawl this site instead of the bundled hazm docs")
-    p.add_argument("--tenant", default="demo")
-    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--tenant", default="demo", type=tenant_id)
+    p.add_argument("--k", type=positive_int, default=3)
     p.add_argument("--port", type=int, default=DEMO_PORT, help="loopback port for the demo site")
     args = p.parse_args(argv)
     crawl_settings: dict[str, object] = {}

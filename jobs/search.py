@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import sys
 
-from jobs._common import database_errors_exit, parser, start_job
+from jobs._common import database_errors_exit, parser, positive_int, start_job, tenant_id
 from pipelines.search import SearchUnavailable, run_search
 from pipelines.store.search import MODES, VECTOR_COLUMNS
 
 
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
-    p.add_argument("--tenant", required=True)
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--tenant", required=True, type=tenant_id)
+    p.add_argument("--k", type=positive_int, default=5)
     p.add_argument("--mode", choices=MODES, default="hybrid", help="default hybrid")
     p.add_argument("--vectors", choices=sorted(VECTOR_COLUMNS), default="both")
     p.add_argument("query")

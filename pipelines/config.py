@@ -50,6 +50,22 @@ class CrawlConfig:
     retry_backoff_seconds: float = 0.5  # first retry waits up to this (full jitter), doubling each time
     retry_max_wait_seconds: float = 30.0  # cap on one wait, Retry-After included
     max_url_length: int = 2048  # longer links are not followed (crawler traps grow URLs)
+    # Bounds on what one hostile page or site can make the crawl do (each cut is logged with
+    # counts, and totalled in the crawl.source.done line):
+    # distinct hrefs of one page parsed, filtered and queued, in page order; the rest are dropped
+    # unparsed (a 5 MB page holds 200 000 links: ~7 s of work, for nothing a tenant wants).
+    max_links_per_page: int = 2000
+    # A page's links as stored (the `links` jsonb, re-followed after a 304), in URL characters;
+    # links past it are neither stored nor followed.
+    max_stored_links_bytes: int = 200_000
+    max_sitemap_urls: int = 10_000  # per source: <loc> entries read from all its sitemaps together
+    # Per source: distinct URLs remembered to skip repeats; once full, new links are not queued
+    # (at least max_pages).
+    max_seen_urls: int = 20_000
+    # A source's crawl ends this long after it starts, with the pages it has: fetches in flight
+    # are cut, nothing more is fetched (200 pages at robots.txt Crawl-delay 60 would hold a site
+    # slot for 3 hours). Counted as crawl_total{status="timed_out"}.
+    source_deadline_seconds: float = 3600.0
     # Guessed between (in this order of preference) for a non-UTF-8 page that names no charset.
     fallback_encodings: str = "windows-1256,windows-1252"
     pages_per_block: int = 16  # pages per Arrow block the crawl yields: bounds memory
@@ -75,7 +91,15 @@ class CrawlConfig:
             "sites_in_flight",
             "max_url_length",
             "progress_interval_seconds",
+            "max_links_per_page",
+            "max_stored_links_bytes",
+            "max_sitemap_urls",
+            "source_deadline_seconds",
         )
+        if self.max_seen_urls < self.max_pages:
+            raise ConfigError(
+                f"crawl.max_seen_urls must be >= crawl.max_pages ({self.max_pages}), got {self.max_seen_urls}"
+            )
         for name in self.fallback_encoding_list:
             try:
                 codecs.lookup(name)

@@ -17,6 +17,25 @@ from pipelines import schema
 from pipelines.config import ChunkConfig
 
 _NAMESPACE = uuid.UUID("5b0f7f3e-1c2a-4d59-9a57-6b8e2f0c9d11")
+# A tenant id is the application's user id: printable, trimmed, and short enough for a log line.
+MAX_TENANT_CHARS = 200
+
+
+class InvalidTenant(ValueError):
+    """A tenant id that would make a row no one can find again (empty, padded, invisible)."""
+
+
+def check_tenant(tenant: str) -> str:
+    """`tenant` itself, or InvalidTenant saying what is wrong with it."""
+    if not tenant or not tenant.strip():
+        raise InvalidTenant("a tenant id must not be empty")
+    if tenant != tenant.strip():
+        raise InvalidTenant(f"tenant id {tenant!r} has spaces around it")
+    if not tenant.isprintable():
+        raise InvalidTenant(f"tenant id {tenant!r} has control or invisible characters")
+    if len(tenant) > MAX_TENANT_CHARS:
+        raise InvalidTenant(f"a tenant id may have at most {MAX_TENANT_CHARS} characters, got {len(tenant)}")
+    return tenant
 
 
 def source_id(tenant: str, start_url: str) -> str:

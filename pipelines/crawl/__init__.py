@@ -2,10 +2,11 @@
 
 - `urls`: normalisation and scope rules (what counts as the same page, the same site).
 - `safety`: which addresses may be fetched at all (SSRF protection).
+- `patterns`: tenants' include/exclude patterns, run by RE2 in linear time; the checks of a request.
 - `contracts`: what the crawl asks of the rest of the pipeline (`PageHistory`, `SourceFeed`).
 - `content`: what is made of a page's bytes (text, links, sitemap entries).
 - `downloader`: HTTP for a batch of sources (politeness, robots.txt, retries, redirects, limits).
-- `frontier`: one source's crawl (frontier, seen set, page budget) and the rows it emits.
+- `frontier`: one source's crawl (frontier, seen set, page budget, bounds, deadline) and the rows it emits.
 - `crawler`: the `Crawler` stage, which runs the sources and streams their rows in blocks.
 """
 

@@ -8,19 +8,20 @@ later run can retry it. Links we choose not to follow (other sites, images) leav
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import re
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 from pipelines import schema
 from pipelines.config import CrawlConfig
 from pipelines.crawl.content import decode_page, parse_links, sitemap_locs
 from pipelines.crawl.contracts import PageHistory, SourceFeed, Validators
 from pipelines.crawl.downloader import Downloader, Response, Robots
-from pipelines.crawl.safety import CrawlError
+from pipelines.crawl.patterns import InvalidSourceError, UrlFilter, check_source
 from pipelines.crawl.urls import in_scope, is_non_html, normalize_url, site_of
 from pipelines.metrics import CRAWL_SOURCES
 
@@ -28,30 +29,16 @@ log = logging.getLogger(__name__)
 
 _SITEMAP_DEPTH = 1  # a page listed in a sitemap counts as one hop from the start page
 _MAX_SITEMAP_FILES = 10  # per source: sitemap indexes can nest without end
+# crawl_total{status} of a source whose crawl crawl.source_deadline_seconds ended.
+TIMED_OUT = "timed_out"
 
 
 class _AlreadySeen(Exception):
     """A redirect leads to a page this source has already queued: that crawl covers it."""
 
 
-class UrlFilter:
-    """A source's include/exclude patterns (regular expressions searched in the URL)."""
-
-    def __init__(self, include: list[str], exclude: list[str]) -> None:
-        self._include = [self._compile(p, "include") for p in include]
-        self._exclude = [self._compile(p, "exclude") for p in exclude]
-
-    @staticmethod
-    def _compile(pattern: str, kind: str) -> re.Pattern:
-        try:
-            return re.compile(pattern)
-        except re.error as exc:
-            raise CrawlError(f"invalid {kind} pattern {pattern!r}: {exc}") from exc
-
-    def allows(self, url: str) -> bool:
-        if self._include and not any(p.search(url) for p in self._include):
-            return False
-        return not any(p.search(url) for p in self._exclude)
+class _DeadlinePassed(Exception):
+    """The source's deadline has passed: nothing more is fetched."""
 
 
 def page_row(
@@ -91,7 +78,12 @@ def page_row(
 
 
 class SourceCrawl:
-    """One crawl request: breadth-first over its site, with its own frontier, seen set and budget."""
+    """One crawl request: breadth-first over its site, with its own frontier, seen set and budget.
+
+    Bounded whatever the site does: links per page, their stored size, sitemap entries, the
+    seen set, and the time (crawl.source_deadline_seconds). Parsing a page and filtering its
+    links run in a thread, so a huge page never holds up the other sites of the event loop.
+    """
 
     def __init__(
         self,
@@ -117,6 +109,8 @@ class SourceCrawl:
         self._robots = Robots(config.user_agent)
         self._filter = UrlFilter([], [])
         self._outcomes: Counter[str] = Counter()
+        self._deadline = float("inf")  # event-loop time; set when the crawl starts
+        self._cut: Counter[str] = Counter()  # what the bounds cut: links, sitemap URLs, seen set, deadline
 
     @property
     def _emitted(self) -> int:
@@ -126,18 +120,25 @@ class SourceCrawl:
     async def run(self) -> int:
         """Crawl the site; returns the number of page rows emitted for it."""
         started = time.monotonic()
+        self._deadline = asyncio.get_running_loop().time() + self._config.source_deadline_seconds
         tenant, source, url = (self._request[k] for k in (schema.TENANT, schema.SOURCE, schema.URL))
         log.info("crawl.source.start tenant=%s source=%s url=%s", tenant, source, url)
         outcome = schema.SourceStatus.FAILED
         try:
-            await self._crawl(url)
+            try:
+                await self._crawl(url)
+            except _DeadlinePassed:
+                self._skip_past_deadline(url)
             if self._outcomes[schema.PageStatus.FAILED] < self._emitted:
                 outcome = schema.SourceStatus.COMPLETED
+            if self._cut["not_fetched_past_deadline"]:
+                outcome = TIMED_OUT
         finally:
             CRAWL_SOURCES.inc(tags={"status": outcome})
             log.info(
                 "crawl.source.done tenant=%s source=%s url=%s completed=%d unchanged=%d failed=%d "
-                "not_queued_over_max_pages=%d seconds=%.1f",
+                "not_queued_over_max_pages=%d not_queued_seen_full=%d links_dropped=%d "
+                "sitemap_urls_dropped=%d not_fetched_past_deadline=%d seconds=%.1f",
                 tenant,
                 source,
                 url,
@@ -145,29 +146,30 @@ class SourceCrawl:
                 self._outcomes[schema.PageStatus.UNCHANGED],
                 self._outcomes[schema.PageStatus.FAILED],
                 self._over_budget,
+                self._cut["not_queued_seen_full"],
+                self._cut["links_dropped"],
+                self._cut["sitemap_urls_dropped"],
+                self._cut["not_fetched_past_deadline"],
                 time.monotonic() - started,
             )
         return self._emitted
 
     async def _crawl(self, url: str) -> None:
         try:
-            self._filter = UrlFilter(
+            start, self._filter = check_source(
+                url,
                 self._request.get(schema.INCLUDE_PATTERNS) or [],
                 self._request.get(schema.EXCLUDE_PATTERNS) or [],
             )
-        except CrawlError as exc:
+        except InvalidSourceError as exc:
             await self._emit(url, 0, error=str(exc))
             return
-        start = normalize_url(url)
-        if start is None:
-            await self._emit(url, 0, error=f"not an http(s) URL: {url!r}")
-            return
-        refusal = await self._downloader.check_safety(start)
+        refusal = await self._before_deadline(self._downloader.check_safety, start)
         if refusal is not None:
             await self._emit(start, 0, error=refusal)
             return
         self._site = site_of(start)
-        self._robots = await self._downloader.robots(self._site)
+        self._robots = await self._before_deadline(self._downloader.robots, self._site)
         self._seen.add(start)
         refusal = self._robots.refusal(start)
         if refusal is not None:
@@ -178,7 +180,9 @@ class SourceCrawl:
         self._admitted = 1
         await self._crawl_page(start, 0, is_start=True)
         if self._config.use_sitemap:
-            await self._admit_sitemap_pages()
+            # Past the deadline, the pages it queued are counted as the workers skip them.
+            with contextlib.suppress(_DeadlinePassed):
+                await self._admit_sitemap_pages()
         workers = [asyncio.create_task(self._work()) for _ in range(self._config.concurrency_per_site)]
         try:
             await self._frontier.join()
@@ -195,16 +199,51 @@ class SourceCrawl:
             finally:
                 self._frontier.task_done()
 
+    def _past_deadline(self) -> bool:
+        return asyncio.get_running_loop().time() >= self._deadline
+
+    async def _before_deadline(self, call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """`await call(*args, **kwargs)`, cut off at the source's deadline: _DeadlinePassed.
+
+        Only network work goes through here, never an emit: a row counted is a row passed on.
+        """
+        if self._past_deadline():
+            raise _DeadlinePassed
+        timeout = asyncio.timeout_at(self._deadline)
+        try:
+            async with timeout:
+                return await call(*args, **kwargs)
+        except TimeoutError:
+            if timeout.expired():
+                raise _DeadlinePassed from None
+            raise
+
     async def _crawl_page(self, url: str, depth: int, is_start: bool = False) -> None:
+        if self._past_deadline():
+            self._skip_past_deadline(url)
+            return
         await self._feed.admit_page()
         emitted = self._emitted
         try:
             await self._fetch_page(url, depth, is_start)
+        except _DeadlinePassed:
+            self._skip_past_deadline(url)
         except Exception as exc:  # one page's surprise (a parser bug) must not end the whole crawl
             log.exception("crawl.page url=%s status=failed reason=internal error", url)
             await self._emit(url, depth, error=f"internal error: {exc!r}")
         if self._emitted == emitted:
             await self._feed.page_skipped()
+
+    def _skip_past_deadline(self, url: str) -> None:
+        if not self._cut["not_fetched_past_deadline"]:
+            log.info(
+                "crawl.source.deadline source=%s seconds=%g pages=%d: nothing more is fetched",
+                self._request[schema.SOURCE],
+                self._config.source_deadline_seconds,
+                self._emitted,
+            )
+        self._cut["not_fetched_past_deadline"] += 1
+        log.debug("crawl.page url=%s skipped=past the source's deadline", url)
 
     async def _fetch_page(self, url: str, depth: int, is_start: bool) -> None:
         """Fetch one page, record its row, then queue its links one hop deeper.
@@ -215,8 +254,12 @@ class SourceCrawl:
         """
         check_hop = partial(self._check_redirect, any_site=is_start)
         try:
-            response = await self._downloader.fetch(
-                url, html_only=True, check_hop=check_hop, validators=self._validators.get(url)
+            response = await self._before_deadline(
+                self._downloader.fetch,
+                url,
+                html_only=True,
+                check_hop=check_hop,
+                validators=self._validators.get(url),
             )
         except _AlreadySeen as seen:
             log.debug("crawl.page url=%s skipped=redirect to %s, already queued", url, seen)
@@ -226,24 +269,62 @@ class SourceCrawl:
         row_url = response.url
         if response.not_modified:
             stored = await asyncio.to_thread(self._history.links, self._request[schema.SOURCE], url)
-            links = [link for link in stored if self._follows(link)]
+            links, dropped = await asyncio.to_thread(self._links_to_follow, stored)
+            self._count_dropped_links(url, len(stored), len(links), dropped)
         elif response.error is None and response.body is not None:
-            html = decode_page(response.body, response.charset, self._config.fallback_encoding_list)
             if is_start:
                 await self._move_to(site_of(response.url))
-            parsed = parse_links(html, response.url)
-            canonical = parsed.canonical
-            if canonical and canonical != response.url and self._follows(canonical):
+            html, canonical, found, links, dropped = await asyncio.to_thread(self._read_page, response)
+            self._count_dropped_links(url, found, len(links), dropped)
+            if canonical and canonical != response.url:
                 if canonical in self._seen:
                     log.debug("crawl.page url=%s skipped=canonical %s already queued", url, canonical)
                     return
                 self._seen.add(canonical)
                 row_url = canonical
-            links = [link for link in parsed.links if self._follows(link)]
         await self._emit(row_url, depth, error=response.error, response=response, html=html, links=links)
         if depth < self._config.max_depth:
             for link in links:
                 await self._admit(link, depth + 1)
+
+    def _read_page(self, response: Response) -> tuple[str, str | None, int, list[str], int]:
+        """In a thread: (the page's text, its canonical URL if ours to crawl, distinct links
+        found, the links to follow, how many were dropped by the bounds)."""
+        html = decode_page(response.body, response.charset, self._config.fallback_encoding_list)
+        parsed = parse_links(html, response.url, self._config.max_links_per_page)
+        canonical = parsed.canonical if parsed.canonical and self._follows(parsed.canonical) else None
+        links, dropped = self._links_to_follow(parsed.links)
+        return html, canonical, len(parsed.links) + parsed.dropped, links, parsed.dropped + dropped
+
+    def _links_to_follow(self, candidates: list[str]) -> tuple[list[str], int]:
+        """In a thread: the links ours to crawl among the first crawl.max_links_per_page of
+        `candidates`, while they fit in crawl.max_stored_links_bytes; and how many were dropped."""
+        limit = self._config.max_links_per_page
+        links: list[str] = []
+        size = 0
+        for looked_at, link in enumerate(candidates[:limit]):
+            if not self._follows(link):
+                continue
+            size += len(link)
+            if size > self._config.max_stored_links_bytes:
+                return links, len(candidates) - looked_at
+            links.append(link)
+        return links, max(0, len(candidates) - limit)
+
+    def _count_dropped_links(self, url: str, found: int, kept: int, dropped: int) -> None:
+        if not dropped:
+            return
+        self._cut["links_dropped"] += dropped
+        log.info(
+            "crawl.page.links url=%s found=%d followed=%d dropped=%d "
+            "reason=over crawl.max_links_per_page=%d or crawl.max_stored_links_bytes=%d",
+            url,
+            found,
+            kept,
+            dropped,
+            self._config.max_links_per_page,
+            self._config.max_stored_links_bytes,
+        )
 
     def _follows(self, url: str) -> bool:
         """Whether a link is ours to crawl: same site, a web page, not too long, allowed by the filters."""
@@ -258,7 +339,7 @@ class SourceCrawl:
         if site != self._site:
             log.info("crawl.source.moved from=%s to=%s", self._site, site)
             self._site = site
-            self._robots = await self._downloader.robots(site)
+            self._robots = await self._before_deadline(self._downloader.robots, site)
 
     async def _check_redirect(self, target: str, any_site: bool) -> str | None:
         if not any_site and not in_scope(target, self._site):
@@ -275,8 +356,19 @@ class SourceCrawl:
         return None
 
     async def _admit(self, url: str, depth: int) -> None:
-        """Queue `url` unless seen, too deep or over budget; robots.txt refusals become rows."""
-        if url in self._seen or depth > self._config.max_depth:
+        """Queue `url` unless seen, too deep, over budget or past the deadline; robots.txt
+        refusals become rows."""
+        if url in self._seen or depth > self._config.max_depth or self._past_deadline():
+            return
+        if len(self._seen) >= self._config.max_seen_urls:
+            if not self._cut["not_queued_seen_full"]:
+                log.info(
+                    "crawl.source.seen_full source=%s seen=%d: new links are no longer queued "
+                    "(crawl.max_seen_urls)",
+                    self._request[schema.SOURCE],
+                    len(self._seen),
+                )
+            self._cut["not_queued_seen_full"] += 1
             return
         self._seen.add(url)
         if self._admitted >= self._config.max_pages:
@@ -290,10 +382,17 @@ class SourceCrawl:
         self._frontier.put_nowait((url, depth))
 
     async def _admit_sitemap_pages(self) -> None:
-        """Queue the pages listed by the site's sitemaps (robots.txt `Sitemap:` lines, /sitemap.xml)."""
+        """Queue the pages listed by the site's sitemaps (robots.txt `Sitemap:` lines, /sitemap.xml),
+        at most crawl.max_sitemap_urls entries of them all together."""
         pending = deque([*self._robots.sitemaps, f"{self._site}/sitemap.xml"])
         read: set[str] = set()
-        while pending and len(read) < _MAX_SITEMAP_FILES and self._admitted < self._config.max_pages:
+        room = self._config.max_sitemap_urls
+        while (
+            pending
+            and len(read) < _MAX_SITEMAP_FILES
+            and self._admitted < self._config.max_pages
+            and room > 0
+        ):
             url = normalize_url(pending.popleft())
             if url is None or url in read:
                 continue
@@ -301,23 +400,47 @@ class SourceCrawl:
                 log.debug("crawl.sitemap url=%s skipped=off site", url)
                 continue
             read.add(url)
-            response = await self._downloader.fetch(
-                url, html_only=False, check_hop=self._downloader.check_safety
+            response = await self._before_deadline(
+                self._downloader.fetch, url, html_only=False, check_hop=self._downloader.check_safety
             )
             if response.error is not None or response.body is None:
                 log.debug("crawl.sitemap url=%s skipped=%s", url, response.error)
                 continue
-            is_index, locs = sitemap_locs(response.body, self._config.max_response_bytes)
-            off_site = 0
-            for loc in locs:
-                target = normalize_url(loc)
-                if target is None or not in_scope(target, self._site):
-                    off_site += 1
-                elif is_index:
-                    pending.append(target)
-                elif self._follows(target):
-                    await self._admit(target, _SITEMAP_DEPTH)
-            log.debug("crawl.sitemap url=%s entries=%d off_site=%d", url, len(locs), off_site)
+            is_index, entries, targets, dropped = await asyncio.to_thread(
+                self._sitemap_entries, response.body, room
+            )
+            room -= entries - dropped
+            level = logging.DEBUG
+            if dropped:
+                self._cut["sitemap_urls_dropped"] += dropped
+                level = logging.INFO
+            log.log(
+                level,
+                "crawl.sitemap url=%s entries=%d followed=%d dropped=%d (crawl.max_sitemap_urls=%d)",
+                url,
+                entries,
+                len(targets),
+                dropped,
+                self._config.max_sitemap_urls,
+            )
+            if is_index:
+                pending.extend(targets)
+                continue
+            for target in targets:
+                await self._admit(target, _SITEMAP_DEPTH)
+
+    def _sitemap_entries(self, body: bytes, room: int) -> tuple[bool, int, list[str], int]:
+        """In a thread: (whether it is an index, its entries, those of the first `room` that are
+        ours to crawl (or to read, in an index), the entries past `room`)."""
+        is_index, locs = sitemap_locs(body, self._config.max_response_bytes)
+        targets = []
+        for loc in locs[:room]:
+            target = normalize_url(loc)
+            if target is None or not in_scope(target, self._site):
+                continue
+            if is_index or self._follows(target):
+                targets.append(target)
+        return is_index, len(locs), targets, max(0, len(locs) - room)
 
     async def _emit(
         self,

@@ -24,7 +24,9 @@ from enum import IntEnum
 
 from psycopg.types.json import Jsonb
 
+from pipelines import ids
 from pipelines.config import QueueConfig
+from pipelines.crawl.patterns import check_source
 from pipelines.schema import SourceStatus
 from pipelines.store import db
 
@@ -101,7 +103,13 @@ def enqueue(
     exclude: list[str] | None = None,
 ) -> str:
     """Queue a crawl of `url` for `tenant` (what the application does with an INSERT); a
-    source already queued or crawled is queued again. Returns the source id."""
+    source already queued or crawled is queued again. Returns the source id.
+
+    Raises InvalidSourceError, saying why on one line, for a request the crawl would refuse:
+    a start URL that is not http(s), a pattern RE2 cannot run (backreferences, lookaround);
+    InvalidTenant for a tenant id that is empty, padded or holds control characters."""
+    ids.check_tenant(tenant)
+    check_source(url, include or [], exclude or [])
     with db.connect(database_url) as conn:
         row = conn.execute(
             f"""INSERT INTO website_sources AS s

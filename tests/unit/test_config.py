@@ -33,6 +33,11 @@ def test_yaml_then_overrides(tmp_path):
         ("crawl.fallback_encodings=windows-1256,klingon", "unknown encoding 'klingon'"),
         ("crawl.fallback_encodings=,", "at least one encoding"),
         ("crawl.sites_in_flight=0", "sites_in_flight must be > 0"),
+        ("crawl.max_links_per_page=0", "max_links_per_page must be > 0"),
+        ("crawl.max_stored_links_bytes=0", "max_stored_links_bytes must be > 0"),
+        ("crawl.max_sitemap_urls=-1", "max_sitemap_urls must be > 0"),
+        ("crawl.source_deadline_seconds=0", "source_deadline_seconds must be > 0"),
+        ("crawl.max_seen_urls=199", r"max_seen_urls must be >= crawl.max_pages \(200\), got 199"),
         ("ray.embed_max_concurrency=0.5", "expected int"),
         ("store.rrf_k=-1", "store.rrf_k must be >= 0"),
         ("store.rrf_candidates=0", "rrf_candidates must be > 0"),
@@ -55,3 +60,11 @@ def test_the_embed_pool_is_fixed_or_autoscales():
     assert build_config(overrides=["ray.embed_max_concurrency=4"]).ray.embed_pool == (1, 4)
     with pytest.raises(ConfigError, match="embed_max_concurrency"):
         build_config(overrides=["ray.embed_concurrency=3", "ray.embed_max_concurrency=2"])
+
+
+def test_the_bounds_on_hostile_sites_are_generous_for_real_ones():
+    crawl = build_config().crawl
+    assert (crawl.max_links_per_page, crawl.max_stored_links_bytes) == (2000, 200_000)
+    assert (crawl.max_sitemap_urls, crawl.max_seen_urls) == (10_000, 20_000)
+    assert crawl.source_deadline_seconds == 3600
+    assert build_config(overrides=["crawl.source_deadline_seconds=1.5"]).crawl.source_deadline_seconds == 1.5

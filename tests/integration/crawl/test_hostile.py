@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gzip
+import logging
 import ssl
 import subprocess
 import threading
+import time
 import zlib
 from urllib.parse import urlsplit
 
@@ -18,8 +20,11 @@ from aiohttp import web
 
 from pipelines import schema
 from pipelines.config import CrawlConfig
+from pipelines.crawl import Crawler, frontier
+from pipelines.crawl.content import parse_links
+from pipelines.crawl.frontier import TIMED_OUT
 from pipelines.metrics import CRAWL_PAGES, CRAWL_SOURCES
-from tests.integration.crawl.crawling import by_path, crawl
+from tests.integration.crawl.crawling import by_path, crawl, requests
 
 pytestmark = pytest.mark.integration
 
@@ -386,3 +391,206 @@ def test_progress_counts_and_metrics(serve_app):
     assert found == sorted(found) and found[-1] == 20, "pages found grows as links are discovered"
     assert CRAWL_PAGES.value() - requests_before == 20
     assert CRAWL_SOURCES.value(status="completed") - sites_before == 1
+
+
+# --- hostile tenants: patterns, link bombs, slow sites (no tenant may stall the service) -------
+
+LINK_BOMB_LINKS = 200_000  # ~5 MB of <a href>: ~7 s of parsing and filtering if nothing bounds it
+
+
+def _links_site(links: list[str], sitemap_locs: int = 0) -> web.Application:
+    """`/` links to `links`; every other page is a small leaf; `/sitemap.xml` lists
+    `sitemap_locs` pages."""
+
+    async def index(_request):
+        return _html(html_page("index", links))
+
+    async def leaf(_request):
+        return _html(html_page("a leaf"))
+
+    async def sitemap(request):
+        locs = "".join(f"<url><loc>http://{request.host}/s/{n}</loc></url>" for n in range(sitemap_locs))
+        return web.Response(text=f"<urlset>{locs}</urlset>", content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/sitemap.xml", sitemap)
+    app.router.add_get("/{tail:.+}", leaf)
+    return app
+
+
+# Only the start page and what it links to.
+LINKS_ONLY = dataclasses.replace(CONFIG, respect_robots=False, use_sitemap=False)
+
+
+@pytest.fixture
+def crawl_log(caplog):
+    """The crawl's INFO log lines, where the bounds record what they cut."""
+    caplog.set_level(logging.INFO, logger="pipelines.crawl")
+    return caplog
+
+
+def _done_line(caplog) -> str:
+    return next(r.getMessage() for r in caplog.records if r.getMessage().startswith("crawl.source.done"))
+
+
+@pytest.mark.timeout(30)
+def test_a_catastrophic_exclude_pattern_runs_in_linear_time(serve_app):
+    # Python's re: 2**40 steps on the first link. RE2: one pass over each URL.
+    hostile_link, excluded_link = "/x/" + "a" * 40 + "!", "/y/aaaa"
+    _, base_url = serve_app(_links_site([hostile_link, excluded_link]))
+    started = time.monotonic()
+    _, rows = crawl(LINKS_ONLY, base_url, exclude=[r"(a+)+$"])
+    assert time.monotonic() - started < 5
+    assert set(by_path(rows)) == {"/", hostile_link}
+
+
+@pytest.mark.parametrize(
+    "pattern, reason", [(r"/(\w+)/\1", "backreferences and lookaround"), (r"/a.{999}b", "too complex")]
+)
+def test_a_pattern_re2_cannot_run_is_one_failed_row_that_says_why(serve_app, pattern, reason):
+    server, base_url = serve_app(_links_site(["/a"]))
+    _, rows = crawl(CONFIG, base_url, include=[pattern])
+    assert [r[schema.STATUS] for r in rows] == [schema.PageStatus.FAILED]
+    assert rows[0][schema.ERROR].startswith(f"invalid include pattern {pattern!r}: ")
+    assert reason in rows[0][schema.ERROR]
+    assert server.paths() == [], "a refused source fetches nothing"
+
+
+@pytest.mark.timeout(60)
+def test_a_link_bomb_is_cut_to_the_per_page_link_budget(serve_app, crawl_log):
+    links = [f"/l/{n}" for n in range(LINK_BOMB_LINKS)]
+    server, base_url = serve_app(_links_site(links))
+    config = dataclasses.replace(LINKS_ONLY, max_response_bytes=8_000_000, max_pages=3)
+    budget = config.max_links_per_page
+    started = time.monotonic()
+    _, rows = crawl(config, base_url)
+    elapsed = time.monotonic() - started
+    start = by_path(rows)["/"]
+    assert start[schema.LINKS] == [f"{base_url}l/{n}" for n in range(budget)]
+    assert f"found={LINK_BOMB_LINKS} followed={budget} dropped={LINK_BOMB_LINKS - budget}" in crawl_log.text
+    assert f"links_dropped={LINK_BOMB_LINKS - budget}" in _done_line(crawl_log)
+    assert len(rows) == 3 and len(server.paths()) == 3
+    assert elapsed < 10, f"{elapsed:.1f}s for one page"
+
+
+def test_stored_links_stop_at_their_size_cap(serve_app, crawl_log):
+    links = [f"/long/{n:04d}/" + "x" * 990 for n in range(300)]  # ~300 KB of links
+    _, base_url = serve_app(_links_site(links))
+    config = dataclasses.replace(
+        LINKS_ONLY, max_response_bytes=1_000_000, max_stored_links_bytes=50_000, max_pages=1
+    )
+    _, rows = crawl(config, base_url)
+    stored = by_path(rows)["/"][schema.LINKS]
+    assert 0 < sum(map(len, stored)) <= 50_000 < sum(map(len, stored)) + len(stored[0])
+    assert stored == [f"{base_url}{link[1:]}" for link in links[: len(stored)]], (
+        "the first ones, in page order"
+    )
+    assert f"links_dropped={300 - len(stored)}" in _done_line(crawl_log)
+
+
+def test_a_sitemap_bomb_is_cut_to_max_sitemap_urls(serve_app, crawl_log):
+    _, base_url = serve_app(_links_site([], sitemap_locs=50_000))
+    config = dataclasses.replace(
+        CONFIG, respect_robots=False, max_response_bytes=5_000_000, max_sitemap_urls=20, max_pages=100
+    )
+    _, rows = crawl(config, base_url)
+    assert sorted(by_path(rows)) == sorted(["/", *(f"/s/{n}" for n in range(20))])
+    assert "entries=50000 followed=20 dropped=49980" in crawl_log.text
+    assert "sitemap_urls_dropped=49980" in _done_line(crawl_log)
+
+
+def test_the_seen_set_stops_growing_at_its_cap(serve_app, crawl_log):
+    _, base_url = serve_app(_links_site([f"/l/{n}" for n in range(100)]))
+    config = dataclasses.replace(LINKS_ONLY, max_pages=5, max_seen_urls=10, max_depth=1)
+    _, rows = crawl(config, base_url)
+    assert len(rows) == 5
+    # Seen: the start page, 4 pages queued, 5 more counted over the budget; then it is full.
+    assert "not_queued_over_max_pages=5 not_queued_seen_full=91" in _done_line(crawl_log)
+    assert "crawl.source.seen_full" in crawl_log.text
+
+
+def test_links_are_parsed_off_the_event_loop(serve_app, monkeypatch):
+    threads = []
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return parse_links(*args, **kwargs)
+
+    monkeypatch.setattr(frontier, "parse_links", recording)
+    _, base_url = serve_app(_links_site(["/a", "/b"]))
+    _, rows = crawl(LINKS_ONLY, base_url)
+    assert len(rows) == 3 and len(threads) == 3
+    assert threading.main_thread() not in threads, "the crawl's event loop runs in the main thread here"
+
+
+class CountingFeed:
+    """One batch of sites, counting the page credits the crawl takes and gives back."""
+
+    poll_seconds = None
+
+    def __init__(self, requests: list[dict]) -> None:
+        self.requests: list[dict] | None = requests
+        self.taken = self.given_back = 0
+
+    async def take(self, running):
+        requests, self.requests = self.requests, None
+        return requests
+
+    async def crawled(self, request, pages):
+        return None
+
+    async def admit_page(self):
+        self.taken += 1
+
+    async def page_skipped(self):
+        self.given_back += 1
+
+
+def _slow_site(slowness: str) -> web.Application:
+    """`/` answers at once and links to pages that come slowly: after a robots.txt Crawl-delay
+    of 60 s, or a response that only ends when the server stops."""
+    released = asyncio.Event()
+
+    async def index(_request):
+        return _html(html_page("index", [f"/p/{n}" for n in range(5)]))
+
+    async def page(_request):
+        if slowness == "response":
+            await released.wait()
+        return _html(html_page("too late"))
+
+    async def robots(_request):
+        return web.Response(text="User-agent: *\nCrawl-delay: 60\n" if slowness == "crawl-delay" else "")
+
+    async def release(_app):
+        released.set()
+
+    app = web.Application()
+    app.on_shutdown.append(release)
+    app.router.add_get("/", index)
+    app.router.add_get("/p/{n}", page)
+    app.router.add_get("/robots.txt", robots)
+    return app
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("slowness", ["crawl-delay", "response"])
+def test_a_source_deadline_ends_a_slow_crawl_with_the_pages_it_has(serve_app, crawl_log, slowness):
+    _, base_url = serve_app(_slow_site(slowness))
+    config = dataclasses.replace(
+        CONFIG, source_deadline_seconds=1.0, use_sitemap=False, total_timeout_seconds=30
+    )
+    feed = CountingFeed([schema.crawl_request("tenant-a", "source-0", base_url)])
+    timed_out_before = CRAWL_SOURCES.value(status=TIMED_OUT)
+    started = time.monotonic()
+    blocks = list(Crawler(config, feed=feed)(requests(base_url)))
+    elapsed = time.monotonic() - started
+    rows = [row for block in blocks for row in block.to_pylist()]
+    assert elapsed < 5, f"the crawl ran {elapsed:.1f}s past a 1 s deadline"
+    assert [(urlsplit(r[schema.URL]).path, r[schema.STATUS]) for r in rows] == [
+        ("/", schema.PageStatus.COMPLETED)
+    ], "the page fetched before the deadline stays"
+    assert "not_fetched_past_deadline=5" in _done_line(crawl_log)
+    assert CRAWL_SOURCES.value(status=TIMED_OUT) - timed_out_before == 1
+    assert feed.taken - feed.given_back == len(rows), "every credit of a fetch cut short goes back"

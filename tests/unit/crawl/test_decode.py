@@ -42,6 +42,15 @@ def test_links_and_canonical_are_resolved_against_base():
     assert parsed.canonical == "http://site.test/docs/page"
 
 
+def test_only_the_first_distinct_hrefs_are_parsed_the_rest_counted():
+    hrefs = ["/a", "/a", "/b", "mailto:x@y", "/c", "/d", "/c", "/e"]
+    html = "<html><body>" + "".join(f'<a href="{h}">x</a>' for h in hrefs) + "</body></html>"
+    parsed = parse_links(html, "http://site.test/", max_links=3)
+    assert parsed.links == ["http://site.test/a", "http://site.test/b"]  # mailto: is no link
+    assert parsed.dropped == 3  # /c, /d, /e: distinct hrefs, each counted once
+    assert parse_links(html, "http://site.test/").dropped == 0
+
+
 def test_gzipped_sitemaps_unpack_but_not_past_the_cap():
     urlset = b'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"><url><loc>http://s.test/a</loc></url></urlset>'
     assert sitemap_locs(gzip.compress(urlset), 10_000) == (False, ["http://s.test/a"])
