@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 
 from pipelines import pipeline, schema
@@ -25,8 +26,15 @@ def index_sources(requests: list[dict], config: PipelineConfig, database_url: st
     documents = pipeline.crawl_documents(requests, config, pipeline.page_history(config, database_url))
     results = pipeline.index_documents(documents, config, database_url)
 
+    labels = {r[schema.SOURCE]: f"tenant={r[schema.TENANT]} url={r[schema.URL]}" for r in requests}
+    to_console = not sys.stdout.isatty()  # a terminal has Ray Data's bars instead
+
     def write_progress(report: RunReport) -> None:
         record_progress(database_url, report.progress_by_source())
+        if to_console:
+            elapsed = time.perf_counter() - started
+            for source, label in labels.items():
+                print(report.progress_line(source, label, elapsed), flush=True)
 
     report = collect(results, label, started, write_progress, config.crawl.progress_interval_seconds)
     totals = " ".join(f"{k}={v}" for k, v in report.totals.as_dict().items())

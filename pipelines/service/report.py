@@ -100,6 +100,20 @@ class RunReport:
             summed.absorb(progress)
         return summed
 
+    def progress_line(self, source: str, label: str, elapsed_seconds: float) -> str:
+        """One source's progress for a log or a console that is not a terminal (where Ray Data's
+        bars are off): URLs found so far, pages written, chunks, the rate and what is left."""
+        progress = self.sources.get(source, SourceProgress())
+        written = progress.as_dict()["pages_crawled"]
+        rate = written / elapsed_seconds if elapsed_seconds > 0 else 0.0
+        left = max(progress.pages_found - written, 0)
+        eta = f"{left / rate:.0f}s" if rate > 0 else "unknown"
+        return (
+            f"progress {label} found={progress.pages_found} written={written} "
+            f"failed={progress.pages_failed} chunks={progress.chunks} pages_per_s={rate:.2f} "
+            f"eta={eta} (of the URLs found so far)"
+        )
+
     def progress_by_source(self) -> dict[str, dict[str, int]]:
         """What `record_progress` writes: each running source's crawl_progress."""
         return {source: progress.as_dict() for source, progress in self.sources.items()}

@@ -48,3 +48,21 @@ def test_a_retired_source_leaves_the_report_but_stays_in_the_totals():
     assert list(report.sources) == ["a"]
     totals = report.totals
     assert (totals.pages_completed, totals.pages_failed, totals.chunks) == (2, 1, 5)
+
+
+def test_a_progress_line_says_what_is_done_how_fast_and_what_is_left():
+    report = RunReport("t")
+    report.add(
+        {
+            schema.SOURCE: ["a"] * 4,
+            schema.STATUS: ["completed", "completed", "unchanged", "failed"],
+            schema.ERROR: [None, None, None, "HTTP 500"],
+            schema.CHUNKS_WRITTEN: [3, 2, 0, 0],
+            schema.VECTORS_WRITTEN: [6, 4, 0, 0],
+            schema.URLS_QUEUED: [8, 10, 12, 12],
+        }
+    )
+    line = report.progress_line("a", "tenant=t url=http://a/", elapsed_seconds=2.0)
+    assert line.startswith("progress tenant=t url=http://a/ found=12 written=4 failed=1 chunks=5")
+    assert "pages_per_s=2.00" in line and "eta=4s" in line
+    assert "eta=unknown" in RunReport("t").progress_line("b", "x", 0.0)
