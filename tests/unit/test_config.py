@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from pipelines.config import ConfigError, build_config
@@ -55,3 +57,48 @@ def test_the_embed_pool_is_fixed_or_autoscales():
     assert build_config(overrides=["ray.embed_max_concurrency=4"]).ray.embed_pool == (1, 4)
     with pytest.raises(ConfigError, match="embed_max_concurrency"):
         build_config(overrides=["ray.embed_concurrency=3", "ray.embed_max_concurrency=2"])
+
+
+def test_the_embedded_database_has_one_home_per_user_whatever_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    assert build_config().store.data_dir == str(tmp_path / "home/.local/share/kb-pipeline/pgdata")
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")  # the XDG spec ignores relative paths
+    assert build_config().store.data_dir == str(tmp_path / "home/.local/share/kb-pipeline/pgdata")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert build_config().store.data_dir == str(tmp_path / "xdg/kb-pipeline/pgdata")
+    assert build_config(overrides=["store.data_dir=/srv/pg"]).store.data_dir == "/srv/pg"
+
+
+def test_a_local_ray_starts_its_dashboard_unless_told_not_to():
+    assert build_config().ray.dashboard is True
+    assert build_config(overrides=["ray.dashboard=false"]).ray.dashboard is False
+
+
+class _FakeRay:
+    """What `db.refuse_embedded_on_cluster` asks of Ray: connected, and the nodes it knows."""
+
+    def __init__(self, alive: int, dead: int = 0):
+        self._nodes = [{"Alive": True}] * alive + [{"Alive": False}] * dead
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def nodes(self) -> list[dict]:
+        return self._nodes
+
+
+def test_the_embedded_database_is_refused_on_a_multi_node_ray_cluster(tmp_path, monkeypatch):
+    from pipelines.store import db
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    config = build_config(store={"data_dir": str(tmp_path / "never-created")}).store
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay(alive=1, dead=2))
+    db.refuse_embedded_on_cluster()  # one machine (dead nodes aside): the embedded server is fine
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay(alive=3))
+    with pytest.raises(db.DatabaseUnavailable, match=r"3 nodes.*set DATABASE_URL to a PostgreSQL"):
+        db.resolve_database_url(config)
+    assert not (tmp_path / "never-created").exists(), "refused before creating a database"
+    explicit = build_config(store={"database_url": "postgresql://db.internal/kb"}).store
+    assert db.resolve_database_url(explicit) == "postgresql://db.internal/kb"
