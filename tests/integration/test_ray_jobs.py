@@ -125,6 +125,12 @@ def _client(head: Head):
         pytest.fail(f"the head did not start:\n{head.log.read_text(errors='replace')[-5000:]}")
 
 
+def _get(head: Head, path: str) -> dict:
+    request = urllib.request.Request(head.url + path, headers={"Authorization": f"Bearer {head.token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
 def _finished(client, job_id: str, timeout: float) -> str:
     """The job's logs once it ended; fails with them unless it SUCCEEDED."""
 
@@ -159,6 +165,10 @@ def test_crawl_and_search_submitted_to_a_ray_head_with_its_dashboard(ray_head, d
     assert "pages indexed" in crawl_logs
     assert f"Ray dashboard: {ray_head.url}" in crawl_logs, "the job says where the dashboard is"
     assert "embedded PostgreSQL" not in crawl_logs, "DATABASE_URL wins"
+    # The job's page on the dashboard shows its dataset operator by operator (Ray Data Overview).
+    datasets = _get(ray_head, f"/api/data/datasets/{client.get_job_info(crawl).job_id}")["datasets"]
+    operators = " ".join(op["operator"] for dataset in datasets for op in dataset["operators"])
+    assert "MapBatches(Crawler)" in operators and "MapBatches(EmbedStage)" in operators, datasets
 
     search = client.submit_job(
         entrypoint=f"python -m jobs.search --tenant {tenant} --k 3 'هضم کتابخانه‌ای پایتونی'",
