@@ -25,5 +25,7 @@ test: $(STAMP)
 evaluate: $(STAMP)
 	$(PY) -m jobs.evaluate --qa ../shared/corpora/persianqa/dev.json
 
+# The embedded database's home (store.data_dir's default, pipelines/config.py); .data is where
+# it lived before.
 clean-data:
-	rm -rf .data
+	rm -rf "$${XDG_DATA_HOME:-$$HOME/.local/share}/kb-pipeline/pgdata" .data

@@ -251,6 +251,14 @@ class EmbedConfig:
         return Backoff(self.api_retry_backoff_seconds, self.api_retry_max_wait_seconds)
 
 
+def default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/kb-pipeline/pgdata`, or `~/.local/share/kb-pipeline/pgdata` (the XDG
+    default, also when $XDG_DATA_HOME is unset, empty or relative)."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "kb-pipeline" / "pgdata"
+
+
 GPU_BATCH_SIZE = 256
 CPU_BATCH_SIZE = 32
 
@@ -262,7 +270,10 @@ class StoreConfig:
     skip_unchanged: bool = True  # false re-chunks and re-embeds pages whose text is already indexed
     vector_cache: bool = True  # reuse the stored vector of a text this model has embedded before
     reembed_rows_per_block: int = 256  # chunks per block a re-embedding run reads, embeds and writes
-    data_dir: str = str(REPO_ROOT / ".data" / "pgdata")
+    # The embedded server's data: one home per user, whatever the working directory, so every
+    # job on this machine (run here or submitted with `ray job submit`, which runs it in an
+    # unpacked copy of the code) reads and writes the same knowledge base.
+    data_dir: str = field(default_factory=lambda: str(default_data_dir()))
     pool_max_size: int = 2  # connections per writer actor
     # A batch whose connection breaks (database restart, failover) is written again from the
     # start, after up to 1, 2, 4… seconds (full jitter, pipelines/retry.py; each wait capped at
@@ -385,6 +396,9 @@ class RayConfig:
     write_cpus: float = 0.25  # writing waits on the database
     lookup_cpus: float = 0.25  # the unchanged-page check: one query per batch
     reembed_readers: int = 2  # re-embedding: tasks reading chunks, each a share of the id space (max 16)
+    # A local Ray (no address) starts its dashboard (jobs, Ray Data's operators, metrics) and the
+    # job prints its URL; false saves the dashboard's start-up time and memory (the tests do).
+    dashboard: bool = True
 
     @property
     def batch_size(self) -> int | None:

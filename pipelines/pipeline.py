@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -19,12 +20,12 @@ import ray.data
 from pipelines import ids
 from pipelines.chunk import CHUNKER_VERSION, Chunker
 from pipelines.clean import Cleaner
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, database_url_from_env
 from pipelines.crawl import Crawler
 from pipelines.crawl.contracts import PageHistory, SourceFeed
 from pipelines.embed import model_id
 from pipelines.embed.stage import ChunkTextEmbedder, EmbedStage
-from pipelines.store import model_switch
+from pipelines.store import db, model_switch
 from pipelines.store.cache import StoredVectorCache
 from pipelines.store.history import StoredPageHistory
 from pipelines.store.model_switch import ChunkReader, NextVectorWriter, Target
@@ -38,16 +39,23 @@ _STAGE_NAME = re.compile(r"MapBatches\((\w+)\)")
 
 
 def init_ray(config: PipelineConfig) -> None:
-    """Join the cluster a `ray job submit` runs us on, or start a local Ray."""
+    """Join the cluster a `ray job submit` runs us on, or start a local Ray (with its dashboard
+    unless `ray.dashboard` is false); print where the dashboard is. A job that would use the
+    embedded database stops here on a multi-node cluster (see `db.refuse_embedded_on_cluster`)."""
     if ray.is_initialized():
         return
-    ray.init(
+    context = ray.init(
         address=config.ray.address or None,
         num_cpus=config.ray.num_cpus or None,
-        include_dashboard=False,
+        include_dashboard=config.ray.dashboard,  # ignored when joining a cluster: it has its own
         logging_level=logging.WARNING,
         configure_logging=True,
     )
+    if context.dashboard_url:
+        print(f"Ray dashboard: http://{context.dashboard_url}", file=sys.stderr, flush=True)
+    if not database_url_from_env(config.store):
+        # The database was resolved before Ray started (open_store): check now that Ray knows the nodes.
+        db.refuse_embedded_on_cluster()
     ray.data.DataContext.get_current().enable_progress_bars = True
     # A small crawl gives a task pool fewer blocks than its concurrency allows: Ray Data then
     # suggests repartitioning, which is no help for a stream whose size the crawl decides.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -50,15 +51,19 @@ def start_embedded(data_dir: str | Path) -> str:
                 f"could not start the embedded PostgreSQL in {path}: {exc}. "
                 "Set DATABASE_URL to use another server, or remove the folder to start afresh."
             ) from exc
-        log.info("db.embedded_started data_dir=%s", path)
+        # Said once per process, so a user sees which knowledge base a job reads and writes.
+        print(f"embedded PostgreSQL in {path}", file=sys.stderr, flush=True)
     return _EMBEDDED[path].get_uri()
 
 
 def resolve_database_url(config: StoreConfig) -> str:
-    """The configured URL (checked, so a malformed one fails here in words, not as a traceback
-    at the first connection), else the embedded server's."""
+    """The configured URL, $DATABASE_URL or store.database_url (checked, so a malformed one
+    fails here in words, not as a traceback at the first connection), else the embedded server
+    under store.data_dir: refused on a multi-node Ray cluster, whose other nodes could not
+    reach it."""
     url = database_url_from_env(config)
     if not url:
+        refuse_embedded_on_cluster()
         return start_embedded(config.data_dir)
     check_database_url(url, "store.database_url" if config.database_url else "DATABASE_URL")
     return url
@@ -141,6 +146,21 @@ def connect_options(url: str) -> dict:
     if not explicit and not os.environ.get("PGCONNECT_TIMEOUT"):
         options["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     return options
+
+
+def refuse_embedded_on_cluster() -> None:
+    """Raise `DatabaseUnavailable` when this process is connected to a Ray cluster of more than
+    one node: an embedded server lives on one machine, out of the other nodes' reach. Without
+    Ray connected there is nothing to check (Ray is not imported for it)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if alive > 1:
+        raise DatabaseUnavailable(
+            f"this Ray cluster has {alive} nodes and no DATABASE_URL: set DATABASE_URL to a PostgreSQL "
+            "(with pgvector) that every node reaches; the embedded server is for one machine"
+        )
 
 
 # Every connection of ours holds no state between transactions (advisory locks, temp tables

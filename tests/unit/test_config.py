@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from pipelines.config import ConfigError, build_config
@@ -68,3 +70,48 @@ def test_the_bounds_on_hostile_sites_are_generous_for_real_ones():
     assert (crawl.max_sitemap_urls, crawl.max_seen_urls) == (10_000, 20_000)
     assert crawl.source_deadline_seconds == 3600
     assert build_config(overrides=["crawl.source_deadline_seconds=1.5"]).crawl.source_deadline_seconds == 1.5
+
+
+def test_the_embedded_database_has_one_home_per_user_whatever_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    assert build_config().store.data_dir == str(tmp_path / "home/.local/share/kb-pipeline/pgdata")
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")  # the XDG spec ignores relative paths
+    assert build_config().store.data_dir == str(tmp_path / "home/.local/share/kb-pipeline/pgdata")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert build_config().store.data_dir == str(tmp_path / "xdg/kb-pipeline/pgdata")
+    assert build_config(overrides=["store.data_dir=/srv/pg"]).store.data_dir == "/srv/pg"
+
+
+def test_a_local_ray_starts_its_dashboard_unless_told_not_to():
+    assert build_config().ray.dashboard is True
+    assert build_config(overrides=["ray.dashboard=false"]).ray.dashboard is False
+
+
+class _FakeRay:
+    """What `db.refuse_embedded_on_cluster` asks of Ray: connected, and the nodes it knows."""
+
+    def __init__(self, alive: int, dead: int = 0):
+        self._nodes = [{"Alive": True}] * alive + [{"Alive": False}] * dead
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def nodes(self) -> list[dict]:
+        return self._nodes
+
+
+def test_the_embedded_database_is_refused_on_a_multi_node_ray_cluster(tmp_path, monkeypatch):
+    from pipelines.store import db
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    config = build_config(store={"data_dir": str(tmp_path / "never-created")}).store
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay(alive=1, dead=2))
+    db.refuse_embedded_on_cluster()  # one machine (dead nodes aside): the embedded server is fine
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay(alive=3))
+    with pytest.raises(db.DatabaseUnavailable, match=r"3 nodes.*set DATABASE_URL to a PostgreSQL"):
+        db.resolve_database_url(config)
+    assert not (tmp_path / "never-created").exists(), "refused before creating a database"
+    explicit = build_config(store={"database_url": "postgresql://db.internal/kb"}).store
+    assert db.resolve_database_url(explicit) == "postgresql://db.internal/kb"
