@@ -190,7 +190,7 @@ def _crawl_here(pages: int, start_url: str) -> dict:
             "allow_private_network": True,
             "use_sitemap": False,
         },
-        ray={"num_cpus": RAY_CPUS},
+        ray={"num_cpus": RAY_CPUS, "dashboard": False},  # its processes would count as the crawl's memory
     )
     pipeline.init_ray(config)
     ray.data.DataContext.get_current().enable_progress_bars = False  # stderr noise, no information

@@ -299,8 +299,9 @@ def _scaling_child(cpus: int, url: str, pages: int) -> ScalingRun:
     from building its dataset to its last batch, is mostly the stages' work."""
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cpus]))  # Ray's processes inherit it
     crawl = {"max_depth": pages, "allow_private_network": True, "use_sitemap": False}
-    config = build_config(crawl={**crawl, "max_pages": pages}, ray={"num_cpus": cpus})
-    warm = build_config(crawl={**crawl, "max_pages": 20}, ray={"num_cpus": cpus})
+    # No dashboard: its processes would count as the crawl's memory.
+    config = build_config(crawl={**crawl, "max_pages": pages}, ray={"num_cpus": cpus, "dashboard": False})
+    warm = build_config(crawl={**crawl, "max_pages": 20}, ray={"num_cpus": cpus, "dashboard": False})
     _init_ray(config)
     requests = [schema.crawl_request("bench-tenant", "bench-source", url)]
     for _ in pipeline.crawl_documents(requests, warm).iter_batches(batch_format="pyarrow", batch_size=None):
