@@ -56,7 +56,9 @@ def init_ray(config: PipelineConfig) -> None:
     if not database_url_from_env(config.store):
         # The database was resolved before Ray started (open_store): check now that Ray knows the nodes.
         db.refuse_embedded_on_cluster()
-    ray.data.DataContext.get_current().enable_progress_bars = True
+    # Bars for a terminal; elsewhere (a log file, `ray job logs`) they are noise, and the crawl
+    # prints one progress line per source instead (pipelines/service/oneshot.py).
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stdout.isatty()
     # A small crawl gives a task pool fewer blocks than its concurrency allows: Ray Data then
     # suggests repartitioning, which is no help for a stream whose size the crawl decides.
     warnings.filterwarnings(
