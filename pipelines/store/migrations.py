@@ -388,6 +388,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                     WHERE part.text <> '' AND part.text <> ALL (stopwords)
                       -- no lone Persian letter; a lone digit or Latin letter (ویتامین k) stays
                       AND (char_length(stemmed.term) > 1 OR stemmed.term ~ '^[0-9a-z]$')
+                      -- nor a run of 256+ letters (base64, a hash list): junk to search, and a
+                      -- lexeme over 2046 bytes would make the tsvector, so the write, fail
+                      AND char_length(stemmed.term) <= 255
                     ORDER BY word.n, stemmed.term, part.k
                 ) AS found_terms
                 ORDER BY n, k);
