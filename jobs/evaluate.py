@@ -1,13 +1,15 @@
 """Retrieval quality through the real path: index a QA file's passages, ask its questions.
 
-    python -m jobs.evaluate --qa ../shared/corpora/persianqa/dev.json [--k 1,5] [--mode all]
+    python -m jobs.evaluate --qa ../shared/corpora/persianqa/dev.json [--k 1,5] [--mode all] [--dump F]
 
 The passages become one tenant's documents and go through the SAME chunk → embed → pgvector
 stages as crawled pages; each question goes through the same search as `jobs.search`, in the
 mode `--mode` names: hybrid (default), vector, text, or all (indexed once, asked in each). A
-question counts as found at k when a chunk of its passage is among the top k hits. The last
-line printed is exactly `recall@1=0.XXX recall@5=0.XXX` (one term per k); with `--mode all`,
-the last three are `vector recall@1=…`, `text recall@1=…` and `hybrid recall@1=…`.
+question's rank is the place of its passage's first chunk among the hits (pipelines/evaluation.py
+defines the metrics). The last line printed is exactly
+`recall@1=0.XXX recall@5=0.XXX mrr=0.XXX ndcg@10=0.XXX` (one recall per k); with `--mode all`,
+the last three are `vector recall@1=…`, `text recall@1=…` and `hybrid recall@1=…`. `--dump F`
+writes each question's rank in every mode to F, one JSON line per question.
 """
 
 from __future__ import annotations
@@ -29,18 +31,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--mode", choices=[*MODES, "all"], default="hybrid", help="search mode, or all three (default hybrid)"
     )
+    p.add_argument(
+        "--dump", type=Path, metavar="FILE", help="write each question's rank per mode (JSON lines)"
+    )
     args = p.parse_args(argv)
     ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
     config = start_job(args)
     modes = ["vector", "text", "hybrid"] if args.mode == "all" else [args.mode]
     with database_errors_exit():
         try:
-            recall = evaluate_modes(args.qa, ks, config, args.tenant, args.vectors, modes)
+            results = evaluate_modes(args.qa, ks, config, args.tenant, args.vectors, modes, args.dump)
         except QAFormatError as exc:
             sys.exit(f"bad QA file: {exc}")
+    if args.dump:
+        print(f"ranks of {len(results[modes[0]].ranks)} questions written to {args.dump}")
     for mode in modes:
         label = f"{mode} " if args.mode == "all" else ""
-        print(label + " ".join(f"recall@{k}={recall[mode][k]:.3f}" for k in ks))
+        print(label + results[mode].summary())
 
 
 if __name__ == "__main__":

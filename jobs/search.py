@@ -2,8 +2,8 @@
 
 python -m jobs.search --tenant T [--k 5] [--mode hybrid|vector|text] [--vectors both|full|tldr] QUERY
 
---mode hybrid (default) fuses the vector and the full-text results by reciprocal rank; the
-score is then the fused score (store.rrf_k, store.rrf_candidates), not a similarity.
+--mode hybrid (default) fuses the vector and the BM25 full-text results (store.hybrid_fusion,
+store.hybrid_vector_weight); the score is then the fused score, not a similarity.
 """
 
 from __future__ import annotations

@@ -1,12 +1,20 @@
 """Retrieval quality through the real path (`jobs.evaluate`): a QA file's passages indexed by
 the same chunk → embed → pgvector stages as crawled pages, its questions asked through the
-same searches as `jobs.search`; a question counts as found at k when a chunk of its passage
-is among the top k hits."""
+same searches as `jobs.search`.
+
+A question's rank is the place of the first hit from its passage (1 is the top) among the
+`max(k, 10)` hits asked for, or None when none is. From the ranks, per search mode:
+recall@k (the share of questions ranked k or better), MRR (the mean of 1/rank, 0 when not
+found: MRR@depth) and nDCG@10 (one relevant passage per question, so 1/log2(1 + rank) for a
+rank up to 10, else 0).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -69,17 +77,59 @@ def passages_as_documents(passages: list[dict], tenant: str, source: str) -> pa.
     return pa.Table.from_pylist(rows, schema=schema.DOCUMENT)
 
 
+def recall_at(ranks: list[int | None], k: int) -> float:
+    """The share of questions whose passage is among the top k hits."""
+    return sum(1 for rank in ranks if rank is not None and rank <= k) / len(ranks)
+
+
+def mean_reciprocal_rank(ranks: list[int | None]) -> float:
+    return math.fsum(1 / rank for rank in ranks if rank is not None) / len(ranks)
+
+
+def ndcg_at(ranks: list[int | None], k: int = 10) -> float:
+    """nDCG@k with one relevant passage per question: the ideal DCG is 1 (rank 1)."""
+    return math.fsum(1 / math.log2(1 + rank) for rank in ranks if rank is not None and rank <= k) / len(ranks)
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    """One search mode's ranks (one per question, in the QA file's order) and their metrics."""
+
+    ranks: list[int | None]
+    ks: list[int]
+    recall: dict[int, float] = field(init=False)
+    mrr: float = field(init=False)
+    ndcg10: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recall", {k: recall_at(self.ranks, k) for k in self.ks})
+        object.__setattr__(self, "mrr", mean_reciprocal_rank(self.ranks))
+        object.__setattr__(self, "ndcg10", ndcg_at(self.ranks, 10))
+
+    def summary(self) -> str:
+        """`recall@1=0.XXX recall@5=0.XXX mrr=0.XXX ndcg@10=0.XXX` (one recall per k)."""
+        recalls = " ".join(f"recall@{k}={self.recall[k]:.3f}" for k in self.ks)
+        return f"{recalls} mrr={self.mrr:.3f} ndcg@10={self.ndcg10:.3f}"
+
+
 def evaluate(
     qa_path: Path, ks: list[int], config: PipelineConfig, tenant: str, vectors: str, mode: str = "hybrid"
 ) -> dict[int, float]:
     """Recall at each k of `mode`'s search."""
-    return evaluate_modes(qa_path, ks, config, tenant, vectors, [mode])[mode]
+    return evaluate_modes(qa_path, ks, config, tenant, vectors, [mode])[mode].recall
 
 
 def evaluate_modes(
-    qa_path: Path, ks: list[int], config: PipelineConfig, tenant: str, vectors: str, modes: list[str]
-) -> dict[str, dict[int, float]]:
-    """Index the passages once, then recall at each k for every search mode in `modes`."""
+    qa_path: Path,
+    ks: list[int],
+    config: PipelineConfig,
+    tenant: str,
+    vectors: str,
+    modes: list[str],
+    dump: Path | None = None,
+) -> dict[str, ModeResult]:
+    """Index the passages once, then each question's rank and the metrics for every search mode
+    in `modes`; with `dump`, each question's rank per mode is written there too (JSON lines)."""
     passages, questions = load_qa(qa_path)
     database_url, embedder = open_store(config)
     pipeline.init_ray(config)
@@ -103,39 +153,58 @@ def evaluate_modes(
         started = time.perf_counter()
         query_vectors = list(embedder.embed_queries([normalize(q["question"]) for q in questions]))
         print(f"embedded {len(questions)} questions in {time.perf_counter() - started:.1f} s")
-    recall = {}
+    depth = max([*ks, 10])
+    results = {}
     with db.connect(database_url) as conn:
         for mode in modes:
             started = time.perf_counter()
-            recall[mode] = _recall(
-                conn, questions, query_vectors, ks, config, tenant, vectors, mode, embedder
-            )
+            ranks = _ranks(conn, questions, query_vectors, depth, config, tenant, vectors, mode, embedder)
+            results[mode] = ModeResult(ranks, ks)
             print(
                 f"asked {len(questions)} questions in {time.perf_counter() - started:.1f} s "
                 f"(mode {mode}, model {embedder.model_id}, vectors {vectors})"
             )
-    return recall
+    if dump is not None:
+        write_ranks(dump, questions, results)
+    return results
 
 
-def _recall(
+def write_ranks(path: Path, questions: list[dict], results: dict[str, ModeResult]) -> None:
+    """One JSON line per question: its id, text and passage, and its rank in each mode (null:
+    not among the hits asked for), for error analysis."""
+    with path.open("w", encoding="utf-8") as out:
+        for i, question in enumerate(questions):
+            line = {
+                "id": question.get("id"),
+                "question": question["question"],
+                "passage_id": question["passage_id"],
+                "ranks": {mode: result.ranks[i] for mode, result in results.items()},
+            }
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def _ranks(
     conn: psycopg.Connection,
     questions: list[dict],
     query_vectors: list,
-    ks: list[int],
+    depth: int,
     config: PipelineConfig,
     tenant: str,
     vectors: str,
     mode: str,
     embedder: Embedder,
-) -> dict[int, float]:
-    """The share of questions whose passage is among `mode`'s top k hits, for each k."""
+) -> list[int | None]:
+    """Each question's rank: the 1-based place of its passage's first chunk among `mode`'s
+    top `depth` hits, or None."""
     store = config.store
-    found_at = {k: 0 for k in ks}
+    ranks = []
     for question, vector in zip(questions, query_vectors, strict=True):
         if mode == "vector":
-            hits = search(conn, tenant, vector, embedder.model_id, max(ks), vectors, store.hnsw_ef_search)
+            hits = search(conn, tenant, vector, embedder.model_id, depth, vectors, store.hnsw_ef_search)
         elif mode == "text":
-            hits = text_search(conn, tenant, question["question"], max(ks), store.text_match)
+            hits = text_search(
+                conn, tenant, question["question"], depth, store.text_match, store.bm25_k1, store.bm25_b
+            )
         else:
             hits = hybrid_search(
                 conn,
@@ -143,15 +212,17 @@ def _recall(
                 question["question"],
                 vector,
                 embedder.model_id,
-                max(ks),
+                depth,
                 vectors,
                 store.hnsw_ef_search,
                 store.rrf_k,
                 store.rrf_candidates,
                 store.text_match,
+                fusion=store.hybrid_fusion,
+                vector_weight=store.hybrid_vector_weight,
+                bm25_k1=store.bm25_k1,
+                bm25_b=store.bm25_b,
             )
         expected = PASSAGE_URL.format(question["passage_id"])
-        rank = next((i for i, hit in enumerate(hits) if hit.url == expected), None)
-        for k in ks:
-            found_at[k] += rank is not None and rank < k
-    return {k: found_at[k] / len(questions) for k in ks}
+        ranks.append(next((i for i, hit in enumerate(hits, start=1) if hit.url == expected), None))
+    return ranks

@@ -66,6 +66,10 @@ def run_search(
                 rrf_k=store.rrf_k,
                 rrf_candidates=store.rrf_candidates,
                 text_match=store.text_match,
+                fusion=store.hybrid_fusion,
+                vector_weight=store.hybrid_vector_weight,
+                bm25_k1=store.bm25_k1,
+                bm25_b=store.bm25_b,
             )
             return hits
     except psycopg.errors.UndefinedTable as exc:

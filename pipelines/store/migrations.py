@@ -32,6 +32,29 @@ class SchemaMismatch(RuntimeError):
     """The database was built for another vector dimension or a newer schema."""
 
 
+# Migration 9's stopwords, frozen: pipelines.persian.STOPWORDS as they were then, each without
+# its ZWNJ and with آ read as ا (as kb_search_terms reads every word), then the affixes a
+# compound splits off. A change to STOPWORDS needs a new migration that redefines
+# kb_search_terms (tests/unit/store/test_search_terms.py compares the two lists).
+SEARCH_STOPWORDS_V9 = " ".join(
+    (
+        "a about all also an and any are as at be been being but by can could did do does",
+        "each for from had has have he her here his how i if in into is it its just may me",
+        "might more most my no not of on only or other our over she should so some such than",
+        "that the their then there these they this those to use used using was we were what",
+        "when where which who whom will with would you your از است البته اما ان اند انها انکه",
+        "او اگر ای ایا اید ایشان ایم این اینها اینکه با باشد باشند باید بدون بر برای بسیار",
+        "بعد به بود بودند بوده بی بین تا تو توان تواند توسط جز حتی خود خیلی داده دارد دارند",
+        "داشت داشته در درباره دهد دهند دیگر را روی زیر سپس شد شدن شده شدهاست شدهاند شما شود",
+        "شوند طور طی قبل ما مانند مثل من می میباشد میتوان میتواند میتوانید میدهد میدهند میشود",
+        "میشوند میکند میکنند نباید نشود نمی نه نیز نیست ها های هر هست هم همان همه همچنین همین",
+        "و ولی وی پس پیش چرا چنان چند چنین چه چون چگونه کجا کدام کرد کردن کرده کردهاست",
+        "کردهاند کند کنند کنید که گرفته یا یعنی یک",
+    )
+)
+SEARCH_AFFIXES_V9 = "تر ترین تری هایی"
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -308,6 +331,122 @@ MIGRATIONS: tuple[Migration, ...] = (
         # Set by the crawl actor when a claimed source's crawl ends (NULL while it runs, reset by
         # every claim); the service that holds the lease compares it with the pages written.
         "ALTER TABLE website_sources ADD COLUMN IF NOT EXISTS crawled_pages integer;",
+    ),
+    Migration(
+        9,
+        "tenant_knowledge.search_terms and search_length: BM25 over Persian-aware search terms",
+        # What text search ranks by from this version on (pipelines/store/search.py has the query
+        # side, README "Retrieval quality" the measurements behind each rule):
+        # - kb_search_terms: a text's terms, the same function for chunks and queries. After
+        #   kb_search_normalize, آ reads as ا; a verb prefix or a plural/comparative suffix typed
+        #   apart (می شود, کتاب ها, بزرگ تر) is attached with a ZWNJ; a ZWNJ compound gives its
+        #   parts and once more its joined form (so می‌شود, می شود and میشود meet); stopwords and
+        #   bare affixes go; each term is stemmed lightly (kb_search_stem); a term that one word
+        #   yields twice counts once.
+        # - search_terms keeps each term's positions, so a chunk's term frequency is how many it
+        #   has; search_length is its number of terms, BM25's document length. A trigger fills
+        #   both (migration 5 says why not a generated column). The collection statistics (chunks,
+        #   average length, each term's document frequency) are counted per tenant when a query
+        #   runs, so they are never stale and never mix tenants.
+        # - Columns and a GIN index beside migration 5's, which code of the previous version still
+        #   reads: expand now; search_vector can go in a later migration.
+        """
+        CREATE OR REPLACE FUNCTION kb_search_stem(word text) RETURNS text
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+        -- A verb prefix, then the longest suffix, each only where 3 letters remain.
+        RETURN regexp_replace(
+            regexp_replace(word, '^(نمی|می)(?=.{{3}})', ''),
+            '^(.{{3,}}?)(هایی|های|ها|ترین|تری|تر|ی)$', '\\1');
+
+        CREATE OR REPLACE FUNCTION kb_search_terms(input text) RETURNS text[]
+        LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+        DECLARE
+            -- Word characters after kb_search_normalize (whose digits are ASCII), spelt out:
+            -- [[:alnum:]] knows no Persian letter in a database of the C locale.
+            letter CONSTANT text := '0-9A-Za-z\\u00C0-\\u024F\\u0370-\\u04FF'
+                || '\\u0620-\\u064A\\u066E-\\u06D3\\u06D5\\u06EE\\u06EF\\u06FA-\\u06FF';
+            zwnj CONSTANT text := U&'\\200C';
+            stopwords CONSTANT text[] := string_to_array('"""
+        + SEARCH_STOPWORDS_V9
+        + " "
+        + SEARCH_AFFIXES_V9
+        + """', ' ');
+            prepared text := lower(replace(coalesce(kb_search_normalize(input), ''), U&'\\0622', U&'\\0627'));
+        BEGIN
+            prepared := regexp_replace(prepared,
+                '(^|[^' || letter || zwnj || '])(ن?می)\\s+(?=[' || letter || '])', '\\1\\2' || zwnj, 'g');
+            prepared := regexp_replace(prepared,
+                '([' || letter || '])\\s+(هایی|های|ها|ترین|تری|تر)(?![' || letter || zwnj || '])',
+                '\\1' || zwnj || '\\2', 'g');
+            RETURN ARRAY(
+                SELECT term FROM (
+                    SELECT DISTINCT ON (word.n, stemmed.term) word.n, part.k, stemmed.term
+                    FROM regexp_matches(prepared, '[' || letter || zwnj || ']+', 'g')
+                             WITH ORDINALITY AS word(found, n),
+                         unnest(string_to_array(word.found[1], zwnj)
+                                || CASE WHEN strpos(word.found[1], zwnj) > 0
+                                        THEN ARRAY[replace(word.found[1], zwnj, '')] END)
+                             WITH ORDINALITY AS part(text, k),
+                         LATERAL (SELECT kb_search_stem(part.text) AS term) AS stemmed
+                    WHERE part.text <> '' AND part.text <> ALL (stopwords)
+                      -- no lone Persian letter; a lone digit or Latin letter (ویتامین k) stays
+                      AND (char_length(stemmed.term) > 1 OR stemmed.term ~ '^[0-9a-z]$')
+                      -- nor a run of 256+ letters (base64, a hash list): junk to search, and a
+                      -- lexeme over 2046 bytes would make the tsvector, so the write, fail
+                      AND char_length(stemmed.term) <= 255
+                    ORDER BY word.n, stemmed.term, part.k
+                ) AS found_terms
+                ORDER BY n, k);
+        END
+        $fn$;
+
+        -- A chunk's terms: its heading's, then its text's (its TL;DR only repeats the text).
+        CREATE OR REPLACE FUNCTION kb_search_chunk_terms(full_text text, section_title text)
+        RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE
+        RETURN kb_search_terms(section_title) || kb_search_terms(full_text);
+
+        -- Terms with their places (1, 2, …; tsvector caps a place at 16383), so that the
+        -- number of a term's positions is its frequency. Terms hold word characters only:
+        -- quoting them needs no escapes.
+        CREATE OR REPLACE FUNCTION kb_search_terms_vector(terms text[]) RETURNS tsvector
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+        RETURN coalesce((
+            SELECT string_agg('''' || term || ''':' || places, ' ')
+            FROM (SELECT term, string_agg(least(n, 16383)::text, ',' ORDER BY n) AS places
+                  FROM unnest(terms) WITH ORDINALITY AS listed(term, n)
+                  GROUP BY term) AS grouped), '')::tsvector;
+
+        ALTER TABLE tenant_knowledge
+            ADD COLUMN IF NOT EXISTS search_terms tsvector,
+            ADD COLUMN IF NOT EXISTS search_length integer;
+
+        CREATE OR REPLACE FUNCTION tenant_knowledge_fill_search_terms() RETURNS trigger
+        LANGUAGE plpgsql AS $fn$
+        DECLARE
+            terms CONSTANT text[] := kb_search_chunk_terms(NEW.full_text, NEW.section_title);
+        BEGIN
+            NEW.search_terms := kb_search_terms_vector(terms);
+            NEW.search_length := cardinality(terms);
+            RETURN NEW;
+        END
+        $fn$;
+        CREATE OR REPLACE TRIGGER tenant_knowledge_search_terms
+            BEFORE INSERT OR UPDATE OF full_text, section_title ON tenant_knowledge
+            FOR EACH ROW EXECUTE FUNCTION tenant_knowledge_fill_search_terms();
+        """,
+        indexes=(
+            "tenant_knowledge_terms_gin ON tenant_knowledge USING gin (search_terms)",
+            "tenant_knowledge_terms_unfilled ON tenant_knowledge (id) WHERE search_terms IS NULL",
+        ),
+        # Sets the columns itself: the trigger fires on UPDATE OF the text columns only.
+        backfill="""
+        UPDATE tenant_knowledge tk
+        SET search_terms = kb_search_terms_vector(filled.terms), search_length = cardinality(filled.terms)
+        FROM (SELECT id, kb_search_chunk_terms(full_text, section_title) AS terms
+              FROM tenant_knowledge WHERE search_terms IS NULL
+              LIMIT 500 FOR UPDATE SKIP LOCKED) AS filled
+        WHERE tk.id = filled.id
+        """,
     ),
 )
 

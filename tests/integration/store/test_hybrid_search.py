@@ -7,6 +7,7 @@ application and the jobs call.
 
 import json
 import logging
+import math
 import uuid
 
 import pytest
@@ -14,8 +15,9 @@ import pytest
 from jobs import search as search_job
 from pipelines.config import EmbedConfig, StoreConfig
 from pipelines.embed.stage import EmbedStage
+from pipelines.persian import normalize
 from pipelines.store import db, migrations
-from pipelines.store.search import hybrid_search, search, search_text, text_search
+from pipelines.store.search import hybrid_search, score_fusion, search, search_text, text_search
 from pipelines.store.sources import record_source
 from pipelines.store.writer import ChunkWriter
 from tests.helpers import chunked_page, chunked_table
@@ -36,6 +38,8 @@ PAGES = {
     "http://site/year": "این پل در سال ۱۳۵۰ ساخته شد.",
     # a neighbour for the vector list
     "http://site/sport": "فوتبال ورزشی تیمی با توپ است.",
+    # a verb with its prefix, a plural typed apart, a superlative, آ
+    "http://site/snow": "برف‌ها در آفتاب بهاری می‌گدازند و گل ها بلندترین ساقه را دارند.",
 }
 
 
@@ -76,6 +80,16 @@ def site(database_url, embedder) -> str:
         ("1350", "http://site/year"),
         ("١٣٥٠", "http://site/year"),  # Arabic-Indic digits
         ("ساخته شدن پل", "http://site/year"),  # any word suffices
+        ("میگدازند", "http://site/snow"),  # a verb's prefix joined, spaced or with a ZWNJ
+        ("می گدازند", "http://site/snow"),
+        ("گدازند", "http://site/snow"),
+        ("گلها", "http://site/snow"),  # a plural typed apart in the text, asked joined
+        ("گل", "http://site/snow"),
+        ("برفهای", "http://site/snow"),  # another plural suffix than the text's
+        ("بلند ترین", "http://site/snow"),  # a superlative typed apart, or just the adjective
+        ("بلند", "http://site/snow"),
+        ("افتاب", "http://site/snow"),  # آ typed as ا
+        ("کتابخانهٔ دیجیتالی", "http://site/library"),  # an adjective's ی
     ],
 )
 def test_text_search_finds_a_word_however_it_is_spelt(database_url, site, query, expected):
@@ -136,7 +150,7 @@ def test_hybrid_ranking_is_the_rrf_of_the_vector_and_text_lists(database_url, em
         vector_hits = search(conn, site, vector, embedder.model_id, k=5)
         text_hits = text_search(conn, site, query, k=5)
         hybrid = hybrid_search(
-            conn, site, query, vector, embedder.model_id, k=5, rrf_k=rrf_k, rrf_candidates=3
+            conn, site, query, vector, embedder.model_id, k=5, rrf_k=rrf_k, rrf_candidates=3, fusion="rrf"
         )
     expected = _expected_rrf(vector_hits, text_hits, k=5, rrf_k=rrf_k)
     assert [h.chunk_id for h in hybrid] == [c for c, _ in expected]
@@ -146,9 +160,27 @@ def test_hybrid_ranking_is_the_rrf_of_the_vector_and_text_lists(database_url, em
         assert (hit.vector_rank is not None) == (hit.chunk_id in {h.chunk_id for h in vector_hits})
 
 
+@pytest.mark.parametrize("query", ["کیک شکلاتی در خانه", "سال ۱۳۵۰ و فوتبال", "پرسشی بی‌ربط به همه"])
+@pytest.mark.parametrize("weight", [0.75, 0.3])
+def test_hybrid_ranking_by_default_is_the_score_fusion_of_the_two_lists(
+    database_url, embedder, site, query, weight
+):
+    vector = embedder.embed_queries([normalize(query)])[0]
+    with db.connect(database_url) as conn:
+        vector_hits = search(conn, site, vector, embedder.model_id, k=5)
+        text_hits = text_search(conn, site, query, k=5)
+        hybrid = hybrid_search(
+            conn, site, query, vector, embedder.model_id, k=5, rrf_candidates=3, vector_weight=weight
+        )
+        with pytest.raises(ValueError, match="fusion must be one of"):
+            hybrid_search(conn, site, query, vector, embedder.model_id, fusion="sum")
+    assert hybrid == score_fusion(vector_hits, text_hits, k=5, vector_weight=weight)
+    assert len(hybrid) == 5
+
+
 def test_search_text_is_hybrid_by_default_and_reports_both_ranks(database_url, embedder, site):
-    """A word asked in Arabic letters: only its chunk is in the text list, first, so it tops
-    the fused list whatever place the vector list gave it."""
+    """A word asked in Arabic letters: only its chunk is in the text list, first, which lifts it
+    to the top of the fused list."""
     query = "كيك"
     with db.connect(database_url) as conn:
         model, hits = search_text(conn, site, query, {embedder.model_id: embedder}, k=3)
@@ -243,11 +275,116 @@ def test_migration_fills_rows_written_before_it_and_hybrid_waits_for_it_on_vecto
     migrations.migrate(url, embedder.dim, StoreConfig(), embedder.model_id)
     with db.connect(url) as conn:
         unfilled = conn.execute(
-            "SELECT count(*) FROM tenant_knowledge WHERE search_vector IS NULL"
+            "SELECT count(*) FROM tenant_knowledge WHERE search_vector IS NULL OR search_terms IS NULL"
+            " OR search_length IS NULL OR search_length = 0"
         ).fetchone()
-        assert unfilled == (0,)
+        assert unfilled == (0,), "rows written before migrations 5 and 9 are filled by their backfills"
         assert [h.url for h in text_search(conn, tenant, "كيك", k=1)] == ["http://site/cake"]
         _, after = search_text(conn, tenant, "كيك", embedders, k=3)
         assert after[0].url == "http://site/cake" and after[0].text_rank == 1
         document = conn.execute("SELECT kb_search_document(NULL, NULL, NULL)::text").fetchone()
         assert document == ("",), "an empty chunk indexes as empty, never NULL (the backfill would loop)"
+        terms = conn.execute(
+            "SELECT kb_search_terms_vector(kb_search_chunk_terms(NULL, NULL))::text"
+        ).fetchone()
+        assert terms == ("",), "the same for migration 9's backfill"
+
+
+@pytest.mark.parametrize(
+    "text, terms",
+    [
+        ("می‌خورند / می خورند / میخورند", ["خورند"]),  # ZWNJ, space or nothing after the prefix
+        ("کتاب‌ها کتاب ها کتابها کتاب‌های کتابهایی", ["کتاب"]),
+        ("بزرگ‌ترین بزرگ ترین بزرگتر", ["بزرگ"]),
+        ("نرم‌افزار", ["نرم", "افزار", "نرمافزار"]),  # a compound's parts and its joined form
+        ("ايران كشور ٢٠٢٤ آمریکا", ["ایران", "کشور", "2024", "امریکا"]),  # Arabic letters and digits, آ
+        ("ویتامین K و D", ["ویتامین", "k", "d"]),  # a lone Latin letter stays, a lone و is a stopword
+        # A suffix is cut only where 3 letters remain, so دختر stays; ماهی (fish) meets ماه (moon):
+        # light stemming's price, measured worth paying (README "Retrieval quality").
+        ("دختر ماهی", ["دختر", "ماه"]),
+        ("این را از که آن", []),
+    ],
+)
+def test_search_terms_read_a_word_alike_however_it_is_typed(database_url, text, terms):
+    with db.connect(database_url) as conn:
+        got = conn.execute("SELECT kb_search_terms(%s)", (text,)).fetchone()[0]
+    assert sorted(set(got)) == sorted(terms), text
+
+
+def _bm25(
+    pages: dict[str, list[str]], query: list[str], k1: float = 1.2, b: float = 0.75
+) -> dict[str, float]:
+    """BM25 with Lucene's IDF written out independently of the SQL: pages are lists of terms."""
+    average = sum(len(terms) for terms in pages.values()) / len(pages)
+    scores = {}
+    for url, terms in pages.items():
+        score = 0.0
+        for term in set(query):
+            frequency = terms.count(term)
+            if not frequency:
+                continue
+            df = sum(term in other for other in pages.values())
+            idf = math.log(1 + (len(pages) - df + 0.5) / (df + 0.5))
+            score += idf * frequency * (k1 + 1) / (frequency + k1 * (1 - b + b * len(terms) / average))
+        if score:
+            scores[url] = score
+    return scores
+
+
+# Each chunk's terms are its words here (no stopword, compound or affix but قدیمی's), so BM25 can be
+# written out by hand: a common word (شهر), a rare one (زعفران), a word repeated (انار) and
+# a long chunk (in padding words that match nothing).
+BM25_PAGES = {
+    "http://site/common": "شهر شهر شهر بزرگ",
+    "http://site/rare": "زعفران شهر کوچک",
+    "http://site/city": "شهر قدیمی",
+    "http://site/town": "شهر تازه",
+    "http://site/repeat": " ".join(["انار"] * 20),
+    "http://site/both": "انار سیب",
+    "http://site/long": "سیب " + " ".join(f"واژه{i}" for i in range(40)),
+}
+
+
+@pytest.fixture(scope="module")
+def bm25_site(database_url, embedder) -> str:
+    tenant = f"tenant-{uuid.uuid4().hex[:12]}"
+    _write(database_url, embedder, tenant, BM25_PAGES)
+    return tenant
+
+
+@pytest.mark.parametrize("query", ["شهر زعفران", "انار سیب", "سیب", "شهر"])
+@pytest.mark.parametrize("k1, b", [(1.2, 0.75), (2.0, 0.0)])
+def test_text_search_scores_are_bm25_over_the_tenant_s_chunks(database_url, bm25_site, query, k1, b):
+    # Every chunk's heading is "section 0" (tests/helpers.py): two more terms of its length.
+    pages = {url: ["section", "0", *text.split()] for url, text in BM25_PAGES.items()}
+    expected = _bm25(pages, query.split(), k1, b)
+    with db.connect(database_url) as conn:
+        hits = text_search(conn, bm25_site, query, k=10, bm25_k1=k1, bm25_b=b)
+    assert {h.url: h.score for h in hits} == pytest.approx(expected)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_bm25_weighs_rare_words_saturates_repeats_and_favours_short_chunks(database_url, bm25_site):
+    with db.connect(database_url) as conn:
+
+        def first(query: str) -> str:
+            return text_search(conn, bm25_site, query, k=1)[0].url
+
+        # IDF: the one chunk with the rare word beats the one saying the common word three times.
+        assert first("شهر زعفران") == "http://site/rare"
+        # Saturation: two different query words beat one word said twenty times.
+        assert first("انار سیب") == "http://site/both"
+        # Length: the same single match counts more in a short chunk than in a long one.
+        assert first("سیب") == "http://site/both"
+
+
+def test_bm25_statistics_are_the_tenant_s_own(database_url, embedder, bm25_site, tenant):
+    with db.connect(database_url) as conn:
+        before = [(h.chunk_id, h.score) for h in text_search(conn, bm25_site, "شهر زعفران", k=10)]
+    # Another tenant full of زعفران would make it a common word, were statistics shared.
+    _write(database_url, embedder, tenant, {f"http://site/z{i}": f"زعفران {i}" for i in range(12)})
+    with db.connect(database_url) as conn:
+        after = [(h.chunk_id, h.score) for h in text_search(conn, bm25_site, "شهر زعفران", k=10)]
+        theirs = text_search(conn, tenant, "شهر زعفران", k=20)
+    assert after == before
+    assert len(theirs) == 12 and {h.url for h in theirs}.isdisjoint(BM25_PAGES)
