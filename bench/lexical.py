@@ -42,7 +42,7 @@ from bench.write_path import database_server, fresh_database
 from pipelines.config import StoreConfig
 from pipelines.evaluation import ModeResult, load_qa
 from pipelines.persian import content_words
-from pipelines.store import migrations
+from pipelines.store import migrations, schema_versions
 from pipelines.store.search import set_tenant, text_search
 
 log = logging.getLogger("bench.lexical")
@@ -144,7 +144,7 @@ def measure(qa: Path, ks: list[int], server_url: str | None = None) -> dict:
             ]
             with conn.transaction():
                 set_tenant(conn, TENANT)
-                stopwords = " ".join(sorted(migrations.SEARCH_STOPWORDS_V9.split()))
+                stopwords = " ".join(sorted(schema_versions.SEARCH_STOPWORDS_V9.split()))
                 before = [
                     [
                         r[0]

@@ -32,6 +32,12 @@ def _positive(obj: object, *names: str) -> None:
             raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {getattr(obj, name)!r}")
 
 
+def _not_negative(section: str, obj: object, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 0:
+            raise ConfigError(f"{section}.{name} must be >= 0, got {getattr(obj, name)!r}")
+
+
 @dataclass(frozen=True)
 class CrawlConfig:
     max_pages: int = 200  # per source; the crawl stops queueing new URLs beyond it
@@ -80,22 +86,10 @@ class CrawlConfig:
     progress_interval_seconds: float = 2.0  # how often a job writes website_sources.crawl_progress
 
     def __post_init__(self) -> None:
-        _positive(
-            self,
-            "max_pages",
-            "concurrency_per_site",
-            "total_timeout_seconds",
-            "pages_per_block",
-            "block_seconds",
-            "max_connections",
-            "sites_in_flight",
-            "max_url_length",
-            "progress_interval_seconds",
-            "max_links_per_page",
-            "max_stored_links_bytes",
-            "max_sitemap_urls",
-            "source_deadline_seconds",
-        )
+        _positive(self, "max_pages", "concurrency_per_site", "total_timeout_seconds", "pages_per_block")
+        _positive(self, "block_seconds", "max_connections", "sites_in_flight", "max_url_length")
+        _positive(self, "progress_interval_seconds", "max_links_per_page", "max_stored_links_bytes")
+        _positive(self, "max_sitemap_urls", "source_deadline_seconds")
         if self.max_seen_urls < self.max_pages:
             raise ConfigError(
                 f"crawl.max_seen_urls must be >= crawl.max_pages ({self.max_pages}), got {self.max_seen_urls}"
@@ -107,9 +101,9 @@ class CrawlConfig:
                 raise ConfigError(f"crawl.fallback_encodings: unknown encoding {name!r}") from exc
         if not self.fallback_encoding_list:
             raise ConfigError("crawl.fallback_encodings must name at least one encoding")
-        non_negative = ("max_depth", "delay_seconds", "max_redirects", "retries", "retry_backoff_seconds")
-        if any(getattr(self, name) < 0 for name in non_negative):
-            raise ConfigError(f"crawl.{', crawl.'.join(non_negative)} must be >= 0")
+        _not_negative(
+            "crawl", self, "max_depth", "delay_seconds", "max_redirects", "retries", "retry_backoff_seconds"
+        )
 
     @property
     def fallback_encoding_list(self) -> list[str]:
@@ -214,28 +208,13 @@ class EmbedConfig:
             raise ConfigError(f"embed.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.batch_size < 0:
             raise ConfigError("embed.batch_size must be >= 0 (0 picks a size per device)")
-        _positive(
-            self,
-            "api_max_inputs_per_request",
-            "api_max_tokens_per_request",
-            "api_max_input_tokens",
-            "api_bytes_per_token",
-            "api_timeout_seconds",
-            "api_connect_timeout_seconds",
-            "api_retry_max_wait_seconds",
-            "breaker_failures",
-            "breaker_cooldown_seconds",
+        _positive(self, "api_max_inputs_per_request", "api_max_tokens_per_request", "api_max_input_tokens")
+        _positive(self, "api_bytes_per_token", "api_timeout_seconds", "api_connect_timeout_seconds")
+        _positive(self, "api_retry_max_wait_seconds", "breaker_failures", "breaker_cooldown_seconds")
+        _not_negative(
+            "embed", self, "api_dim", "api_requests_per_minute", "api_tokens_per_minute", "api_retries"
         )
-        non_negative = (
-            "api_dim",
-            "api_requests_per_minute",
-            "api_tokens_per_minute",
-            "api_retries",
-            "api_retry_backoff_seconds",
-        )
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"embed.{name} must be >= 0, got {getattr(self, name)!r}")
+        _not_negative("embed", self, "api_retry_backoff_seconds")
         if not self.api_base_url.startswith(("http://", "https://")):
             raise ConfigError(f"embed.api_base_url must be an http(s) URL, got {self.api_base_url!r}")
         if not self.api_model.strip():
@@ -310,18 +289,10 @@ class StoreConfig:
     bm25_b: float = 0.75
 
     def __post_init__(self) -> None:
-        _positive(
-            self,
-            "pool_max_size",
-            "hnsw_m",
-            "hnsw_ef_construction",
-            "hnsw_ef_search",
-            "reembed_rows_per_block",
-            "rrf_candidates",
-        )
-        for name in ("rrf_k", "write_retries", "write_retry_backoff_seconds", "write_retry_max_wait_seconds"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"store.{name} must be >= 0, got {getattr(self, name)!r}")
+        _positive(self, "pool_max_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search")
+        _positive(self, "reembed_rows_per_block", "rrf_candidates")
+        _not_negative("store", self, "rrf_k", "write_retries", "write_retry_backoff_seconds", "bm25_k1")
+        _not_negative("store", self, "write_retry_max_wait_seconds")
         if self.text_match not in ("any", "all"):
             raise ConfigError(f"store.text_match must be 'any' or 'all', got {self.text_match!r}")
         if self.hybrid_fusion not in ("scores", "rrf"):
@@ -330,8 +301,6 @@ class StoreConfig:
             raise ConfigError(
                 f"store.hybrid_vector_weight must be in [0, 1], got {self.hybrid_vector_weight!r}"
             )
-        if self.bm25_k1 < 0:
-            raise ConfigError(f"store.bm25_k1 must be >= 0, got {self.bm25_k1!r}")
         if not 0 <= self.bm25_b <= 1:
             raise ConfigError(f"store.bm25_b must be in [0, 1], got {self.bm25_b!r}")
 
@@ -363,17 +332,9 @@ class QueueConfig:
     restart_max_wait_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        _positive(
-            self,
-            "lease_seconds",
-            "max_attempts",
-            "poll_seconds",
-            "retry_max_wait_seconds",
-            "restart_max_wait_seconds",
-        )
-        for name in ("pages_in_flight", "retry_backoff_seconds", "restart_backoff_seconds"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"queue.{name} must be >= 0, got {getattr(self, name)!r}")
+        _positive(self, "lease_seconds", "max_attempts", "poll_seconds", "retry_max_wait_seconds")
+        _positive(self, "restart_max_wait_seconds")
+        _not_negative("queue", self, "pages_in_flight", "retry_backoff_seconds", "restart_backoff_seconds")
 
     @property
     def backoff(self) -> Backoff:
@@ -428,25 +389,11 @@ class RayConfig:
         return self.batch_pages or None
 
     def __post_init__(self) -> None:
-        _positive(
-            self,
-            "max_block_bytes",
-            "actor_start_timeout_seconds",
-            "crawl_concurrency",
-            "crawl_cpus",
-            "clean_concurrency",
-            "clean_cpus",
-            "chunk_concurrency",
-            "chunk_cpus",
-            "embed_concurrency",
-            "embed_cpus",
-            "write_concurrency",
-            "write_cpus",
-            "lookup_cpus",
-            "reembed_readers",
-        )
-        if self.embed_gpus < 0 or self.batch_pages < 0:
-            raise ConfigError("ray.embed_gpus and ray.batch_pages must be >= 0")
+        _positive(self, "max_block_bytes", "actor_start_timeout_seconds", "crawl_concurrency", "crawl_cpus")
+        _positive(self, "clean_concurrency", "clean_cpus", "chunk_concurrency", "chunk_cpus")
+        _positive(self, "embed_concurrency", "embed_cpus", "write_concurrency", "write_cpus", "lookup_cpus")
+        _positive(self, "reembed_readers")
+        _not_negative("ray", self, "embed_gpus", "batch_pages")
         if self.embed_max_concurrency and self.embed_max_concurrency < self.embed_concurrency:
             raise ConfigError("ray.embed_max_concurrency must be 0 (fixed pool) or >= ray.embed_concurrency")
 

@@ -7,13 +7,16 @@ actor); an instance of a cheap stage runs as plain tasks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import ray
 import ray.data
 
@@ -134,6 +137,19 @@ def _compute(
     if one_task_per_actor:
         return ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1)
     return ray.data.ActorPoolStrategy(size=concurrency)
+
+
+@contextlib.contextmanager
+def output_blocks(dataset: ray.data.Dataset) -> Iterator[Iterator[pa.Table]]:
+    """Run `dataset`, handing its output on block by block as it streams out. However the
+    consumer leaves (the end, an error, Ctrl-C), the run is shut down and its actors let go
+    of: otherwise they hold their CPUs until the traceback is garbage-collected, and the next
+    pipeline in the same Ray waits for actors that cannot be placed."""
+    blocks = iter(dataset.iter_batches(batch_format="pyarrow", batch_size=None))  # a generator
+    try:
+        yield blocks
+    finally:
+        blocks.close()
 
 
 def page_history(config: PipelineConfig, database_url: str) -> StoredPageHistory | None:

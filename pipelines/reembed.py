@@ -44,11 +44,10 @@ class ReembedReport:
 
 def _fill(config: PipelineConfig, url: str, target: Target) -> int:
     written = 0
-    for batch in pipeline.reembed_chunks(config, url, target).iter_batches(
-        batch_format="pyarrow", batch_size=None
-    ):
-        written += batch.num_rows
-        log.info("reembed.progress chunks=%d", written)
+    with pipeline.output_blocks(pipeline.reembed_chunks(config, url, target)) as blocks:
+        for batch in blocks:
+            written += batch.num_rows
+            log.info("reembed.progress chunks=%d", written)
     return written
 
 

@@ -60,6 +60,27 @@ def tenant() -> str:
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # A Ray of the tests' own, even where `ray start` runs one for the README's local cluster.
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def ray_released(request):
+    """After a test on the shared local Ray, every CPU is free again: a test whose pipeline
+    leaves actors behind fails itself, instead of the next test waiting for CPUs they hold."""
+    yield
+    if "ray_local" not in request.fixturenames:
+        return
+    import ray
+
+    from tests.helpers import poll
+
+    total = ray.cluster_resources().get("CPU", 0)
+    try:
+        poll(lambda: ray.available_resources().get("CPU", 0) == total, timeout=60, interval=0.2)
+    except AssertionError:
+        pytest.fail(f"actors left holding CPUs: {ray.available_resources().get('CPU', 0)} of {total} free")

@@ -61,11 +61,11 @@ def run_crawl(
     # Held under a lease like a service's claim: a crawl killed without a word (SIGKILL, a
     # lost node) leaves its sources claimable once the lease runs out, never stuck.
     queue = CrawlQueue(database_url, config.queue, owner=f"crawl:{socket.gethostname()}:{os.getpid()}")
-    queue.hold(list(sources.values()))
     keeper = LeaseKeeper(queue)
     keeper.start()
     requests = [schema.crawl_request(tenant, sources[url], url, include, exclude) for url in start_urls]
     try:
+        queue.hold(list(sources.values()))
         report = index_sources(requests, config, database_url, f"tenant {tenant}")
     except BaseException as exc:  # Ctrl-C and SIGTERM (jobs turn it into SystemExit) included
         queue.fail_held(f"crawl interrupted ({type(exc).__name__}: {exc}); run it again")

@@ -149,11 +149,12 @@ def collect(
     reporting progress at most every `progress_interval_seconds` (never per page)."""
     report = RunReport(tenant)
     last_reported = time.monotonic()
-    for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-        report.add(batch.to_pydict())
-        if on_progress is not None and time.monotonic() - last_reported >= progress_interval_seconds:
-            on_progress(report)
-            last_reported = time.monotonic()
+    with pipeline.output_blocks(results) as blocks:
+        for batch in blocks:
+            report.add(batch.to_pydict())
+            if on_progress is not None and time.monotonic() - last_reported >= progress_interval_seconds:
+                on_progress(report)
+                last_reported = time.monotonic()
     report.seconds = time.perf_counter() - started
     report.stage_seconds = pipeline.StageTimes.of(results).seconds
     return report

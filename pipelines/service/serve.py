@@ -125,10 +125,11 @@ def _run_pipeline(
     try:
         documents = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url))
         results = pipeline.index_documents(documents, config, database_url)
-        for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-            if credits is not None:
-                credits.give_back(batch.num_rows)
-            held.add(batch.to_pydict())
+        with pipeline.output_blocks(results) as blocks:
+            for batch in blocks:
+                if credits is not None:
+                    credits.give_back(batch.num_rows)
+                held.add(batch.to_pydict())
         held.close_finished(pipeline_ended=True)
     finally:
         keeper.stop()

@@ -56,17 +56,23 @@ def test_an_interrupted_crawl_holds_a_lease_then_records_why(
     seen_running: list[tuple] = []
 
     def interrupt_once_running() -> None:
-        running = poll(lambda: (_source(database_url, tenant) or ("",))[0] == "in_progress", timeout=60)
-        if running:
-            seen_running.append(_source(database_url, tenant))
-        _thread.interrupt_main()
+        def leased_in_progress() -> tuple | None:
+            row = _source(database_url, tenant)
+            return row if row and row[0] == "in_progress" and row[1] and row[2] else None
+
+        try:
+            seen_running.append(poll(leased_in_progress, timeout=60))
+        finally:
+            _thread.interrupt_main()
 
     threading.Thread(target=interrupt_once_running, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         run_crawl(tenant, [stalled_site], config, embedder)
-    assert seen_running, "the crawl never showed its source in progress"
-    status, leased, lease_in_future, _ = seen_running[0]
-    assert leased and lease_in_future, "a running one-shot crawl holds a lease on its source"
+    assert seen_running, "a running one-shot crawl holds a lease on its source (none seen in 60 s)"
     status, leased, _, error = _source(database_url, tenant)
     assert status == "failed" and not leased
     assert "interrupted" in error and "run it again" in error
+    cpus = ray_local.cluster_resources()["CPU"]
+    assert poll(lambda: ray_local.available_resources().get("CPU") == cpus, timeout=30), (
+        "the interrupted run's actors still hold CPUs: the next pipeline would wait for them"
+    )
