@@ -27,14 +27,16 @@ def index_sources(requests: list[dict], config: PipelineConfig, database_url: st
     results = pipeline.index_documents(documents, config, database_url)
 
     labels = {r[schema.SOURCE]: f"tenant={r[schema.TENANT]} url={r[schema.URL]}" for r in requests}
-    to_console = not sys.stdout.isatty()  # a terminal has Ray Data's bars instead
+    # In a log (stdout not a terminal: `ray job logs`, a file) rather than Ray Data's bars;
+    # through logging, so stdout keeps only what the job prints as its result.
+    to_log = not sys.stdout.isatty()
 
     def write_progress(report: RunReport) -> None:
         record_progress(database_url, report.progress_by_source())
-        if to_console:
+        if to_log:
             elapsed = time.perf_counter() - started
             for source, label in labels.items():
-                print(report.progress_line(source, label, elapsed), flush=True)
+                log.info("crawl.%s", report.progress_line(source, label, elapsed))
 
     report = collect(results, label, started, write_progress, config.crawl.progress_interval_seconds)
     totals = " ".join(f"{k}={v}" for k, v in report.totals.as_dict().items())
