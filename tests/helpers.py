@@ -136,6 +136,8 @@ max_client_conn = 1000
 ignore_startup_parameters = extra_float_digits,options
 server_login_retry = 1
 logfile = {folder}/pgbouncer.log
+log_connections = 0
+log_disconnections = 0
 """
     )
     return folder / "pgbouncer.ini"
@@ -173,7 +175,9 @@ def pgbouncer(server_url: str, pool_mode: str = "transaction", pool_size: int = 
         for path in folder.iterdir():
             shutil.chown(path, os_user)
         command[1:1] = ["-u", os_user]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Its log goes to a file: a pipe nobody reads fills up, and PgBouncer then stops answering.
+    with (folder / "stderr.log").open("w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     url = conninfo.make_conninfo(server_url, host="127.0.0.1", port=str(port))
     try:
         _wait_for_pgbouncer(process, url, folder)
@@ -192,8 +196,8 @@ def _wait_for_pgbouncer(process: subprocess.Popen, url: str, folder: Path) -> No
     deadline = time.monotonic() + PGBOUNCER_START_SECONDS
     while True:
         if process.poll() is not None:
-            log = (folder / "pgbouncer.log").read_text() if (folder / "pgbouncer.log").exists() else ""
-            raise RuntimeError(f"pgbouncer exited with {process.returncode}: {process.stderr.read()}{log}")
+            log = (folder / "stderr.log").read_text()
+            raise RuntimeError(f"pgbouncer exited with {process.returncode}: {log}")
         try:
             with psycopg.connect(url, connect_timeout=2, prepare_threshold=None) as conn:
                 conn.execute("SELECT 1")
