@@ -283,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(
             store={"database_url": args.database_url},
             crawl={"allow_private_network": True, "max_pages": PAGES_PER_SITE},
-            queue={"restart_backoff_seconds": 0.2, "restart_max_wait_seconds": 1},
+            # A pipeline restarted before Ray has noticed the lost node (missed heartbeats: some
+            # seconds) may place an actor there (its 0-CPU page-credit pool fits anywhere) and fail
+            # once more; each failure spends an attempt of the sources it held.
+            queue={"restart_backoff_seconds": 0.2, "restart_max_wait_seconds": 1, "max_attempts": 5},
             ray={
                 "address": cluster.address,
                 "embed_resources": f"{EMBED_RESOURCE}=1",
