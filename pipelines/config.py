@@ -345,6 +345,32 @@ class QueueConfig:
         return Backoff(self.restart_backoff_seconds, self.restart_max_wait_seconds)
 
 
+# Resources Ray defines itself: not what ray.embed_resources is for.
+_RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _resource_map(text: str) -> dict[str, float]:
+    """ "name=amount, …" (ray.embed_resources) → {name: amount}, validated."""
+    resources: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, amount = (piece.strip() for piece in item.partition("="))
+        where = f"ray.embed_resources: {item!r}"
+        if not (name and equals and amount):
+            raise ConfigError(f"{where}: expected name=amount, e.g. embed_node=1")
+        if name in _RAY_BUILTIN_RESOURCES:
+            raise ConfigError(f"{where}: {name} is not a custom resource: use ray.embed_cpus, ray.embed_gpus")
+        if name in resources:
+            raise ConfigError(f"{where}: {name} is named twice")
+        try:
+            value = float(amount)
+        except ValueError:
+            raise ConfigError(f"{where}: the amount must be a number") from None
+        if not (0 < value <= 1 or (value > 1 and value.is_integer())):  # Ray's own rule
+            raise ConfigError(f"{where}: the amount must be a fraction in (0, 1] or a whole number")
+        resources[name] = value
+    return resources
+
+
 @dataclass(frozen=True)
 class RayConfig:
     """Where each stage runs. CPU figures are Ray scheduling reservations, not threads: the
@@ -375,6 +401,11 @@ class RayConfig:
     embed_max_concurrency: int = 0
     embed_cpus: float = 0.5
     embed_gpus: float = 0.0  # per embed actor; set 1 on GPU workers
+    # Custom Ray resources per embed actor, "name=amount" pairs joined by commas (e.g.
+    # "embed_node=1"): the embed pool then runs only on nodes that offer them (`ray start
+    # --resources='{"embed_node": 4}'`, or a node type's `resources:` in cluster.yaml), so a
+    # GPU node type can be reserved for embedding. Empty: anywhere its CPUs and GPUs fit.
+    embed_resources: str = ""
     write_concurrency: int = 1  # actors, each holding a connection pool
     write_cpus: float = 0.25  # writing waits on the database
     lookup_cpus: float = 0.25  # the unchanged-page check: one query per batch
@@ -396,6 +427,12 @@ class RayConfig:
         _not_negative("ray", self, "embed_gpus", "batch_pages")
         if self.embed_max_concurrency and self.embed_max_concurrency < self.embed_concurrency:
             raise ConfigError("ray.embed_max_concurrency must be 0 (fixed pool) or >= ray.embed_concurrency")
+        _resource_map(self.embed_resources)  # a malformed value fails at start-up
+
+    @property
+    def embed_resource_map(self) -> dict[str, float]:
+        """`embed_resources` as Ray's `resources=` argument: {name: amount}."""
+        return _resource_map(self.embed_resources)
 
     @property
     def embed_pool(self) -> int | tuple[int, int]:

@@ -89,12 +89,15 @@ def _run_stage(
     cpus: float,
     concurrency: int | tuple[int, int],
     gpus: float = 0.0,
+    resources: dict[str, float] | None = None,
     retry_tasks: bool = True,
     one_task_per_actor: bool = False,
     **constructor_kwargs: object,
 ) -> ray.data.Dataset:
     """The one adapter from a stage to Ray Data: a class becomes an actor pool, each actor
     built once with `constructor_kwargs`; a ready instance runs as stateless tasks.
+    `resources`: custom Ray resources each worker reserves besides its CPUs and GPUs (it then
+    runs only on nodes that offer them).
 
     `retry_tasks=False` for a stage whose output order is not fixed by its input (the crawl
     yields pages in network order): Ray re-runs a task whose actor died but passes on only the
@@ -120,6 +123,7 @@ def _run_stage(
             batch_format="pyarrow",
             num_cpus=cpus,
             num_gpus=gpus,
+            resources=resources or None,
             **options,
         )
 
@@ -273,10 +277,12 @@ def index_documents(
 
 def _embed_placement(config: PipelineConfig, database_url: str) -> dict:
     """Where and how an embedding stage runs (crawl indexing and re-embedding alike): the
-    embed actor pool's resources, its model settings and the vector cache."""
+    embed actor pool's resources (custom ones from ray.embed_resources keep it on the nodes
+    that offer them), its model settings and the vector cache."""
     return {
         "cpus": config.ray.embed_cpus,
         "gpus": config.ray.embed_gpus,
+        "resources": config.ray.embed_resource_map,
         "concurrency": config.ray.embed_pool,
         "config": config.embed,
         "cache": StoredVectorCache(database_url) if config.store.vector_cache else None,
