@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
 @ray.remote(num_cpus=0)
@@ -47,7 +48,10 @@ class PageCredits:
     """A handle that travels to the crawl actors: they `take`, the service gives back."""
 
     def __init__(self, limit: int) -> None:
-        self._pool = _CreditPool.remote(limit)
+        # On the service's own node: a pool placed on a worker node would fail the next pipeline
+        # too when that node is lost (and a node Ray has not yet seen gone may still be chosen).
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._pool = _CreditPool.options(scheduling_strategy=here).remote(limit)
 
     async def take(self) -> None:
         await self._pool.take.remote()

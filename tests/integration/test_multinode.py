@@ -5,7 +5,9 @@ pool there. First a crawl runs across the nodes; then the worker node, host of t
 actors, is removed mid-run (its processes killed, as when a machine is lost): the pipeline
 fails, the service hands its sites back and restarts, and it still ends with every source
 completed and every page's chunks written exactly once. (On the way this found a failed
-pipeline's actors outliving it: see `_collect_failed_pipelines_first`.)
+pipeline's actors outliving it, held by the exception's traceback until a garbage collection,
+so the restarted pipeline's embed actor could not be placed: pipeline.output_blocks now lets
+go of a run's actors however it ends.)
 
 Each cluster runs in a subprocess (this module run as a script, `main` below): its Ray must not
 meet the session's shared local Ray (`ray_local`), and a subprocess that hangs is killed whole,
@@ -205,27 +207,6 @@ def _first_crawl_on(resource: str):
     return run_stage_placing_the_first_crawl
 
 
-def _collect_failed_pipelines_first():
-    """pipeline.crawl_feed, after a garbage collection. WORKAROUND for what this test found: a
-    failed pipeline's Ray actors outlive it, held by the reference cycle of the exception's
-    traceback (frames → Ray Data's executor → its actor pools) until Python's cyclic GC happens
-    to run. Its embed actor keeps the node's one `embed_node` (on a GPU node: its GPU), so the
-    restarted pipeline's embed actor cannot be placed: measured 134 s of waiting, then the
-    restarted pipeline failed on ray.actor_start_timeout_seconds and a third one ran. Delete
-    this once pipelines/service/serve.py releases a failed pipeline before starting the next."""
-    import gc
-
-    from pipelines import pipeline
-
-    crawl_feed = pipeline.crawl_feed
-
-    def crawl_feed_after_collecting(*args, **kwargs):
-        gc.collect()
-        return crawl_feed(*args, **kwargs)
-
-    return crawl_feed_after_collecting
-
-
 class _FailureCounter(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
@@ -303,7 +284,6 @@ def main(argv: list[str] | None = None) -> int:
         remover, removal, errors = None, {}, []
         if args.scenario == "remove_worker":
             pipeline._run_stage = _first_crawl_on(CRAWL_RESOURCE)
-            pipeline.crawl_feed = _collect_failed_pipelines_first()
             remover = threading.Thread(
                 target=_remove_when_pages_are_written,
                 args=(cluster, worker, args.database_url, removal, errors),
