@@ -207,21 +207,7 @@ def _ranks(
             )
         else:
             hits = hybrid_search(
-                conn,
-                tenant,
-                question["question"],
-                vector,
-                embedder.model_id,
-                depth,
-                vectors,
-                store.hnsw_ef_search,
-                store.rrf_k,
-                store.rrf_candidates,
-                store.text_match,
-                fusion=store.hybrid_fusion,
-                vector_weight=store.hybrid_vector_weight,
-                bm25_k1=store.bm25_k1,
-                bm25_b=store.bm25_b,
+                conn, tenant, question["question"], vector, embedder.model_id, depth, vectors, store
             )
         expected = PASSAGE_URL.format(question["passage_id"])
         ranks.append(next((i for i, hit in enumerate(hits, start=1) if hit.url == expected), None))

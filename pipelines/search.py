@@ -54,23 +54,7 @@ def run_search(
     try:
         with db.connect(db.resolve_database_url(store)) as conn, conn.transaction():
             act_as_tenant(conn, tenant, store.search_role)
-            _, hits = search_text(
-                conn,
-                tenant,
-                query,
-                embedders,
-                k,
-                vectors,
-                store.hnsw_ef_search,
-                mode=mode,
-                rrf_k=store.rrf_k,
-                rrf_candidates=store.rrf_candidates,
-                text_match=store.text_match,
-                fusion=store.hybrid_fusion,
-                vector_weight=store.hybrid_vector_weight,
-                bm25_k1=store.bm25_k1,
-                bm25_b=store.bm25_b,
-            )
+            _, hits = search_text(conn, tenant, query, embedders, k, vectors, mode=mode, settings=store)
             return hits
     except psycopg.errors.UndefinedTable as exc:
         raise SearchUnavailable(

@@ -44,8 +44,6 @@ MODES = ("hybrid", "vector", "text")
 # Which chunks a text query ranks: "any" those sharing one term with it, "all" only those
 # holding every term, which a question's phrasing rarely allows.
 TEXT_MATCHES = ("any", "all")
-# How hybrid search fuses its two lists (see score_fusion and reciprocal_rank_fusion).
-FUSIONS = ("scores", "rrf")
 
 _DEFAULTS = StoreConfig()
 
@@ -301,37 +299,29 @@ def hybrid_search(
     model_id: str,
     k: int = 5,
     vectors: str = "both",
-    ef_search: int = _DEFAULTS.hnsw_ef_search,
-    rrf_k: int = _DEFAULTS.rrf_k,
-    rrf_candidates: int = _DEFAULTS.rrf_candidates,
-    text_match: str = _DEFAULTS.text_match,
-    *,
-    fusion: str = _DEFAULTS.hybrid_fusion,
-    vector_weight: float = _DEFAULTS.hybrid_vector_weight,
-    bm25_k1: float = _DEFAULTS.bm25_k1,
-    bm25_b: float = _DEFAULTS.bm25_b,
+    settings: StoreConfig = _DEFAULTS,
 ) -> list[SearchHit]:
-    """The vector and the text search's top `rrf_candidates` each (at least k, so there are k
-    results whenever the tenant has k chunks), fused by `fusion`: "scores" (`score_fusion`,
-    weighted by `vector_weight`) or "rrf" (`reciprocal_rank_fusion`, with `rrf_k`).
+    """The vector and the text search's top `settings.rrf_candidates` each (at least k, so there
+    are k results whenever the tenant has k chunks), fused by `settings.hybrid_fusion`: "scores"
+    (`score_fusion`, weighted by `hybrid_vector_weight`) or "rrf" (`reciprocal_rank_fusion`).
 
     Against a database not yet migrated to BM25 search (code deployed before `jobs.migrate`
     ran), the text list is empty and a warning says so: the search keeps answering, from
     vectors alone, instead of failing.
     """
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-    depth = max(k, rrf_candidates)
-    vector_hits = search(conn, tenant, query_vector, model_id, depth, vectors, ef_search)
+    depth = max(k, settings.rrf_candidates)
+    vector_hits = search(conn, tenant, query_vector, model_id, depth, vectors, settings.hnsw_ef_search)
     try:
-        text_hits = text_search(conn, tenant, query, depth, text_match, bm25_k1, bm25_b)
+        text_hits = text_search(
+            conn, tenant, query, depth, settings.text_match, settings.bm25_k1, settings.bm25_b
+        )
     except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction) as exc:
         reason = exc.diag.message_primary
         log.warning("search.text_unavailable reason=%r: vectors only until jobs.migrate runs", reason)
         text_hits = []
-    if fusion == "rrf":
-        return reciprocal_rank_fusion(vector_hits, text_hits, k, rrf_k)
-    return score_fusion(vector_hits, text_hits, k, vector_weight)
+    if settings.hybrid_fusion == "rrf":
+        return reciprocal_rank_fusion(vector_hits, text_hits, k, settings.rrf_k)
+    return score_fusion(vector_hits, text_hits, k, settings.hybrid_vector_weight)
 
 
 class ModelNotLoaded(LookupError):
@@ -345,16 +335,9 @@ def search_text(
     embedders: Mapping[str, Embedder],
     k: int = 5,
     vectors: str = "both",
-    ef_search: int = _DEFAULTS.hnsw_ef_search,
     *,
     mode: str = "hybrid",
-    rrf_k: int = _DEFAULTS.rrf_k,
-    rrf_candidates: int = _DEFAULTS.rrf_candidates,
-    text_match: str = _DEFAULTS.text_match,
-    fusion: str = _DEFAULTS.hybrid_fusion,
-    vector_weight: float = _DEFAULTS.hybrid_vector_weight,
-    bm25_k1: float = _DEFAULTS.bm25_k1,
-    bm25_b: float = _DEFAULTS.bm25_b,
+    settings: StoreConfig = _DEFAULTS,
 ) -> tuple[str | None, list[SearchHit]]:
     """(the model used, the k best chunks) for a query text: what the application calls.
 
@@ -369,7 +352,9 @@ def search_text(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "text":
-        return None, text_search(conn, tenant, query, k, text_match, bm25_k1, bm25_b)
+        return None, text_search(
+            conn, tenant, query, k, settings.text_match, settings.bm25_k1, settings.bm25_b
+        )
     with conn.transaction():
         conn.execute("LOCK TABLE tenant_knowledge IN ACCESS SHARE MODE")
         model_id = setting(conn, "embedding_model")
@@ -382,22 +367,5 @@ def search_text(
         # typed with Arabic ي/ك or Arabic-Indic digits then meets the same text.
         query_vector = embedder.embed_queries([normalize(query)])[0]
         if mode == "vector":
-            return model_id, search(conn, tenant, query_vector, model_id, k, vectors, ef_search)
-        hits = hybrid_search(
-            conn,
-            tenant,
-            query,
-            query_vector,
-            model_id,
-            k,
-            vectors,
-            ef_search,
-            rrf_k,
-            rrf_candidates,
-            text_match,
-            fusion=fusion,
-            vector_weight=vector_weight,
-            bm25_k1=bm25_k1,
-            bm25_b=bm25_b,
-        )
-        return model_id, hits
+            return model_id, search(conn, tenant, query_vector, model_id, k, vectors, settings.hnsw_ef_search)
+        return model_id, hybrid_search(conn, tenant, query, query_vector, model_id, k, vectors, settings)

@@ -149,9 +149,8 @@ def test_hybrid_ranking_is_the_rrf_of_the_vector_and_text_lists(database_url, em
         # when the text list has fewer (the third query shares no word with any page).
         vector_hits = search(conn, site, vector, embedder.model_id, k=5)
         text_hits = text_search(conn, site, query, k=5)
-        hybrid = hybrid_search(
-            conn, site, query, vector, embedder.model_id, k=5, rrf_k=rrf_k, rrf_candidates=3, fusion="rrf"
-        )
+        settings = StoreConfig(rrf_k=rrf_k, rrf_candidates=3, hybrid_fusion="rrf")
+        hybrid = hybrid_search(conn, site, query, vector, embedder.model_id, k=5, settings=settings)
     expected = _expected_rrf(vector_hits, text_hits, k=5, rrf_k=rrf_k)
     assert [h.chunk_id for h in hybrid] == [c for c, _ in expected]
     assert [h.score for h in hybrid] == pytest.approx([s for _, s in expected])
@@ -169,11 +168,10 @@ def test_hybrid_ranking_by_default_is_the_score_fusion_of_the_two_lists(
     with db.connect(database_url) as conn:
         vector_hits = search(conn, site, vector, embedder.model_id, k=5)
         text_hits = text_search(conn, site, query, k=5)
-        hybrid = hybrid_search(
-            conn, site, query, vector, embedder.model_id, k=5, rrf_candidates=3, vector_weight=weight
-        )
-        with pytest.raises(ValueError, match="fusion must be one of"):
-            hybrid_search(conn, site, query, vector, embedder.model_id, fusion="sum")
+        settings = StoreConfig(rrf_candidates=3, hybrid_vector_weight=weight)
+        hybrid = hybrid_search(conn, site, query, vector, embedder.model_id, k=5, settings=settings)
+    with pytest.raises(ValueError, match="hybrid_fusion must be 'scores' or 'rrf'"):
+        StoreConfig(hybrid_fusion="sum")
     assert hybrid == score_fusion(vector_hits, text_hits, k=5, vector_weight=weight)
     assert len(hybrid) == 5
 
