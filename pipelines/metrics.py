@@ -186,7 +186,7 @@ PAGE_PROCESS_DURATION = Histogram(
 PAGE_PROCESS = Counter("page_process_total", "Pages written, by final outcome", ("status",))
 CHUNK_DURATION = Histogram("chunk_duration_seconds", "Seconds to chunk one page", _SECONDS)
 # status: completed (chunks made) | empty (no sentence to chunk) | skipped (page failed or
-# unchanged before chunking) | error (the chunker raised; Ray retries the batch).
+# unchanged before chunking) | error (the chunker raised on the page: it is failed alone).
 CHUNK_PAGES = Counter("chunk_total", "Pages through the chunk stage, by outcome", ("status",))
 # chunk_type: website | document (jobs.evaluate's passages): the page's chunk_type column.
 CHUNKS_CREATED = Counter("chunks_created_total", "Chunks made, by chunk type", ("chunk_type",))
