@@ -12,6 +12,8 @@ import logging
 import math
 import re
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -143,17 +145,55 @@ def _compute(
     return ray.data.ActorPoolStrategy(size=concurrency)
 
 
+# How often a run that has produced nothing yet says what it waits for.
+WAIT_LOG_SECONDS = 30.0
+
+
 @contextlib.contextmanager
-def output_blocks(dataset: ray.data.Dataset) -> Iterator[Iterator[pa.Table]]:
+def output_blocks(
+    dataset: ray.data.Dataset, say_what_it_waits_for: bool = True
+) -> Iterator[Iterator[pa.Table]]:
     """Run `dataset`, handing its output on block by block as it streams out. However the
     consumer leaves (the end, an error, Ctrl-C), the run is shut down and its actors let go
     of: otherwise they hold their CPUs until the traceback is garbage-collected, and the next
-    pipeline in the same Ray waits for actors that cannot be placed."""
+    pipeline in the same Ray waits for actors that cannot be placed.
+
+    Until the first block comes out, a line every WAIT_LOG_SECONDS says what the run waits
+    for (Ray Data waits for actors it cannot place without a word); off for the queue-fed
+    service, which waits for work by design."""
+    first_block = threading.Event()
+    if say_what_it_waits_for:
+        threading.Thread(target=_say_what_it_waits_for, args=(first_block,), daemon=True).start()
     blocks = iter(dataset.iter_batches(batch_format="pyarrow", batch_size=None))  # a generator
     try:
-        yield blocks
+        yield _noting_the_first(blocks, first_block)
     finally:
+        first_block.set()
         blocks.close()
+
+
+def _noting_the_first(blocks: Iterator[pa.Table], first_block: threading.Event) -> Iterator[pa.Table]:
+    for block in blocks:
+        first_block.set()
+        yield block
+
+
+def _say_what_it_waits_for(first_block: threading.Event) -> None:
+    started = time.monotonic()
+    while not first_block.wait(WAIT_LOG_SECONDS):
+        free, total = ray.available_resources(), ray.cluster_resources()
+        log.warning(
+            "pipeline.waiting seconds=%.0f for its first results: stage actors starting (a model "
+            "loading), or asking for more than the cluster has (free CPU %.2f of %.0f, GPU %.0f of %.0f). "
+            "Such a pool waits up to ray.actor_start_timeout_seconds=%.0f, then fails: lower "
+            "ray.*_concurrency, ray.*_cpus or ray.embed_gpus, or add nodes (`ray status` shows the demand)",
+            time.monotonic() - started,
+            free.get("CPU", 0.0),
+            total.get("CPU", 0.0),
+            free.get("GPU", 0.0),
+            total.get("GPU", 0.0),
+            ray.data.DataContext.get_current().wait_for_min_actors_s,
+        )
 
 
 def page_history(config: PipelineConfig, database_url: str) -> StoredPageHistory | None:

@@ -125,7 +125,7 @@ def _run_pipeline(
     try:
         documents = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url))
         results = pipeline.index_documents(documents, config, database_url)
-        with pipeline.output_blocks(results) as blocks:
+        with pipeline.output_blocks(results, say_what_it_waits_for=False) as blocks:
             for batch in blocks:
                 if credits is not None:
                     credits.give_back(batch.num_rows)
