@@ -1,4 +1,4 @@
-"""Prometheus metrics, under the names in DESIGN.md, defined in one place.
+"""Prometheus metrics, under the names of the design (README "Metrics" lists them), defined in one place.
 
 Recorded through `ray.util.metrics`, so inside a Ray job they reach Ray's Prometheus export
 and dashboard from every worker; outside Ray that API records nothing, so each metric also
@@ -198,7 +198,7 @@ DB_WRITE_DURATION = Histogram(
 # queue: the crawl queue's depth by state or priority (a handful of fixed names, never a tenant).
 QUEUE_SIZE = Gauge("queue_size", "Items waiting in a queue", ("queue",))
 
-# Every metric above, under the names in DESIGN.md: what `serve_prometheus` exports and what the
+# Every metric above, under the design's names: what `serve_prometheus` exports and what the
 # Grafana dashboard (pipelines/monitoring/grafana_dashboard.json) may query.
 ALL: tuple[Counter | Histogram | Gauge, ...] = (
     CRAWL_SOURCES,

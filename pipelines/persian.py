@@ -1,6 +1,6 @@
 """Persian text utilities: normalisation for indexing, sentences, words, keywords.
 
-Our own small module because hazm cannot be installed beside Ray Data here (DESIGN.md:
+Our own small module because hazm cannot be installed beside Ray Data here (measured:
 hazm 0.12 needs Python ≥ 3.12, hazm 0.10 pins a numpy that breaks pyarrow).
 
 Real Persian pages mix Arabic code points (ي ك ى, ٠-٩), kashida and diacritics into the
