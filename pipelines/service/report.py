@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 import ray.data
 
 from pipelines import pipeline, schema
+
+log = logging.getLogger(__name__)
 
 # Reasons can name URLs ("redirected off site to …"), so a big site can have hundreds.
 FAILURE_REASONS_SHOWN = 10
@@ -146,15 +150,43 @@ def collect(
     progress_interval_seconds: float = 2.0,
 ) -> RunReport:
     """Run the pipeline to the end, summing its per-page results as they stream in, and
-    reporting progress at most every `progress_interval_seconds` (never per page)."""
+    reporting progress every `progress_interval_seconds` from a thread of its own (never per
+    page, and on time even while a slow stage holds every page)."""
     report = RunReport(tenant)
-    last_reported = time.monotonic()
-    with pipeline.output_blocks(results) as blocks:
-        for batch in blocks:
-            report.add(batch.to_pydict())
-            if on_progress is not None and time.monotonic() - last_reported >= progress_interval_seconds:
-                on_progress(report)
-                last_reported = time.monotonic()
+    lock = threading.Lock()
+    done = threading.Event()
+    reporter = threading.Thread(
+        target=_report_progress,
+        args=(report, lock, done, on_progress, progress_interval_seconds),
+        name="progress",
+        daemon=True,
+    )
+    if on_progress is not None:
+        reporter.start()
+    try:
+        with pipeline.output_blocks(results) as blocks:
+            for batch in blocks:
+                with lock:
+                    report.add(batch.to_pydict())
+    finally:
+        done.set()
+        if reporter.is_alive():
+            reporter.join()
     report.seconds = time.perf_counter() - started
     report.stage_seconds = pipeline.StageTimes.of(results).seconds
     return report
+
+
+def _report_progress(
+    report: RunReport,
+    lock: threading.Lock,
+    done: threading.Event,
+    on_progress: Callable[[RunReport], None],
+    interval: float,
+) -> None:
+    while not done.wait(interval):
+        try:
+            with lock:
+                on_progress(report)
+        except Exception as exc:  # progress is a report, never the reason a crawl stops
+            log.warning("crawl.progress_failed reason=%s", exc)
