@@ -87,9 +87,13 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def database_errors_exit() -> Iterator[None]:
-    """No usable database, or one holding another model's vectors: the reason, exit 1."""
+def errors_exit(*job_errors: type[Exception]) -> Iterator[None]:
+    """The library's errors as one line and exit status 1 instead of a traceback: no usable
+    database, or one holding another model's vectors ("database error: …"), and the errors of
+    `job_errors`, whose messages say what to do."""
     try:
         yield
     except (db.DatabaseUnavailable, migrations.SchemaMismatch) as exc:
         sys.exit(f"database error: {exc}")
+    except job_errors as exc:
+        sys.exit(str(exc))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs._common import database_errors_exit, parser, positive_int, start_job, tenant_id
+from jobs._common import errors_exit, parser, positive_int, start_job, tenant_id
 from pipelines.crawl.patterns import InvalidSourceError, check_source
 from pipelines.service import PipelineKeepsFailing, run_crawl, serve
 from pipelines.store import db
@@ -56,12 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.allow_private_network:
         crawl_settings["allow_private_network"] = True
     config = start_job(args, crawl=crawl_settings)
-    with database_errors_exit():
+    with errors_exit(PipelineKeepsFailing):
         if args.serve or args.once:
-            try:
-                print(f"crawled {serve(config, once=args.once)} sources from the queue")
-            except PipelineKeepsFailing as exc:
-                sys.exit(str(exc))
+            print(f"crawled {serve(config, once=args.once)} sources from the queue")
         elif args.enqueue:  # the arguments were checked as enqueue checks them
             url = db.resolve_database_url(config.store)
             for start_url in args.url:

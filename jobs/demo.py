@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from jobs._common import database_errors_exit, parser, positive_int, start_job, tenant_id
+from jobs._common import errors_exit, parser, positive_int, start_job, tenant_id
 from pipelines.config import REPO_ROOT
 from pipelines.embed import make_embedder
 from pipelines.search import run_search
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     config = start_job(args, crawl=crawl_settings)
     embedder = make_embedder(config.embed)
 
-    with contextlib.ExitStack() as serving, database_errors_exit():
+    with contextlib.ExitStack() as serving, errors_exit():
         start_url = args.url
         if not start_url:
             try:

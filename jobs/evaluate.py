@@ -14,10 +14,9 @@ writes each question's rank in every mode to F, one JSON line per question.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from jobs._common import database_errors_exit, parser, start_job
+from jobs._common import errors_exit, parser, start_job
 from pipelines.evaluation import QAFormatError, evaluate_modes
 from pipelines.store.search import MODES, VECTOR_COLUMNS
 
@@ -38,11 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
     config = start_job(args)
     modes = ["vector", "text", "hybrid"] if args.mode == "all" else [args.mode]
-    with database_errors_exit():
-        try:
-            results = evaluate_modes(args.qa, ks, config, args.tenant, args.vectors, modes, args.dump)
-        except QAFormatError as exc:
-            sys.exit(f"bad QA file: {exc}")
+    with errors_exit(QAFormatError):
+        results = evaluate_modes(args.qa, ks, config, args.tenant, args.vectors, modes, args.dump)
     if args.dump:
         print(f"ranks of {len(results[modes[0]].ranks)} questions written to {args.dump}")
     for mode in modes:

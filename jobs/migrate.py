@@ -5,14 +5,14 @@ python -m jobs.migrate [--set store.database_url=postgresql://...]
 
 from __future__ import annotations
 
-from jobs._common import database_errors_exit, parser, start_job
+from jobs._common import errors_exit, parser, start_job
 from pipelines.store import migrations
 from pipelines.store.opening import applied_migrations, open_store
 
 
 def main(argv: list[str] | None = None) -> None:
     config = start_job(parser(__doc__).parse_args(argv))
-    with database_errors_exit():
+    with errors_exit():
         url, embedder = open_store(config)
         applied = applied_migrations(url)
     versions = ", ".join(map(str, applied)) or "none"

@@ -12,9 +12,7 @@ Safe to schedule: a killed run resumes where it stopped, and a run with nothing 
 
 from __future__ import annotations
 
-import sys
-
-from jobs._common import database_errors_exit, parser, start_job
+from jobs._common import errors_exit, parser, start_job
 from pipelines.config import BACKENDS
 from pipelines.reembed import SwitchOutpaced, run_reembed
 
@@ -24,11 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", choices=BACKENDS, help="the backend to switch to (default: embed.backend)")
     args = p.parse_args(argv)
     config = start_job(args, embed={"backend": args.model} if args.model else {})
-    with database_errors_exit():
-        try:
-            print(run_reembed(config).render())
-        except SwitchOutpaced as exc:
-            sys.exit(str(exc))
+    with errors_exit(SwitchOutpaced):
+        print(run_reembed(config).render())
 
 
 if __name__ == "__main__":

@@ -9,9 +9,8 @@ store.hybrid_vector_weight); the score is then the fused score, not a similarity
 from __future__ import annotations
 
 import json
-import sys
 
-from jobs._common import database_errors_exit, parser, positive_int, start_job, tenant_id
+from jobs._common import errors_exit, parser, positive_int, start_job, tenant_id
 from pipelines.search import SearchUnavailable, run_search
 from pipelines.store.search import MODES, VECTOR_COLUMNS
 
@@ -25,11 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("query")
     args = p.parse_args(argv)
     config = start_job(args)
-    with database_errors_exit():
-        try:
-            hits = run_search(args.tenant, args.query, config, args.k, args.vectors, mode=args.mode)
-        except SearchUnavailable as exc:
-            sys.exit(str(exc))
+    with errors_exit(SearchUnavailable):
+        hits = run_search(args.tenant, args.query, config, args.k, args.vectors, mode=args.mode)
     for hit in hits:
         line = {
             "score": round(hit.score, 4),

@@ -49,9 +49,9 @@ def load_qa(path: Path) -> tuple[list[dict], list[dict]]:
             {"question", "passage_id"} <= q.keys() for q in questions
         )
     except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise QAFormatError(f"{path}: expected {expected} ({exc})") from exc
+        raise QAFormatError(f"bad QA file {path}: expected {expected} ({exc})") from exc
     if not well_formed or not questions:
-        raise QAFormatError(f"{path}: expected {expected} with at least one question")
+        raise QAFormatError(f"bad QA file {path}: expected {expected} with at least one question")
     return passages, questions
 
 
