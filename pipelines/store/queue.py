@@ -152,8 +152,7 @@ class CrawlQueue:
             rows = []
             if not held:
                 rows = conn.execute(_CLAIM, {**params, "limit": 1, "retried": True}).fetchall()
-            retried_waiting = conn.execute(_RETRIED_WAITING).fetchone()[0]
-            if not rows and not retried_held and not retried_waiting:
+            if not rows and not retried_held and not conn.execute(_RETRIED_WAITING).fetchone()[0]:
                 rows = conn.execute(_CLAIM, {**params, "limit": limit, "retried": False}).fetchall()
         claimed = [ClaimedSource(*row) for row in rows]
         log.info(
