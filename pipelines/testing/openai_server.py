@@ -2,8 +2,27 @@
 
 For tests and benchmarks of the openai backend, with the failures a real provider has:
 latency (fixed + per input), 429 with Retry-After, bursts of 5xx, requests that hang until
-the server stops, and OpenAI's own limits (2048 inputs, 300 000 tokens per request). Every
-request is recorded (arrival time, inputs, tokens, Authorization header, status answered).
+the server stops, OpenAI's own limits (2048 inputs, 300 000 tokens per request) and, when
+asked, an account's rate limits (requests/min, tokens/min; OpenAI's tier 1 for embeddings
+is 3 000 and 1 000 000). Every request is recorded (arrival time, inputs, tokens,
+Authorization header, status answered); `usage()` sums what was served over a time window.
+
+Rate limits are enforced the way a provider does it, not by counting per calendar minute:
+each limit is a bucket refilled continuously at limit/60 a second that holds at most
+`limit_burst_seconds` of it (6 s, a tenth of a minute, by default). Providers state their
+limits per minute but enforce them over shorter windows too (OpenAI: "your rate limit may be
+quantized ... 60 000 requests/minute may be enforced as 1 000 requests/second"), so a client
+that sends a minute's worth at once is refused here as there; a tenth of a minute, rather
+than the client's own one-second burst, leaves room for network jitter, so a client that
+keeps to the rate never sees a 429 and one that exceeds it soon does. A request that would
+take either bucket below zero is refused at once (no latency) with 429, OpenAI's
+`rate_limit_exceeded` body and `Retry-After: <seconds, a decimal>`, the time until it would
+fit; nothing is taken from the buckets. A request larger than a whole bucket (tokens over
+the burst, still within the per-request cap) passes when that bucket is full, leaving it in
+debt that later requests wait out, so it is never starved and the rate still holds over
+time. Tokens are counted with `fake_tokens`, the client's own estimate. With a limit set,
+every answer carries OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
+headers (remaining: what the bucket holds now; limit: the per-minute figure).
 
 Vectors are deterministic (seeded by a hash of the text) and deliberately NOT normalised,
 so a client that forgets to normalise fails its tests. Rows come back in reverse order,
@@ -15,7 +34,13 @@ so a client that ignores `index` does too.
     ...
     server.stop()
 
-From a shell: `python -m pipelines.testing.openai_server --port 0 --latency 0.05`.
+    limited = FakeEmbeddingServer(requests_per_minute=TIER1_REQUESTS_PER_MINUTE,
+                                  tokens_per_minute=TIER1_TOKENS_PER_MINUTE)
+    ...
+    served = limited.usage(since=steady_start)   # Usage(requests_ok, tokens_ok, requests_429)
+
+From a shell: `python -m pipelines.testing.openai_server --port 0 --latency 0.05`
+(add `--requests-per-minute 3000 --tokens-per-minute 1000000` for tier 1's limits).
 """
 
 from __future__ import annotations
@@ -29,6 +54,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from aiohttp import web
@@ -36,6 +62,10 @@ from aiohttp import web
 OPENAI_MAX_INPUTS = 2048
 OPENAI_MAX_TOKENS_PER_REQUEST = 300_000
 BYTES_PER_TOKEN = 3  # the fake's "tokenizer": the openai backend's default estimate, so tests can be exact
+# OpenAI's tier-1 limits for embedding models (platform.openai.com/docs/guides/rate-limits).
+TIER1_REQUESTS_PER_MINUTE = 3_000
+TIER1_TOKENS_PER_MINUTE = 1_000_000
+LIMIT_BURST_SECONDS = 6.0  # a bucket holds this many seconds of its rate (see the module docstring)
 _CONTROL_TIMEOUT_SECONDS = 10
 
 
@@ -60,6 +90,46 @@ class RecordedRequest:
     status: int = 0  # what the server answered; 0 while unanswered (or hung until shutdown)
 
 
+class Usage(NamedTuple):
+    """What the server served over a window: answered 200 (requests, their tokens) and 429."""
+
+    requests_ok: int
+    tokens_ok: int
+    requests_429: int  # scripted ones (`rate_limit_next`) included
+
+
+class _Limit:
+    """One rate limit: a bucket refilled at `per_minute / 60` a second, holding `burst_seconds` of it."""
+
+    def __init__(self, label: str, per_minute: int, burst_seconds: float, now: float) -> None:
+        self.label = label  # "requests per min (RPM)" | "tokens per min (TPM)", as OpenAI says it
+        self.per_minute = per_minute
+        self.per_second = per_minute / 60.0
+        self.capacity = max(1.0, self.per_second * burst_seconds)
+        self.level = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + max(0.0, now - self.updated) * self.per_second)
+        self.updated = max(self.updated, now)
+
+    def wait_seconds(self, amount: float) -> float:
+        """0 when `amount` fits now, else the seconds until it will (more than a whole bucket
+        fits once the bucket is full)."""
+        needed = min(amount, self.capacity)
+        return max(0.0, (needed - self.level) / self.per_second - 1e-9)
+
+    def used(self) -> int:
+        return round(self.capacity - self.level)
+
+    def headers(self, kind: str) -> dict[str, str]:
+        return {
+            f"x-ratelimit-limit-{kind}": str(self.per_minute),
+            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
+            f"x-ratelimit-reset-{kind}": _duration((self.capacity - self.level) / self.per_second),
+        }
+
+
 @dataclass(frozen=True)
 class _Fault:
     kind: str  # "status" | "hang"
@@ -79,7 +149,17 @@ class FakeEmbeddingServer:
         max_tokens_per_request: int = OPENAI_MAX_TOKENS_PER_REQUEST,
         host: str = "127.0.0.1",
         port: int = 0,
+        requests_per_minute: int = 0,
+        tokens_per_minute: int = 0,
+        limit_burst_seconds: float = LIMIT_BURST_SECONDS,
     ) -> None:
+        """`requests_per_minute`, `tokens_per_minute`: the account's rate limits, 0 for none
+        (`TIER1_*` are OpenAI's tier 1); `limit_burst_seconds`: how much of each a full bucket
+        holds (see the module docstring)."""
+        if requests_per_minute < 0 or tokens_per_minute < 0:
+            raise ValueError("rate limits must be >= 0 (0 = no limit)")
+        if limit_burst_seconds <= 0:
+            raise ValueError("limit_burst_seconds must be > 0")
         self.dim = dim
         self.latency = latency
         self.latency_per_input = latency_per_input
@@ -90,6 +170,17 @@ class FakeEmbeddingServer:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._faults: collections.deque[_Fault] = collections.deque()
+        now = time.monotonic()
+        self.requests_per_minute, self.tokens_per_minute = requests_per_minute, tokens_per_minute
+        self.limit_burst_seconds = limit_burst_seconds
+        self._limits = {
+            kind: _Limit(label, per_minute, limit_burst_seconds, now)
+            for kind, label, per_minute in (
+                ("requests", "requests per min (RPM)", requests_per_minute),
+                ("tokens", "tokens per min (TPM)", tokens_per_minute),
+            )
+            if per_minute
+        }
         self._closing = asyncio.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-openai", daemon=True)
@@ -129,6 +220,21 @@ class FakeEmbeddingServer:
         with self._lock:
             self._requests.clear()
 
+    def usage(self, since: float | None = None, until: float | None = None) -> Usage:
+        """What was answered to requests that arrived in [since, until) (time.monotonic()
+        values; None: no bound). Requests still waiting for their answer count nowhere."""
+        requests_ok = tokens_ok = requests_429 = 0
+        with self._lock:
+            for request in self._requests:
+                if (since is not None and request.at < since) or (until is not None and request.at >= until):
+                    continue
+                if request.status == 200:
+                    requests_ok += 1
+                    tokens_ok += request.tokens
+                elif request.status == 429:
+                    requests_429 += 1
+        return Usage(requests_ok, tokens_ok, requests_429)
+
     # -- the endpoint --------------------------------------------------------------------
 
     async def _embeddings(self, request: web.Request) -> web.Response:
@@ -141,8 +247,9 @@ class FakeEmbeddingServer:
                 raise ValueError("input must be a string or a list of strings")
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, f"invalid request: {exc}")
+        now = time.monotonic()
         record = RecordedRequest(
-            at=time.monotonic(),
+            at=now,
             inputs=len(inputs),
             tokens=sum(fake_tokens(text) for text in inputs),
             model=model,
@@ -152,12 +259,66 @@ class FakeEmbeddingServer:
         with self._lock:
             self._requests.append(record)
             fault = self._faults.popleft() if self._faults else None
-        delay = self.latency + self.latency_per_input * len(inputs)
-        if delay:
-            await asyncio.sleep(delay)
-        response = await self._answer(record, inputs, body, fault)
+            limited = None
+            if fault is None and self._refusal(record, inputs) is None:
+                limited = self._admit(record.tokens, now)
+            limit_headers = self._limit_headers()
+        if limited is not None:
+            response = limited  # refused at the door, as a provider's gateway does: no latency
+        else:
+            delay = self.latency + self.latency_per_input * len(inputs)
+            if delay:
+                await asyncio.sleep(delay)
+            response = await self._answer(record, inputs, body, fault)
+        response.headers.update(limit_headers)
         record.status = response.status
         return response
+
+    def _admit(self, tokens: int, now: float) -> web.Response | None:
+        """Take one request and `tokens` from the buckets, or the 429 that refuses them (and
+        takes nothing). Called with the lock held."""
+        amounts = {"requests": 1, "tokens": tokens}
+        waits = {}
+        for kind, limit in self._limits.items():
+            limit.refill(now)
+            waits[kind] = limit.wait_seconds(amounts[kind])
+        if not waits or max(waits.values()) <= 0:
+            for kind, limit in self._limits.items():
+                limit.level -= amounts[kind]
+            return None
+        kind = max(waits, key=waits.__getitem__)
+        limit, wait = self._limits[kind], waits[kind]
+        retry_after = math.ceil(round(wait * 1000, 6)) / 1000  # whole milliseconds, never below the wait
+        message = (
+            f"Rate limit reached for fake-embeddings on {limit.label}: Limit {limit.per_minute} "
+            f"({limit.capacity:.0f} per {self.limit_burst_seconds:g}s), Used {limit.used()}, "
+            f"Requested {amounts[kind]}. Please try again in {_duration(retry_after)}."
+        )
+        return web.json_response(
+            {"error": {"message": message, "type": kind, "param": None, "code": "rate_limit_exceeded"}},
+            status=429,
+            headers={"Retry-After": f"{retry_after:.3f}".rstrip("0").rstrip(".")},
+        )
+
+    def _limit_headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers as the buckets stand. Called with the lock held."""
+        headers: dict[str, str] = {}
+        for kind, limit in self._limits.items():
+            headers.update(limit.headers(kind))
+        return headers
+
+    def _refusal(self, record: RecordedRequest, inputs: list[str]) -> web.Response | None:
+        """The 401 or 400 this request earns whatever the rate (so it costs no rate), or None."""
+        if self.api_key is not None and record.authorization != f"Bearer {self.api_key}":
+            received = (record.authorization or "").removeprefix("Bearer ")
+            return _error(401, f"Incorrect API key provided: {received}.")
+        if len(inputs) > self.max_inputs:
+            return _error(400, f"'$.input' is invalid: at most {self.max_inputs} inputs, got {len(inputs)}")
+        if record.tokens > self.max_tokens_per_request:
+            return _error(
+                400, f"Requested {record.tokens} tokens, max {self.max_tokens_per_request} tokens per request"
+            )
+        return None
 
     async def _answer(
         self, record: RecordedRequest, inputs: list[str], body: dict, fault: _Fault | None
@@ -168,15 +329,9 @@ class FakeEmbeddingServer:
         if fault is not None:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             return _error(fault.status, "scripted failure", headers)
-        if self.api_key is not None and record.authorization != f"Bearer {self.api_key}":
-            received = (record.authorization or "").removeprefix("Bearer ")
-            return _error(401, f"Incorrect API key provided: {received}.")
-        if len(inputs) > self.max_inputs:
-            return _error(400, f"'$.input' is invalid: at most {self.max_inputs} inputs, got {len(inputs)}")
-        if record.tokens > self.max_tokens_per_request:
-            return _error(
-                400, f"Requested {record.tokens} tokens, max {self.max_tokens_per_request} tokens per request"
-            )
+        refusal = self._refusal(record, inputs)
+        if refusal is not None:
+            return refusal
         dim = int(body.get("dimensions") or self.dim)
         data = [
             {"object": "embedding", "index": index, "embedding": fake_vector(text, dim).tolist()}
@@ -226,6 +381,17 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     )
 
 
+def _duration(seconds: float) -> str:
+    """OpenAI's way of writing a wait: "42ms", "1.2s", "6m0s"."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{math.ceil(round(seconds * 1000, 6))}ms"
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -234,6 +400,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
     parser.add_argument("--latency-per-input", type=float, default=0.0, help="seconds added per input text")
     parser.add_argument("--api-key", default=None, help="require this Bearer key (default: accept any)")
+    parser.add_argument(
+        "--requests-per-minute",
+        type=int,
+        default=0,
+        help=f"rate limit, 0 = none (OpenAI tier 1: {TIER1_REQUESTS_PER_MINUTE})",
+    )
+    parser.add_argument(
+        "--tokens-per-minute",
+        type=int,
+        default=0,
+        help=f"rate limit in fake_tokens, 0 = none (OpenAI tier 1: {TIER1_TOKENS_PER_MINUTE})",
+    )
+    parser.add_argument(
+        "--limit-burst-seconds",
+        type=float,
+        default=LIMIT_BURST_SECONDS,
+        help="how many seconds of each rate a full bucket holds",
+    )
     args = parser.parse_args(argv)
     server = FakeEmbeddingServer(
         dim=args.dim,
@@ -242,6 +426,9 @@ def main(argv: list[str] | None = None) -> None:
         api_key=args.api_key,
         host=args.host,
         port=args.port,
+        requests_per_minute=args.requests_per_minute,
+        tokens_per_minute=args.tokens_per_minute,
+        limit_burst_seconds=args.limit_burst_seconds,
     )
     print(f"fake embeddings server at {server.start()} (Ctrl-C stops it)", flush=True)
     try:
@@ -251,7 +438,11 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         server.stop()
-        print(f"served {len(server.requests)} requests")
+        served = server.usage()
+        print(
+            f"served {len(server.requests)} requests: {served.requests_ok} ok "
+            f"({served.tokens_ok} tokens), {served.requests_429} answered 429"
+        )
 
 
 if __name__ == "__main__":
