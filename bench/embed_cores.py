@@ -1,0 +1,173 @@
+"""How many cores does the embed stage keep busy? Runs a command (default: the demo) and samples
+the CPU time of every Ray worker on this machine every `--interval` seconds.
+
+    python -m bench.embed_cores                       # python -m jobs.demo
+    python -m bench.embed_cores -- python -m jobs.crawl ...
+
+The embed actors are the Ray workers whose command line (Ray's process title) has ever held
+`MapBatches(EmbedStage)`; every other `ray::` process is "other stages". The embed stage's
+window runs from the first to the last sample in which the embed actors used more than
+`--busy` of a core; over that window it prints, in cores (CPU seconds per wall second), the
+embed actors, the other Ray workers, the driver (the command's own process) and the whole
+machine; then the most threads an embed actor had (/proc/PID/task) and how many of them did
+real work (the model's OpenMP threads: one working thread means the model ran on one core).
+Only the command's own descendants are sampled: other Ray clusters on the machine are not
+counted, though they do take cores (hence the load average).
+
+Reproduce (numbers in the report of the `cores` branch; note the load average, which the
+script prints before and after, since other work on the machine takes cores from the model):
+
+    XDG_DATA_HOME=/tmp/cores-data python -m bench.embed_cores
+
+The database goes under XDG_DATA_HOME (pipelines/config.py, store.data_dir), so a throwaway
+one keeps the run from touching the usual demo tenant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+EMBED_MARK = "MapBatches(EmbedStage)"
+
+
+@dataclass
+class Sample:
+    at: float
+    embed: float  # cumulative CPU seconds of the embed actors seen so far
+    other: float  # of the other ray:: processes
+    driver: float
+    machine: float  # whole machine, busy CPU seconds
+
+
+@dataclass
+class Tracker:
+    embed_pids: set[int] = field(default_factory=set)
+    # pid -> last cumulative CPU seconds, so a process that exits keeps its share
+    last: dict[int, float] = field(default_factory=dict)
+    max_threads: int = 0
+    # embed actor pid -> thread id -> CPU seconds, at the last sample
+    thread_cpu: dict[int, dict[int, float]] = field(default_factory=dict)
+
+
+def _cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def _machine_busy() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def sample(tracker: Tracker, driver: psutil.Process) -> Sample:
+    try:
+        # Only the command's own descendants: other Ray clusters on the machine (other users'
+        # jobs, tests) have embed actors too. The driver starts its local cluster's raylet,
+        # which starts the workers.
+        procs = driver.children(recursive=True)
+    except psutil.Error:
+        procs = []
+    for proc in procs:
+        try:
+            cmd = " ".join(proc.cmdline())
+            if not cmd.startswith("ray::") and "default_worker.py" not in cmd:
+                continue
+            pid = proc.pid
+            if EMBED_MARK in cmd:
+                tracker.embed_pids.add(pid)
+            if pid in tracker.embed_pids:
+                tracker.max_threads = max(tracker.max_threads, proc.num_threads())
+                seen = tracker.thread_cpu.setdefault(pid, {})
+                seen.update((t.id, t.user_time + t.system_time) for t in proc.threads())
+            tracker.last[pid] = _cpu(proc)
+        except psutil.Error:
+            continue
+    embed = sum(v for pid, v in tracker.last.items() if pid in tracker.embed_pids)
+    other = sum(v for pid, v in tracker.last.items() if pid not in tracker.embed_pids)
+    try:
+        drv = _cpu(driver)
+    except psutil.Error:
+        drv = 0.0
+    return Sample(time.monotonic(), embed, other, drv, _machine_busy())
+
+
+def embed_window(samples: list[Sample], busy: float) -> tuple[int, int] | None:
+    """Indices (i, j): the embed actors were busier than `busy` cores between samples i and j."""
+    hot = [
+        k
+        for k in range(1, len(samples))
+        if (samples[k].embed - samples[k - 1].embed) / (samples[k].at - samples[k - 1].at) > busy
+    ]
+    return (hot[0] - 1, hot[-1]) if hot else None
+
+
+def write_trace(path: str, samples: list[Sample], started: float) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("seconds,embed,other,driver,machine\n")
+        for prev, cur in itertools.pairwise(samples):
+            dt = cur.at - prev.at
+            rates = [
+                (cur.embed - prev.embed) / dt,
+                (cur.other - prev.other) / dt,
+                (cur.driver - prev.driver) / dt,
+                (cur.machine - prev.machine) / dt,
+            ]
+            out.write(f"{cur.at - started:.1f}," + ",".join(f"{r:.2f}" for r in rates) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--interval", type=float, default=0.5)
+    p.add_argument("--busy", type=float, default=0.2, help="cores above which a sample counts as embedding")
+    p.add_argument("--thread-seconds", type=float, default=2.0, help="a thread working above this many CPU s")
+    p.add_argument("--trace", help="also write every sample's cores busy (embed, other, machine) to this CSV")
+    p.add_argument("command", nargs="*", default=[sys.executable, "-m", "jobs.demo"])
+    args = p.parse_args(argv)
+
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    started = time.monotonic()
+    child = subprocess.Popen(args.command, stdout=subprocess.DEVNULL)
+    driver = psutil.Process(child.pid)
+    tracker = Tracker()
+    samples = [sample(tracker, driver)]
+    while child.poll() is None:
+        time.sleep(args.interval)
+        samples.append(sample(tracker, driver))
+    wall = time.monotonic() - started
+    print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"command exit {child.returncode}, wall {wall:.1f} s, cores usable {len(os.sched_getaffinity(0))}")
+    if args.trace:
+        write_trace(args.trace, samples, started)
+    window = embed_window(samples, args.busy)
+    if window is None:
+        print(f"no embed actor ({EMBED_MARK}) was seen busy")
+        return 1
+    a, b = samples[window[0]], samples[window[1]]
+    span = b.at - a.at
+    print(f"embed actors: {len(tracker.embed_pids)}, threads per actor (max) {tracker.max_threads}")
+    for pid, threads in sorted(tracker.thread_cpu.items()):
+        busiest = sorted(threads.values(), reverse=True)
+        working = sum(1 for cpu in busiest if cpu >= args.thread_seconds)
+        top = ", ".join(f"{cpu:.1f}" for cpu in busiest[:4])
+        print(f"  actor {pid}: {working} threads used >= {args.thread_seconds:g} CPU s (busiest: {top} s)")
+    print(f"embed stage window: {span:.1f} s (from {a.at - started:.1f} s to {b.at - started:.1f} s)")
+    for name, used in (
+        ("embed actors", b.embed - a.embed),
+        ("other ray workers", b.other - a.other),
+        ("driver", b.driver - a.driver),
+        ("whole machine", b.machine - a.machine),
+    ):
+        print(f"  {name:18} {used / span:5.2f} cores busy")
+    return child.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
