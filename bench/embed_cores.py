@@ -8,8 +8,11 @@ The embed actors are the Ray workers whose command line (Ray's process title) ha
 `MapBatches(EmbedStage)`; every other `ray::` process is "other stages". The embed stage's
 window runs from the first to the last sample in which the embed actors used more than
 `--busy` of a core; over that window it prints, in cores (CPU seconds per wall second), the
-embed actors, the other Ray workers, the driver (the command's own process) and the whole
-machine; then the most threads an embed actor had (/proc/PID/task) and how many of them did
+embed actors, the other Ray workers, the run's other processes (raylet, GCS, dashboard,
+the embedded PostgreSQL), the driver (the command's own process), the machine's other work
+("not this run": what other users' processes took) and the whole machine, and the median
+of the window's samples for the embed actors (the window also holds any wait for upstream
+stages); then the most threads an embed actor had (/proc/PID/task) and how many of them did
 real work (the model's OpenMP threads: one working thread means the model ran on one core).
 Only the command's own descendants are sampled: other Ray clusters on the machine are not
 counted, though they do take cores (hence the load average).
@@ -41,8 +44,11 @@ EMBED_MARK = "MapBatches(EmbedStage)"
 @dataclass
 class Sample:
     at: float
-    embed: float  # cumulative CPU seconds of the embed actors seen so far
-    other: float  # of the other ray:: processes
+    # cumulative CPU seconds since the start, each process's use between two samples counted
+    # under what it was at the later one (a worker becomes an embed actor when it takes the role)
+    embed: float  # the embed actors
+    other: float  # the other ray:: workers (the other stages, Ray's dashboard agent)
+    system: float  # the run's other processes: raylet, GCS, dashboard, the embedded PostgreSQL
     driver: float
     machine: float  # whole machine, busy CPU seconds
 
@@ -50,10 +56,10 @@ class Sample:
 @dataclass
 class Tracker:
     embed_pids: set[int] = field(default_factory=set)
-    # pid -> last cumulative CPU seconds, so a process that exits keeps its share
-    last: dict[int, float] = field(default_factory=dict)
+    last: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds at the last sample
+    totals: dict[str, float] = field(default_factory=lambda: {"embed": 0.0, "other": 0.0, "system": 0.0})
     max_threads: int = 0
-    # embed actor pid -> thread id -> CPU seconds, at the last sample
+    # embed actor pid -> thread id -> CPU seconds, at the last sample that saw the thread
     thread_cpu: dict[int, dict[int, float]] = field(default_factory=dict)
 
 
@@ -78,25 +84,29 @@ def sample(tracker: Tracker, driver: psutil.Process) -> Sample:
     for proc in procs:
         try:
             cmd = " ".join(proc.cmdline())
-            if not cmd.startswith("ray::") and "default_worker.py" not in cmd:
-                continue
             pid = proc.pid
             if EMBED_MARK in cmd:
                 tracker.embed_pids.add(pid)
             if pid in tracker.embed_pids:
+                kind = "embed"
                 tracker.max_threads = max(tracker.max_threads, proc.num_threads())
                 seen = tracker.thread_cpu.setdefault(pid, {})
                 seen.update((t.id, t.user_time + t.system_time) for t in proc.threads())
-            tracker.last[pid] = _cpu(proc)
+            elif cmd.startswith("ray::") or "default_worker.py" in cmd:
+                kind = "other"
+            else:
+                kind = "system"
+            cpu = _cpu(proc)
         except psutil.Error:
             continue
-    embed = sum(v for pid, v in tracker.last.items() if pid in tracker.embed_pids)
-    other = sum(v for pid, v in tracker.last.items() if pid not in tracker.embed_pids)
+        tracker.totals[kind] += cpu - tracker.last.get(pid, 0.0)
+        tracker.last[pid] = cpu
     try:
         drv = _cpu(driver)
     except psutil.Error:
         drv = 0.0
-    return Sample(time.monotonic(), embed, other, drv, _machine_busy())
+    t = tracker.totals
+    return Sample(time.monotonic(), t["embed"], t["other"], t["system"], drv, _machine_busy())
 
 
 def embed_window(samples: list[Sample], busy: float) -> tuple[int, int] | None:
@@ -111,12 +121,13 @@ def embed_window(samples: list[Sample], busy: float) -> tuple[int, int] | None:
 
 def write_trace(path: str, samples: list[Sample], started: float) -> None:
     with open(path, "w", encoding="utf-8") as out:
-        out.write("seconds,embed,other,driver,machine\n")
+        out.write("seconds,embed,other,system,driver,machine\n")
         for prev, cur in itertools.pairwise(samples):
             dt = cur.at - prev.at
             rates = [
                 (cur.embed - prev.embed) / dt,
                 (cur.other - prev.other) / dt,
+                (cur.system - prev.system) / dt,
                 (cur.driver - prev.driver) / dt,
                 (cur.machine - prev.machine) / dt,
             ]
@@ -159,13 +170,21 @@ def main(argv: list[str] | None = None) -> int:
         top = ", ".join(f"{cpu:.1f}" for cpu in busiest[:4])
         print(f"  actor {pid}: {working} threads used >= {args.thread_seconds:g} CPU s (busiest: {top} s)")
     print(f"embed stage window: {span:.1f} s (from {a.at - started:.1f} s to {b.at - started:.1f} s)")
-    for name, used in (
-        ("embed actors", b.embed - a.embed),
-        ("other ray workers", b.other - a.other),
-        ("driver", b.driver - a.driver),
-        ("whole machine", b.machine - a.machine),
-    ):
-        print(f"  {name:18} {used / span:5.2f} cores busy")
+    used = {
+        "embed actors": b.embed - a.embed,
+        "other ray workers": b.other - a.other,
+        "ray system, pg": b.system - a.system,
+        "driver": b.driver - a.driver,
+    }
+    used["not this run"] = (b.machine - a.machine) - sum(used.values())
+    used["whole machine"] = b.machine - a.machine
+    for name, seconds in used.items():
+        print(f"  {name:18} {seconds / span:5.2f} cores busy")
+    rates = sorted(
+        (samples[k].embed - samples[k - 1].embed) / (samples[k].at - samples[k - 1].at)
+        for k in range(window[0] + 1, window[1] + 1)
+    )
+    print(f"  embed actors, median of the window's samples: {rates[len(rates) // 2]:.2f} cores")
     return child.returncode
 
 
