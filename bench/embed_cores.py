@@ -1,29 +1,40 @@
 """How many cores does the embed stage keep busy? Runs a command (default: the demo) and samples
-the CPU time of every Ray worker on this machine every `--interval` seconds.
+the CPU time of each of its processes (Ray's workers among them) every `--interval` seconds.
 
     python -m bench.embed_cores                       # python -m jobs.demo
-    python -m bench.embed_cores -- python -m jobs.crawl ...
+    python -m bench.embed_cores -- python -m jobs.demo --set embed.num_threads=1
 
 The embed actors are the Ray workers whose command line (Ray's process title) has ever held
-`MapBatches(EmbedStage)`; every other `ray::` process is "other stages". The embed stage's
-window runs from the first to the last sample in which the embed actors used more than
-`--busy` of a core; over that window it prints, in cores (CPU seconds per wall second), the
-embed actors, the other Ray workers, the run's other processes (raylet, GCS, dashboard,
-the embedded PostgreSQL), the driver (the command's own process), the machine's other work
-("not this run": what other users' processes took) and the whole machine, and the median
-of the window's samples for the embed actors (the window also holds any wait for upstream
-stages); then the most threads an embed actor had (/proc/PID/task) and how many of them did
-real work (the model's OpenMP threads: one working thread means the model ran on one core).
-Only the command's own descendants are sampled: other Ray clusters on the machine are not
-counted, though they do take cores (hence the load average).
+`MapBatches(EmbedStage)`; every other `ray::` process counts under "other ray workers". The
+embed stage's window runs from the first of `--sustain` samples in a row in which the embed
+actors used more than `--busy` of a core (shorter bursts before it are the actor starting:
+its imports and the model loading, under a second) to the last sample above `--busy`; any
+wait for upstream stages inside it counts as idle. Over that window it prints, in cores (CPU
+seconds per wall second):
 
-Reproduce (numbers in the report of the `cores` branch; note the load average, which the
-script prints before and after, since other work on the machine takes cores from the model):
+- embed actors; also the median of the window's samples
+- other ray workers: the other stages, Ray's dashboard agent
+- ray system, pg: the run's other processes (raylet, GCS, dashboard, PostgreSQL when the
+  driver started it)
+- driver: the command's own process
+- not this run: what the machine's other work took (other users' jobs)
+- whole machine
 
-    XDG_DATA_HOME=/tmp/cores-data python -m bench.embed_cores
+and the most threads an embed actor had (/proc/PID/task) with how many of them did real work
+(the model's OpenMP threads: one working thread means the model ran on one core). Only the
+command's descendants are counted: another Ray cluster on the machine has embed actors too.
 
-The database goes under XDG_DATA_HOME (pipelines/config.py, store.data_dir), so a throwaway
-one keeps the run from touching the usual demo tenant.
+Reproduce (the `cores` branch's report has the figures; note the load average, printed before
+and after, since other work on the machine takes cores from the model):
+
+    rm -rf /tmp/cores-data
+    XDG_DATA_HOME=/tmp/cores-data python -m bench.embed_cores --trace /tmp/embed-cores.csv \
+        -- python -m jobs.demo --set ray.address=local
+
+XDG_DATA_HOME puts the embedded database in a throwaway place (store.data_dir), empty each
+run so every page is embedded (a second run finds the pages unchanged and embeds none);
+ray.address=local starts the demo's own Ray even where `ray start` runs one on the machine
+(ray.init would join it, and its workers are not the command's descendants).
 """
 
 from __future__ import annotations
@@ -109,14 +120,20 @@ def sample(tracker: Tracker, driver: psutil.Process) -> Sample:
     return Sample(time.monotonic(), t["embed"], t["other"], t["system"], drv, _machine_busy())
 
 
-def embed_window(samples: list[Sample], busy: float) -> tuple[int, int] | None:
-    """Indices (i, j): the embed actors were busier than `busy` cores between samples i and j."""
-    hot = [
-        k
+def embed_window(samples: list[Sample], busy: float, sustain: int) -> tuple[int, int] | None:
+    """Indices (i, j): from the first to the last sample in which the embed actors used more
+    than `busy` cores for `sustain` samples in a row. A lone busy sample before the first
+    batch is the actor starting (its worker's imports, the model loading), not embedding."""
+    rate = [0.0] + [
+        (samples[k].embed - samples[k - 1].embed) / (samples[k].at - samples[k - 1].at)
         for k in range(1, len(samples))
-        if (samples[k].embed - samples[k - 1].embed) / (samples[k].at - samples[k - 1].at) > busy
     ]
-    return (hot[0] - 1, hot[-1]) if hot else None
+    hot = [k for k in range(1, len(samples)) if rate[k] > busy]
+    runs = [k for k in hot if all(rate[j] > busy for j in range(k, min(k + sustain, len(samples))))]
+    if not runs:
+        return None
+    last = max(k for k in hot if k >= runs[0])
+    return runs[0] - 1, last
 
 
 def write_trace(path: str, samples: list[Sample], started: float) -> None:
@@ -137,7 +154,8 @@ def write_trace(path: str, samples: list[Sample], started: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--interval", type=float, default=0.5)
-    p.add_argument("--busy", type=float, default=0.2, help="cores above which a sample counts as embedding")
+    p.add_argument("--busy", type=float, default=0.5, help="cores above which a sample counts as embedding")
+    p.add_argument("--sustain", type=int, default=3, help="busy samples in a row that start the window")
     p.add_argument("--thread-seconds", type=float, default=2.0, help="a thread working above this many CPU s")
     p.add_argument("--trace", help="also write every sample's cores busy (embed, other, machine) to this CSV")
     p.add_argument("command", nargs="*", default=[sys.executable, "-m", "jobs.demo"])
@@ -157,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command exit {child.returncode}, wall {wall:.1f} s, cores usable {len(os.sched_getaffinity(0))}")
     if args.trace:
         write_trace(args.trace, samples, started)
-    window = embed_window(samples, args.busy)
+    window = embed_window(samples, args.busy, args.sustain)
     if window is None:
         print(f"no embed actor ({EMBED_MARK}) was seen busy")
         return 1
@@ -169,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         working = sum(1 for cpu in busiest if cpu >= args.thread_seconds)
         top = ", ".join(f"{cpu:.1f}" for cpu in busiest[:4])
         print(f"  actor {pid}: {working} threads used >= {args.thread_seconds:g} CPU s (busiest: {top} s)")
+    first_cpu = next((s.at for s in samples if s.embed > 0), a.at)
+    print(f"embed actor's first CPU use (its start-up) at {first_cpu - started:.1f} s")
     print(f"embed stage window: {span:.1f} s (from {a.at - started:.1f} s to {b.at - started:.1f} s)")
     used = {
         "embed actors": b.embed - a.embed,
