@@ -395,6 +395,13 @@ class RayConfig:
     # up within this long (the cluster lacks the CPUs or GPUs they ask for; a GPU node may
     # take minutes to join).
     actor_start_timeout_seconds: float = 1800.0
+    # Whether the cluster adds nodes for work that does not fit ("auto", "yes", "no"). A pipeline
+    # whose stages ask for more than the cluster has fails at once with the setting to change
+    # when it does not; when it does, the run waits for new nodes (up to the timeout above).
+    # auto: a local Ray never does; a joined cluster does when its autoscaler has node types
+    # that can grow (`ray up cluster.yaml`); set "yes" where that is not detected (see
+    # pipelines/placement.py), "no" to fail fast on any cluster.
+    autoscaling: str = "auto"
     crawl_concurrency: int = 2  # crawl actors; each crawls a batch of sites concurrently
     crawl_cpus: float = 0.25  # crawling waits on the network
     clean_concurrency: int = 2  # at most this many clean tasks at once
@@ -434,6 +441,8 @@ class RayConfig:
         if self.embed_max_concurrency and self.embed_max_concurrency < self.embed_concurrency:
             raise ConfigError("ray.embed_max_concurrency must be 0 (fixed pool) or >= ray.embed_concurrency")
         _resource_map(self.embed_resources)  # a malformed value fails at start-up
+        if self.autoscaling not in ("auto", "yes", "no"):
+            raise ConfigError(f"ray.autoscaling must be auto, yes or no, got {self.autoscaling!r}")
 
     @property
     def embed_resource_map(self) -> dict[str, float]:

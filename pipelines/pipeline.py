@@ -22,7 +22,7 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from pipelines import ids
+from pipelines import ids, placement
 from pipelines.chunk import CHUNKER_VERSION, Chunker
 from pipelines.clean import Cleaner
 from pipelines.config import PipelineConfig, database_url_from_env
@@ -81,12 +81,21 @@ def _configure_ray_data(config: PipelineConfig) -> None:
     context = ray.data.DataContext.get_current()
     context.target_max_block_size = config.ray.max_block_bytes
     context.wait_for_min_actors_s = config.ray.actor_start_timeout_seconds
+    context.set_config(_AUTOSCALING_KEY, config.ray.autoscaling)  # read by output_blocks' check
+
+
+# Where _configure_ray_data leaves ray.autoscaling for the placement check (DataContext's own
+# store for settings of its users), and the attribute where a dataset built by _run_stage keeps
+# the pools of every stage up to it.
+_AUTOSCALING_KEY = "kb_pipeline.autoscaling"
+_POOLS = "_kb_pipeline_pools"
 
 
 def _run_stage(
     dataset: ray.data.Dataset,
     stage: object,
     *,
+    stage_name: str,
     batch_size: int | None,
     cpus: float,
     concurrency: int | tuple[int, int],
@@ -109,7 +118,9 @@ def _run_stage(
 
     `one_task_per_actor` for a stage whose tasks run as long as the pipeline (the queue-fed
     crawl): Ray would otherwise queue a second task behind the first on an actor that started
-    early, where it never runs."""
+    early, where it never runs.
+
+    `stage_name` (a key of placement.STAGES) names the stage when the cluster cannot hold it."""
     options: dict[str, object] = {"compute": _compute(stage, concurrency, one_task_per_actor)}
     if isinstance(stage, type):
         options["fn_constructor_kwargs"] = constructor_kwargs
@@ -119,7 +130,7 @@ def _run_stage(
             # **ray_remote_args, which warns of its removal in 2.64; nothing a user can act on.
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=Warning)
             options["max_task_retries"] = 0
-        return dataset.map_batches(
+        result = dataset.map_batches(
             stage,
             batch_size=batch_size,
             batch_format="pyarrow",
@@ -128,6 +139,27 @@ def _run_stage(
             resources=resources or None,
             **options,
         )
+    is_pool = isinstance(stage, type)
+    pool = placement.Pool(
+        stage_name,
+        workers=(concurrency[0] if isinstance(concurrency, tuple) else concurrency) if is_pool else 1,
+        bundle={"CPU": cpus, "GPU": gpus, **(resources or {})},
+        actors=is_pool,
+    )
+    setattr(result, _POOLS, (*getattr(dataset, _POOLS, ()), pool))
+    return result
+
+
+def _check_placement(dataset: ray.data.Dataset) -> list[placement.Pool]:
+    """Before `dataset` runs: fail at once if its stages can never all be placed on a cluster
+    that does not grow (Ray Data would wait ray.actor_start_timeout_seconds for them). Returns
+    its pools (none for a dataset not built here)."""
+    pools = list(getattr(dataset, _POOLS, ()))
+    if pools:
+        context = ray.data.DataContext.get_current()
+        cluster = placement.cluster_now(context.get_config(_AUTOSCALING_KEY, "auto"))
+        placement.check(pools, cluster, context.wait_for_min_actors_s)
+    return pools
 
 
 def _compute(
@@ -161,9 +193,11 @@ def output_blocks(
     Until the first block comes out, a line every WAIT_LOG_SECONDS says what the run waits
     for (Ray Data waits for actors it cannot place without a word); off for the queue-fed
     service, which waits for work by design."""
+    pools = _check_placement(dataset)  # before any actor starts: nothing to release if it raises
     first_block = threading.Event()
     if say_what_it_waits_for:
-        threading.Thread(target=_say_what_it_waits_for, args=(first_block,), daemon=True).start()
+        stages = ", ".join(p.stage for p in pools if p.actors)
+        threading.Thread(target=_say_what_it_waits_for, args=(first_block, stages), daemon=True).start()
     blocks = iter(dataset.iter_batches(batch_format="pyarrow", batch_size=None))  # a generator
     try:
         yield _noting_the_first(blocks, first_block)
@@ -178,16 +212,18 @@ def _noting_the_first(blocks: Iterator[pa.Table], first_block: threading.Event) 
         yield block
 
 
-def _say_what_it_waits_for(first_block: threading.Event) -> None:
+def _say_what_it_waits_for(first_block: threading.Event, stages: str = "") -> None:
     started = time.monotonic()
+    pools = f" ({stages})" if stages else ""
     while not first_block.wait(WAIT_LOG_SECONDS):
         free, total = ray.available_resources(), ray.cluster_resources()
         log.warning(
-            "pipeline.waiting seconds=%.0f for its first results: stage actors starting (a model "
+            "pipeline.waiting seconds=%.0f for its first results: stage actors%s starting (a model "
             "loading), or asking for more than the cluster has (free CPU %.2f of %.0f, GPU %.0f of %.0f). "
             "Such a pool waits up to ray.actor_start_timeout_seconds=%.0f, then fails: lower "
             "ray.*_concurrency, ray.*_cpus or ray.embed_gpus, or add nodes (`ray status` shows the demand)",
             time.monotonic() - started,
+            pools,
             free.get("CPU", 0.0),
             total.get("CPU", 0.0),
             free.get("GPU", 0.0),
@@ -256,6 +292,7 @@ def _crawl_and_clean(
     pages = _run_stage(
         crawl_input,
         Crawler,
+        stage_name="crawl",
         batch_size=batch_size,
         cpus=ray_config.crawl_cpus,
         concurrency=concurrency,
@@ -267,6 +304,7 @@ def _crawl_and_clean(
     return _run_stage(
         pages,
         Cleaner(config.clean),
+        stage_name="clean",
         batch_size=ray_config.batch_size,
         cpus=ray_config.clean_cpus,
         concurrency=ray_config.clean_concurrency,
@@ -288,11 +326,18 @@ def index_documents(
     if config.store.skip_unchanged:
         # One indexed query per batch: never the bottleneck, so one actor.
         documents = _run_stage(
-            documents, SkipUnchanged, **per_batch, cpus=ray_config.lookup_cpus, concurrency=1, **store
+            documents,
+            SkipUnchanged,
+            stage_name="unchanged-page check",
+            **per_batch,
+            cpus=ray_config.lookup_cpus,
+            concurrency=1,
+            **store,
         )
     chunked = _run_stage(
         documents,
         Chunker,
+        stage_name="chunk",
         **per_batch,
         cpus=ray_config.chunk_cpus,
         concurrency=ray_config.chunk_concurrency,
@@ -302,12 +347,14 @@ def index_documents(
     embedded = _run_stage(
         chunked,
         EmbedStage,
+        stage_name="embed",
         **per_batch,
         **_embed_placement(config, database_url),
     )
     return _run_stage(
         embedded,
         ChunkWriter,
+        stage_name="write",
         **per_batch,
         cpus=ray_config.write_cpus,
         concurrency=ray_config.write_concurrency,
@@ -338,6 +385,7 @@ def reembed_chunks(config: PipelineConfig, database_url: str, target: Target) ->
     chunks = _run_stage(
         ray.data.from_items(readers, override_num_blocks=len(readers)),
         ChunkReader,
+        stage_name="chunk read",
         batch_size=1,
         cpus=ray_config.lookup_cpus,
         concurrency=len(readers),
@@ -348,12 +396,14 @@ def reembed_chunks(config: PipelineConfig, database_url: str, target: Target) ->
     vectors = _run_stage(
         chunks,
         ChunkTextEmbedder,
+        stage_name="embed",
         batch_size=config.store.reembed_rows_per_block,
         **_embed_placement(config, database_url),
     )
     return _run_stage(
         vectors,
         NextVectorWriter,
+        stage_name="write",
         batch_size=config.store.reembed_rows_per_block,
         cpus=ray_config.write_cpus,
         concurrency=ray_config.write_concurrency,

@@ -11,6 +11,7 @@ import time
 from pipelines import metrics, pipeline
 from pipelines.config import PipelineConfig
 from pipelines.embed import Embedder
+from pipelines.placement import PoolCannotBePlaced
 from pipelines.service.credits import PageCredits
 from pipelines.service.feed import ClaimFeed
 from pipelines.service.held import HeldSources
@@ -34,7 +35,9 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
     queue at once and a new pipeline starts, after a jittered wait that grows while failures
     go on; pages already written stay, and are written again in place when their sites are
     crawled again. With `once`, queue.max_attempts failures in a row raise
-    `PipelineKeepsFailing`."""
+    `PipelineKeepsFailing`. A pipeline the cluster can never place (`PoolCannotBePlaced`: its
+    stages ask for more than a cluster that does not autoscale has) is a configuration error,
+    not a failure to retry: it hands the sources back and raises at once."""
     database_url, _ = open_store(config, embedder)
     pipeline.init_ray(config)
     config = _page_by_page(config)
@@ -52,6 +55,9 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
         held = HeldSources(queue, database_url, config.crawl.progress_interval_seconds)
         try:
             _run_pipeline(config, database_url, queue, held, once, reported)
+        except PoolCannotBePlaced:  # no restart can fix the settings: stop with the message
+            queue.release()
+            raise
         except Exception:  # the queue gets the sites back; they are crawled again
             log.exception("crawl.pipeline_failed owner=%s", queue.owner)
             queue.release()

@@ -43,8 +43,14 @@ class _RecordingDataset:
 def test_the_embed_pool_asks_for_them_and_other_stages_do_not():
     config = build_config(overrides=["ray.embed_resources=embed_node=1", "store.vector_cache=false"])
     dataset = _RecordingDataset()
-    pipeline._run_stage(dataset, EmbedStage, batch_size=None, **pipeline._embed_placement(config, "unused"))
-    pipeline._run_stage(dataset, EmbedStage, batch_size=None, cpus=0.5, concurrency=1)
+    pipeline._run_stage(
+        dataset,
+        EmbedStage,
+        stage_name="embed",
+        batch_size=None,
+        **pipeline._embed_placement(config, "unused"),
+    )
+    pipeline._run_stage(dataset, EmbedStage, stage_name="embed", batch_size=None, cpus=0.5, concurrency=1)
     embed, other = dataset.calls
     assert embed["resources"] == {"embed_node": 1.0}
     assert "resources" not in embed["fn_constructor_kwargs"], "a placement, not a stage argument"
