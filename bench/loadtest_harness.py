@@ -15,11 +15,17 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.chunk import Chunker
+from pipelines.clean import Cleaner
+from pipelines.crawl import Crawler
+from pipelines.embed.stage import EmbedStage
+from pipelines.store.unchanged import SkipUnchanged
+from pipelines.store.writer import ChunkWriter
 
 log = logging.getLogger("bench.loadtest")
 
@@ -32,21 +38,66 @@ LEASE_SECONDS = 20
 CRAWL_TIMEOUT_SECONDS = 5
 FAULT_AT = {"kill_worker": 0.15, "restart_postgres": 0.35, "embed_burst": 0.55}
 DEFAULT_BURST = 4  # one short of the circuit breaker's threshold (embed.breaker_failures = 5)
-CHUNK_TIMES_ENV = "KB_LOADTEST_CHUNK_TIMES"  # folder where TimedChunker writes, set for Ray workers
+TIMES_ENV = "KB_LOADTEST_TIMES"  # folder where the timed stages write, set for Ray workers
 
 
-# -- inside the services: per-page chunk times -------------------------------------------
+# -- inside the services: each stage's own time -------------------------------------------
 
 
-class TimedChunker(Chunker):
-    """The pipeline's Chunker, also writing each page's chunking time to a file (one float
-    per line) in $KB_LOADTEST_CHUNK_TIMES: the load test reads them back after the run.
-    Installed by the load test's services in place of pipelines.pipeline.Chunker."""
+class _Clocked:
+    """Mixed into a pipeline stage by the load test's services: appends one line per call to
+    stage-times-PID.txt in $KB_LOADTEST_TIMES: the stage, its wall seconds, the CPU seconds of
+    the thread that ran it, and its rows. A stage whose call is a generator (the crawl) is
+    clocked per block it yields: its wall time is mostly waiting for the sites."""
+
+    STAGE = ""
+
+    def _record(self, wall: float, cpu: float, rows: int) -> None:
+        folder = os.environ.get(TIMES_ENV)
+        if folder:
+            with (Path(folder) / f"stage-times-{os.getpid()}.txt").open("a") as times:
+                times.write(f"{self.STAGE} {wall:.6f} {cpu:.6f} {rows}\n")
+
+    def __call__(self, batch):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        out = super().__call__(batch)
+        if isinstance(out, Iterator):
+            return self._clocked_blocks(out)
+        self._record(time.perf_counter() - wall, time.thread_time() - cpu, batch.num_rows)
+        return out
+
+    def _clocked_blocks(self, blocks: Iterator) -> Iterator:
+        while True:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            block = next(blocks, None)
+            if block is None:
+                return
+            self._record(time.perf_counter() - wall, time.thread_time() - cpu, block.num_rows)
+            yield block
+
+
+class TimedCrawler(_Clocked, Crawler):
+    STAGE = "crawl"
+
+
+class TimedCleaner(_Clocked, Cleaner):
+    STAGE = "clean"
+
+
+class TimedSkipUnchanged(_Clocked, SkipUnchanged):
+    STAGE = "skip_unchanged"
+
+
+class TimedChunker(_Clocked, Chunker):
+    """Also writes each page's chunking time (chunk-times-PID.txt, one float per line): the
+    chunking-time metric is per page, not per call."""
+
+    STAGE = "chunk"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._seconds: list[float] = []
-        folder = os.environ.get(CHUNK_TIMES_ENV)
+        folder = os.environ.get(TIMES_ENV)
         self._path = Path(folder) / f"chunk-times-{os.getpid()}.txt" if folder else None
 
     def chunk_page(self, title, sections):
@@ -63,6 +114,149 @@ class TimedChunker(Chunker):
                 times.write("".join(f"{s:.6f}\n" for s in self._seconds))
         self._seconds.clear()
         return out
+
+
+class TimedEmbedStage(_Clocked, EmbedStage):
+    STAGE = "embed"
+
+
+class TimedChunkWriter(_Clocked, ChunkWriter):
+    STAGE = "write"
+
+
+def install_timed_stages() -> None:
+    """The service's pipeline builds the timed stages instead of the plain ones."""
+    from pipelines import pipeline
+
+    pipeline.Crawler, pipeline.Cleaner, pipeline.SkipUnchanged = (
+        TimedCrawler,
+        TimedCleaner,
+        TimedSkipUnchanged,
+    )
+    pipeline.Chunker, pipeline.EmbedStage, pipeline.ChunkWriter = (
+        TimedChunker,
+        TimedEmbedStage,
+        TimedChunkWriter,
+    )
+
+
+# Stages whose wall time is mostly a wait for something outside the run (the sites, the
+# embedding server): their own time is the CPU time of their thread. The others wait only on
+# the database, which is part of the run: their own time is their wall time.
+CPU_CLOCKED_STAGES = ("crawl", "embed")
+
+
+def stage_seconds(workdir: Path) -> dict[str, float]:
+    """Each stage's own seconds, summed over every call the services made."""
+    seconds: dict[str, float] = {}
+    for path in workdir.glob("stage-times-*.txt"):
+        for line in path.read_text().splitlines():
+            stage, wall, cpu, _rows = line.split()
+            own = float(cpu) if stage in CPU_CLOCKED_STAGES else float(wall)
+            seconds[stage] = seconds.get(stage, 0.0) + own
+    return seconds
+
+
+# -- CPU of the run ---------------------------------------------------------------------------
+
+_STAGE_ACTOR = re.compile(r"MapBatches\(Timed(\w+)\)")
+
+
+def _kind(command: list[str]) -> str:
+    """What a process of the run is, for the breakdown of its CPU."""
+    line = " ".join(command)
+    if stage := _STAGE_ACTOR.search(line):
+        return f"stage {stage[1]}"
+    for needle, kind in (
+        ("ray::IDLE", "Ray idle workers"),
+        ("_CreditPool", "page credits actor"),
+        ("ray::", "other Ray actors and tasks"),
+        ("gcs_server", "Ray GCS"),
+        ("raylet", "Ray raylet"),
+        ("--service", "service drivers (Ray Data's executor, feed, leases, progress)"),
+        ("multiprocessing", "old design's workers"),
+        ("postgres", "PostgreSQL"),
+    ):
+        if needle in line:
+            return kind
+    return "other (Ray's dashboard agent, log monitor, …)"
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of every process of the run: this process's descendants (the
+    services, Ray, the old design's workers) and the database server's processes; this process
+    itself is left out (it serves the site farm and the fake embedding server). Sampled every
+    SAMPLE_SECONDS from a thread: a process that ends between two samples loses at most that."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self._pgdata = Path(pgdata)
+        self._seen: dict[tuple[int, float], float] = {}  # (pid, create time) → CPU seconds
+        self.by_kind: dict[str, float] = {}  # CPU seconds by what the process was doing when sampled
+        self.series: list[tuple[float, float]] = []  # (time.time(), CPU seconds so far) per sample
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loadtest-cpu", daemon=True)
+
+    def start(self) -> None:
+        self.sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def total(self) -> float:
+        """CPU seconds so far, all processes together (a fresh sample)."""
+        self.sample()
+        with self._lock:
+            return sum(self._seen.values())
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):  # the sampling period, not a wait for anything
+            self.sample()
+
+    def _processes(self) -> list:
+        import psutil
+
+        processes = psutil.Process().children(recursive=True)
+        try:
+            postmaster = psutil.Process(int((self._pgdata / "postmaster.pid").read_text().split()[0]))
+            processes += [postmaster, *postmaster.children(recursive=True)]
+        except (OSError, ValueError, IndexError, psutil.Error):
+            pass  # the server is restarting: its processes are counted at the next sample
+        return processes
+
+    def sample(self) -> None:
+        import psutil
+
+        readings = {}
+        for process in self._processes():
+            try:
+                times = process.cpu_times()
+                key = (process.pid, process.create_time())
+                readings[key] = (times.user + times.system, _kind(process.cmdline()))
+            except psutil.Error:
+                continue
+        with self._lock:
+            for key, (seconds, kind) in readings.items():
+                spent = seconds - self._seen.get(key, 0.0)
+                if spent > 0:
+                    self._seen[key] = seconds
+                    self.by_kind[kind] = self.by_kind.get(kind, 0.0) + spent
+            self.series.append((time.time(), sum(self._seen.values())))
+
+    def between(self, start: float, end: float) -> float:
+        """CPU seconds spent from `start` to `end` (time.time()), read off the samples."""
+        return self._at(end) - self._at(start)
+
+    def _at(self, moment: float) -> float:
+        """CPU seconds so far at `moment`, linear between the samples around it."""
+        with self._lock:
+            series = list(self.series)
+        before = [(t, c) for t, c in series if t <= moment] or series[:1]
+        after = [(t, c) for t, c in series if t >= moment] or series[-1:]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 if t1 <= t0 else c0 + (c1 - c0) * (moment - t0) / (t1 - t0)
 
 
 # -- the orchestrator's parts --------------------------------------------------------------
@@ -83,6 +277,11 @@ class Plan:
     seed: int = 0
     extra_settings: tuple[str, ...] = ()  # more service settings ("section.field=value"), applied last
     gate_latency: bool = True  # False: the latency targets are printed but do not fail the run
+    words_per_page: int = 300  # of a generated page's text
+    tier1: bool = False  # the embedding server enforces OpenAI's tier-1 limits (429 past them)
+    compare_old: bool = False  # then run the old design on the same pages (bench/loadtest_old.py)
+    old_workers: tuple[int, ...] = ()  # its worker counts (prefork processes), each run apart
+    old_window_seconds: float = 150.0  # its steady window, from the first page it writes
 
 
 @dataclass

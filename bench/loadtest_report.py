@@ -63,8 +63,98 @@ def render(o: Outcome) -> str:
         *_table(_metric_rows(o)),
         "",
         *_details(o),
+        "",
+        *_cpu_lines(o),
+        "",
+        *_api_lines(o),
     ]
+    if o.old:
+        lines += ["", *_table(_design_rows(o))]
     return "\n".join(lines)
+
+
+def _cpu_lines(o: Outcome) -> list[str]:
+    """Where the CPU of a page goes: each stage's own time, and the rest."""
+    pages = max(1, o.pages_completed)
+    rows = [("stage", "own ms per page")]
+    rows += [(stage, f"{1000 * seconds / pages:.1f}") for stage, seconds in o.stage_seconds.items()]
+    rows += [
+        ("all stages", f"{o.stages_ms_per_page:.1f}"),
+        ("CPU of the run", f"{o.cpu_ms_per_page:.1f} ({_ratio(o)} the stages' own)"),
+    ]
+    kinds = [("process", "CPU ms per page (whole run)")]
+    kinds += [
+        (kind, f"{1000 * seconds / pages:.1f}")
+        for kind, seconds in sorted(o.cpu_by_kind.items(), key=lambda item: -item[1])
+    ]
+    return [
+        f"throughput: {o.pages_per_second:.2f} pages/s over {o.window_seconds:.0f} s (first page written to "
+        f"the last); CPU of every process of the run (the site farm and the embedding server left out) in "
+        f"that window: {o.cpu_seconds:.0f} s. Own time: wall time of clean, chunk, skip_unchanged, write "
+        "(they wait only on the database, part of the run); CPU time of crawl and embed (they wait on "
+        "the sites and the embedding server, outside it).",
+        "",
+        *_table(rows),
+        "",
+        *_table(kinds),
+    ]
+
+
+def _ratio(o: Outcome) -> str:
+    return f"{o.cpu_ms_per_page / o.stages_ms_per_page:.1f}x" if o.stages_ms_per_page else "n/a"
+
+
+def _api_lines(o: Outcome) -> list[str]:
+    minutes = o.window_seconds / 60
+    tokens = o.api_tokens_in_window / minutes if minutes else 0.0
+    requests = o.api_requests_in_window / minutes if minutes else 0.0
+    line = (
+        f"embedding API in the window: {tokens:,.0f} tokens/min, {requests:,.0f} requests/min answered; "
+        f"429s over the run: {o.api_429s}; calls never answered: {o.api_calls_failed}"
+    )
+    if o.plan.tier1:
+        line += (
+            f" (tier-1 limits 1,000,000 tokens/min and 3,000 requests/min: {100 * tokens / 1_000_000:.0f} % "
+            f"and {100 * requests / 3000:.0f} % of them)"
+        )
+    return [line]
+
+
+def _design_rows(o: Outcome) -> list[tuple[str, ...]]:
+    """The service beside the old design at each worker count."""
+    rows = [
+        ("design", "pages/s", "page p50 / p95", "CPU ms per page", "429s", "failed calls",
+         "duplicate chunks", "deadlocks", "pages written twice"),
+        ("new (services)", f"{o.pages_per_second:.2f}",
+         f"{percentile(o.page_seconds, 50):.2f} / {percentile(o.page_seconds, 95):.2f} s",
+         f"{o.cpu_ms_per_page:.0f}", str(o.api_429s), str(o.api_calls_failed), str(o.duplicates),
+         str(o.deadlocks), str(o.reclaims)),
+    ]  # fmt: skip
+    for old in o.old:
+        per_page = 1000 * old.cpu_seconds / old.pages_written if old.pages_written else 0.0
+        rows.append(
+            (f"old, {old.workers} workers", f"{old.pages_per_second:.2f}",
+             f"{percentile(old.page_seconds, 50):.2f} / {percentile(old.page_seconds, 95):.2f} s",
+             f"{per_page:.0f}", str(old.embed_429s), str(old.embed_failed_calls),
+             str(old.duplicate_chunks), str(old.deadlocks), str(old.pages_written_twice))
+        )  # fmt: skip
+    return rows
+
+
+def throughput_line(o: Outcome) -> str:
+    """The run's last line: the service's throughput, against the old design at its best."""
+    new = (
+        f"new {o.pages_per_second:.2f} pages/s, p95 {percentile(o.page_seconds, 95):.2f} s, "
+        f"{o.cpu_ms_per_page:.0f} ms CPU per page = {_ratio(o)} the stages' own"
+    )
+    if not o.old:
+        return f"throughput {new}"
+    best = max(o.old, key=lambda old: old.pages_per_second)
+    factor = o.pages_per_second / best.pages_per_second if best.pages_per_second else math.inf
+    return (
+        f"throughput new/old = {factor:.1f}x ({new}; old {best.pages_per_second:.2f} pages/s at "
+        f"{best.workers} workers, p95 {percentile(best.page_seconds, 95):.2f} s)"
+    )
 
 
 def _metric_rows(o: Outcome) -> list[tuple[str, str, str, str]]:

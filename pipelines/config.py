@@ -414,6 +414,11 @@ class RayConfig:
     embed_max_concurrency: int = 0
     embed_cpus: float = 0.5
     embed_gpus: float = 0.0  # per embed actor; set 1 on GPU workers
+    # embed.backend=openai only: batches one embed actor sends at once, each in its own thread
+    # (the shared rate limit still paces them all). One request at a time held a service to
+    # 1 / (request latency) pages/s with the CPUs idle; a local model takes every core in
+    # one call, so it keeps one call per actor whatever this says.
+    embed_api_calls_per_actor: int = 8
     # Custom Ray resources per embed actor, "name=amount" pairs joined by commas (e.g.
     # "embed_node=1"): the embed pool then runs only on nodes that offer them (`ray start
     # --resources='{"embed_node": 4}'`, or a node type's `resources:` in cluster.yaml), so a
@@ -436,7 +441,7 @@ class RayConfig:
         _positive(self, "max_block_bytes", "actor_start_timeout_seconds", "crawl_concurrency", "crawl_cpus")
         _positive(self, "clean_concurrency", "clean_cpus", "chunk_concurrency", "chunk_cpus")
         _positive(self, "embed_concurrency", "embed_cpus", "write_concurrency", "write_cpus", "lookup_cpus")
-        _positive(self, "reembed_readers")
+        _positive(self, "reembed_readers", "embed_api_calls_per_actor")
         _not_negative("ray", self, "embed_gpus", "batch_pages")
         if self.embed_max_concurrency and self.embed_max_concurrency < self.embed_concurrency:
             raise ConfigError("ray.embed_max_concurrency must be 0 (fixed pool) or >= ray.embed_concurrency")

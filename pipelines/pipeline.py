@@ -103,6 +103,7 @@ def _run_stage(
     resources: dict[str, float] | None = None,
     retry_tasks: bool = True,
     one_task_per_actor: bool = False,
+    calls_per_actor: int = 1,
     **constructor_kwargs: object,
 ) -> ray.data.Dataset:
     """The one adapter from a stage to Ray Data: a class becomes an actor pool, each actor
@@ -120,8 +121,13 @@ def _run_stage(
     crawl): Ray would otherwise queue a second task behind the first on an actor that started
     early, where it never runs.
 
+    `calls_per_actor` > 1 runs that many calls of an actor stage at once, each in a thread of
+    its own: for a stage that waits on the network (the embed stage on an API).
+
     `stage_name` (a key of placement.STAGES) names the stage when the cluster cannot hold it."""
-    options: dict[str, object] = {"compute": _compute(stage, concurrency, one_task_per_actor)}
+    options: dict[str, object] = {
+        "compute": _compute(stage, concurrency, one_task_per_actor, calls_per_actor)
+    }
     if isinstance(stage, type):
         options["fn_constructor_kwargs"] = constructor_kwargs
     with warnings.catch_warnings():
@@ -163,18 +169,19 @@ def _check_placement(dataset: ray.data.Dataset) -> list[placement.Pool]:
 
 
 def _compute(
-    stage: object, concurrency: int | tuple[int, int], one_task_per_actor: bool
+    stage: object, concurrency: int | tuple[int, int], one_task_per_actor: bool, calls_per_actor: int
 ) -> ray.data.ActorPoolStrategy | ray.data.TaskPoolStrategy:
     """How many workers run a stage (`compute=`; `concurrency=` is deprecated since Ray 2.51)."""
     if not isinstance(stage, type):
         assert isinstance(concurrency, int), "tasks: a fixed limit"
         return ray.data.TaskPoolStrategy(size=concurrency)
-    if isinstance(concurrency, tuple):
-        low, high = concurrency
-        return ray.data.ActorPoolStrategy(min_size=low, max_size=high)
+    low, high = concurrency if isinstance(concurrency, tuple) else (concurrency, concurrency)
+    options: dict[str, object] = {"min_size": low, "max_size": high}
     if one_task_per_actor:
-        return ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1)
-    return ray.data.ActorPoolStrategy(size=concurrency)
+        options["max_tasks_in_flight_per_actor"] = 1
+    if calls_per_actor > 1:
+        options.update(max_concurrent_calls_per_actor=calls_per_actor, enable_true_multi_threading=True)
+    return ray.data.ActorPoolStrategy(**options)
 
 
 # How often a run that has produced nothing yet says what it waits for.
@@ -371,6 +378,7 @@ def _embed_placement(config: PipelineConfig, database_url: str) -> dict:
         "gpus": config.ray.embed_gpus,
         "resources": config.ray.embed_resource_map,
         "concurrency": config.ray.embed_pool,
+        "calls_per_actor": config.ray.embed_api_calls_per_actor if config.embed.backend == "openai" else 1,
         "config": config.embed,
         "cache": StoredVectorCache(database_url) if config.store.vector_cache else None,
     }

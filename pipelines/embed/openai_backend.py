@@ -178,7 +178,9 @@ class OpenAIEmbedder:
         self.max_tokens = config.api_max_input_tokens
         self._dim = config.api_dim or None
         self._session = session
+        self._sessions = threading.local()  # the embed stage may call from several threads at once
         self._rate_limiter = rate_limiter
+        self._limiter_lock = threading.Lock()
         self._breaker = breaker or CircuitBreaker(
             config.breaker_failures, config.breaker_cooldown_seconds, name=f"embed:{config.api_model}"
         )
@@ -259,26 +261,30 @@ class OpenAIEmbedder:
     # -- one request, retried ------------------------------------------------------------
 
     def _http(self) -> requests.Session:
-        if self._session is None:
+        """This thread's session (requests' sessions are not thread-safe): one kept connection
+        per calling thread saves a TCP + TLS handshake per request. Retries are ours, not urllib3's."""
+        if self._session is not None:
+            return self._session
+        session = getattr(self._sessions, "session", None)
+        if session is None:
             session = requests.Session()
-            # One connection per embed actor is all a sequential caller needs; reusing it saves
-            # a TCP + TLS handshake per request. Retries are ours, not urllib3's.
-            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
+            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
-            self._session = session
-        return self._session
+            self._sessions.session = session
+        return session
 
     def _limiter(self) -> RateLimiter:
-        if self._rate_limiter is None:
-            config = self._config
-            self._rate_limiter = shared_rate_limiter(
-                config.api_base_url,
-                config.api_model,
-                config.api_requests_per_minute,
-                config.api_tokens_per_minute,
-            )
-        return self._rate_limiter
+        with self._limiter_lock:
+            if self._rate_limiter is None:
+                config = self._config
+                self._rate_limiter = shared_rate_limiter(
+                    config.api_base_url,
+                    config.api_model,
+                    config.api_requests_per_minute,
+                    config.api_tokens_per_minute,
+                )
+            return self._rate_limiter
 
     def _post(self, inputs: list[str], tokens: int, expected_dim: int | None) -> np.ndarray:
         """Vectors (not yet normalised) for `inputs`, in their order; raises EmbeddingError."""

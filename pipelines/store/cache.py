@@ -9,6 +9,7 @@ it in the same transaction as the chunks; the embed stage reads it.
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import psycopg
@@ -26,9 +27,13 @@ class StoredVectorCache:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self._pool: ConnectionPool | None = None
+        self._opening = threading.Lock()  # the embed stage may look up from several threads
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pool": None}
+        return {key: value for key, value in self.__dict__.items() if key not in ("_pool", "_opening")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _pool=None, _opening=threading.Lock())
 
     def close(self) -> None:
         if self._pool is not None:
@@ -40,8 +45,9 @@ class StoredVectorCache:
         if not keys:
             return {}
         try:
-            if self._pool is None:
-                self._pool = db.pool(self.database_url, "vector-cache")
+            with self._opening:
+                if self._pool is None:
+                    self._pool = db.pool(self.database_url, "vector-cache")
             with self._pool.connection() as conn:
                 rows = conn.execute(
                     "SELECT text_hash, embedding FROM embedding_cache "
