@@ -77,6 +77,29 @@ The metrics (what the table prints), each defined here once:
   beyond 1) and pages the farm answered more than once. Target 0 without faults (two
   services never take the same site); with faults, the re-delivered sites show here.
 
+Throughput (printed below the table, and the run's last line):
+- pages/s: pages stored `completed` divided by the seconds from the first page's write to the
+  last's (the steady part: the services' start-up and the last sites' stragglers left out);
+- CPU per page: the CPU seconds of every process of the run (the services, Ray's processes
+  and workers, PostgreSQL; this process, which serves the site farm and the fake embedding
+  server, left out) in that window, sampled every 0.5 s (bench.loadtest_harness.CpuMeter),
+  divided by the pages; beside it the CPU of the whole run by kind of process, to show where
+  it goes;
+- the stages' own time per page: each stage clocked inside its own call by the services
+  (bench.loadtest_harness._Clocked): wall time for clean, chunk, the unchanged-page check and
+  write, which wait only on the database (part of the run); CPU time for crawl and embed, which
+  wait on the sites and the embedding server (outside it). Target: CPU per page <= 1.5x it;
+- the embedding API's tokens/min and requests/min answered in the window, and its 429s.
+
+`--compare-old` then runs the old design (bench/loadtest_old.py: Celery-like prefork workers,
+every page a task, one embedding request per text, DELETE + INSERT per chunk, the
+check-then-enqueue race) over the same pages, farm, embedding server and PostgreSQL server,
+at each `--old-workers` count (default one and eight per core), each over a steady window of
+`--old-window` seconds, prints both designs side by side and ends with
+`throughput new/old = X.Xx (...)` against the better worker count. `--tier1` makes the
+embedding server enforce OpenAI's tier-1 limits for embeddings (3000 requests/min, 1M
+tokens/min, 429 with Retry-After past them) for both designs.
+
 `--small` prints the two latency rows but does not fail on them ("not gated"): with 96
 pages, the pages that wait out a fault (the killed pipeline's restart, the database restart,
 the error burst) are more than 5 % of them, so the p95 measures the faults (1.8 / 6.5 s
