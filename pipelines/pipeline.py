@@ -273,10 +273,11 @@ def _crawl_and_clean(
     )
     return _run_stage(
         pages,
-        Cleaner(config.clean),
+        Cleaner,
         batch_size=ray_config.batch_size,
         cpus=ray_config.clean_cpus,
         concurrency=ray_config.clean_concurrency,
+        config=config.clean,
     )
 
 
