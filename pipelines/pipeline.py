@@ -1,8 +1,9 @@
 """Wiring only: which stage runs where, with what batch size, resources and concurrency.
 
 Stages know nothing about Ray; everything Ray-specific about them is in this module, driven
-by `RayConfig`. A class stage becomes an actor pool (its expensive `__init__` runs once per
-actor); an instance of a cheap stage runs as plain tasks.
+by `RayConfig`. Every stage is an actor pool (its expensive `__init__` runs once per actor;
+a service passes pages one by one, and a Ray task per page cost more to schedule than the
+cheapest stages' work).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ _POOLS = "_kb_pipeline_pools"
 
 def _run_stage(
     dataset: ray.data.Dataset,
-    stage: object,
+    stage: type,
     *,
     stage_name: str,
     batch_size: int | None,
@@ -106,8 +107,8 @@ def _run_stage(
     calls_per_actor: int = 1,
     **constructor_kwargs: object,
 ) -> ray.data.Dataset:
-    """The one adapter from a stage to Ray Data: a class becomes an actor pool, each actor
-    built once with `constructor_kwargs`; a ready instance runs as stateless tasks.
+    """The one adapter from a stage to Ray Data: the stage class becomes an actor pool, each
+    actor built once with `constructor_kwargs`.
     `resources`: custom Ray resources each worker reserves besides its CPUs and GPUs (it then
     runs only on nodes that offer them).
 
@@ -126,10 +127,9 @@ def _run_stage(
 
     `stage_name` (a key of placement.STAGES) names the stage when the cluster cannot hold it."""
     options: dict[str, object] = {
-        "compute": _compute(stage, concurrency, one_task_per_actor, calls_per_actor)
+        "compute": _compute(concurrency, one_task_per_actor, calls_per_actor),
+        "fn_constructor_kwargs": constructor_kwargs,
     }
-    if isinstance(stage, type):
-        options["fn_constructor_kwargs"] = constructor_kwargs
     with warnings.catch_warnings():
         if not retry_tasks:
             # Ray Data 2.60 names no parameter for task retries, so this one still goes through
@@ -145,12 +145,10 @@ def _run_stage(
             resources=resources or None,
             **options,
         )
-    is_pool = isinstance(stage, type)
     pool = placement.Pool(
         stage_name,
-        workers=(concurrency[0] if isinstance(concurrency, tuple) else concurrency) if is_pool else 1,
+        workers=concurrency[0] if isinstance(concurrency, tuple) else concurrency,
         bundle={"CPU": cpus, "GPU": gpus, **(resources or {})},
-        actors=is_pool,
     )
     setattr(result, _POOLS, (*getattr(dataset, _POOLS, ()), pool))
     return result
@@ -169,12 +167,9 @@ def _check_placement(dataset: ray.data.Dataset) -> list[placement.Pool]:
 
 
 def _compute(
-    stage: object, concurrency: int | tuple[int, int], one_task_per_actor: bool, calls_per_actor: int
-) -> ray.data.ActorPoolStrategy | ray.data.TaskPoolStrategy:
-    """How many workers run a stage (`compute=`; `concurrency=` is deprecated since Ray 2.51)."""
-    if not isinstance(stage, type):
-        assert isinstance(concurrency, int), "tasks: a fixed limit"
-        return ray.data.TaskPoolStrategy(size=concurrency)
+    concurrency: int | tuple[int, int], one_task_per_actor: bool, calls_per_actor: int
+) -> ray.data.ActorPoolStrategy:
+    """How many actors run a stage (`compute=`; `concurrency=` is deprecated since Ray 2.51)."""
     low, high = concurrency if isinstance(concurrency, tuple) else (concurrency, concurrency)
     options: dict[str, object] = {"min_size": low, "max_size": high}
     if one_task_per_actor:
@@ -310,11 +305,12 @@ def _crawl_and_clean(
     )
     return _run_stage(
         pages,
-        Cleaner(config.clean),
+        Cleaner,
         stage_name="clean",
         batch_size=ray_config.batch_size,
         cpus=ray_config.clean_cpus,
         concurrency=ray_config.clean_concurrency,
+        config=config.clean,
     )
 
 
