@@ -26,6 +26,7 @@ from pipelines.crawl import Crawler
 from pipelines.embed.stage import EmbedStage
 from pipelines.store.unchanged import SkipUnchanged
 from pipelines.store.writer import ChunkWriter
+from pipelines.testing.openai_server import TIER1_REQUESTS_PER_MINUTE, TIER1_TOKENS_PER_MINUTE
 
 log = logging.getLogger("bench.loadtest")
 
@@ -365,6 +366,9 @@ def service_overrides(plan: Plan, database_url: str, embed_url: str, ray_address
         f"embed.api_model={EMBED_MODEL}",
         f"embed.api_dim={EMBED_DIM}",
         "embed.api_key_env=",
+        # The client's rate limit is the server's: none, or OpenAI's tier 1 with --tier1.
+        f"embed.api_requests_per_minute={TIER1_REQUESTS_PER_MINUTE if plan.tier1 else 0}",
+        f"embed.api_tokens_per_minute={TIER1_TOKENS_PER_MINUTE if plan.tier1 else 0}",
         "crawl.allow_private_network=true",
         f"crawl.max_pages={max_pages}",
         f"crawl.max_depth={max_pages}",  # no depth limit: expected pages are all reachable ones
