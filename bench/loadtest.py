@@ -19,9 +19,11 @@ What runs, all on this machine:
   embedding is not what 2 cores spend their time on;
 - an embedded PostgreSQL 18 + pgvector of its own (a temporary data folder) holding a fresh
   database migrated for that model, so no other database is touched or restarted;
-- one local Ray cluster started here, which every service joins (`ray.address`), like two
+- one local Ray cluster started here, which every service joins (`ray.address`), like
   `ray job submit` services on one cluster;
-- `--services` service processes (default 2) started at once, each draining the queue; a
+- `--services` service processes (default 1: on one 2-core machine a second service doubled
+  the pages in flight and the per-service overhead for no more pages/s; `--small` runs 2, to
+  check that two services never share a site) started at once, each draining the queue; a
   service that exits with an error while work is left is replaced (a supervisor's job), and
   so is one that found nothing because the work was leased to a dead one.
 
@@ -29,7 +31,8 @@ Settings that differ from the defaults, and why: the crawl's `total_timeout_seco
 hanging page then costs 3 x 5 s, not 3 x 30 s), `queue.lease_seconds` is 20 (a dead
 service's sites return to the queue after 20 s, not 2 min), and the Ray cluster has more
 logical CPUs than cores (the stages mostly wait on the network and the database; each
-service's pipeline reserves about 2.25 of them). Everything else, `crawl.sites_in_flight`
+service's pipeline reserves 2 of them), and the services' embedding rate limit is the fake
+server's (none; OpenAI's tier 1 with `--tier1`). Everything else, `crawl.sites_in_flight`
 and `queue.pages_in_flight` included, is the service's default.
 
 `--faults`, each once, mid-run (when the share of expected pages written passes 15 %, 35 %

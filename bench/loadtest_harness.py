@@ -416,7 +416,9 @@ def _ray_workers(stage: str) -> list:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
         # Busy ones only: one still in __init__ (or idle) has no work in flight to lose.
-        if command.startswith("ray::") and f"MapBatches({stage}))." in command and "__init__" not in command:
+        # The services run the timed stages (TimedCrawler for Crawler).
+        running = f"MapBatches(Timed{stage}))." in command or f"MapBatches({stage}))." in command
+        if command.startswith("ray::") and running and "__init__" not in command:
             found.append(process)
     return found
 

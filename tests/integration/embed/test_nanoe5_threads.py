@@ -37,7 +37,10 @@ def test_embed_actor_with_half_a_cpu_runs_the_model_on_every_core(ray_local):
         def probe(self, config: EmbedConfig) -> dict:
             return _probe(config)
 
-    actor = Probe.options(num_cpus=cpus).remote()
+    # What Ray gives such a worker when the driver's environment names no OMP_NUM_THREADS (set
+    # here explicitly: an earlier model in this test process may have set it in ours).
+    one_thread = {"env_vars": {"OMP_NUM_THREADS": "1"}}
+    actor = Probe.options(num_cpus=cpus, runtime_env=one_thread).remote()
     try:
         assert ray.get(actor.omp_env.remote()) == "1"  # what the runtime would otherwise take
         seen = ray.get(actor.probe.remote(EmbedConfig()))
