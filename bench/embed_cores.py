@@ -24,8 +24,8 @@ and the most threads an embed actor had (/proc/PID/task) with how many of them d
 (the model's OpenMP threads: one working thread means the model ran on one core). Only the
 command's descendants are counted: another Ray cluster on the machine has embed actors too.
 
-Reproduce (the `cores` branch's report has the figures; note the load average, printed before
-and after, since other work on the machine takes cores from the model):
+Reproduce (figures in the README's demo section; note the load average, printed before and
+after, since other work on the machine takes cores from the model):
 
     rm -rf /tmp/cores-data
     XDG_DATA_HOME=/tmp/cores-data python -m bench.embed_cores --trace /tmp/embed-cores.csv \

@@ -198,7 +198,7 @@ def output_blocks(
     pools = _check_placement(dataset)  # before any actor starts: nothing to release if it raises
     first_block = threading.Event()
     if say_what_it_waits_for:
-        stages = ", ".join(p.stage for p in pools if p.actors)
+        stages = ", ".join(p.stage for p in pools)
         threading.Thread(target=_say_what_it_waits_for, args=(first_block, stages), daemon=True).start()
     blocks = iter(dataset.iter_batches(batch_format="pyarrow", batch_size=None))  # a generator
     try:

@@ -6,8 +6,8 @@ a cluster that cannot grow, a pool that asks for more than the cluster has never
 is a configuration error, said here at once with the stage, its demand, the cluster and the
 setting to change. A cluster that autoscales may add the nodes, so there the run waits.
 
-The demand is each pool's minimum actors plus one task of each task stage, all at once (the
-stream needs every stage to progress); it is compared with the cluster's logical resources,
+The demand is every pool's minimum actors, all at once (the stream needs every stage to
+progress); it is compared with the cluster's logical resources,
 in all and per node (an actor runs on one node). Only what can never fit is refused: the
 checks are necessary conditions, never a packing heuristic that could refuse a run that fits.
 """
@@ -57,20 +57,17 @@ STAGES: dict[str, Sizing] = {
 
 @dataclass(frozen=True)
 class Pool:
-    """One stage's demand at its minimum size: `workers` x `bundle` (actors, or one task)."""
+    """One stage's demand at its minimum size: `workers` actors x `bundle`."""
 
     stage: str
     workers: int
     bundle: dict[str, float]
-    actors: bool = True
 
     def amount(self, resource: str) -> float:
         return self.workers * self.bundle.get(resource, 0.0)
 
     def describe(self, resource: str) -> str:
         unit = self.bundle.get(resource, 0.0)
-        if not self.actors:
-            return f"one task x {_n(unit)} {resource}"
         return f"{self.workers} actor{'s' if self.workers != 1 else ''} x {_n(unit)} {resource}"
 
 
