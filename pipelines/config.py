@@ -324,7 +324,8 @@ class QueueConfig:
     # long a fetched page waits (Little's law: about this many pages / pages per second). The
     # service then passes each page through on its own (ray.batch_pages=0, one-page blocks):
     # a page held back in a batch or block would hold its credit, and enough of them would
-    # stop the crawl. 0: unbounded, batches and blocks as the ray section says.
+    # stop the crawl. 0: unbounded, batches and blocks as the ray section says. 32: the knee
+    # measured by bench.loadtest on 2 cores (8: 5 pages/s; 32: 11, p95 2.8 s; 64: 11, p95 7.4 s).
     pages_in_flight: int = 32
     lease_seconds: float = 120.0  # a claimed site returns to the queue this long after its service died
     max_attempts: int = 3  # claims of one site before it is failed as a site that kills its crawls
@@ -406,7 +407,7 @@ class RayConfig:
     crawl_cpus: float = 0.25  # crawling waits on the network
     # Actors, each cleaning one block at a time. Actors, not tasks: a service passes pages one by
     # one, and a Ray task per page cost ~0.1 s of scheduling each (bench.loadtest: p95 4.6 s
-    # with tasks, 3.0-3.8 s with actors, at the same pages/s).
+    # with tasks, 2.8-3.8 s with actors, at the same pages/s).
     clean_concurrency: int = 2
     clean_cpus: float = 0.125  # two actors; with write_cpus, every default stage fits on 2 cores
     chunk_concurrency: int = 1  # actors, each holding the model's tokenizer
