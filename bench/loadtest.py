@@ -141,6 +141,7 @@ from bench.loadtest_harness import (
     Plan,
     Service,
     create_database,
+    duplicate_chunks,
     embed_failed_reported,
     enqueue_all,
     install_timed_stages,
@@ -345,7 +346,7 @@ def measure(plan: Plan, workdir: Path) -> Outcome:
         cpu.stop()
         embed_server.stop()
         stop_postgres(pg_server)
-    return _outcome(plan, workdir, sites, drive, stored, cpu)
+    return _outcome(plan, workdir, sites, drive, stored, cpu, embed_server)
 
 
 def _crawl_the_farm(plan: Plan, workdir: Path, url: str, embed_url: str, pg_server, embed_server, cpu):
@@ -480,11 +481,7 @@ def _read_database(url: str) -> _Stored:
             "SELECT url, status, error, chunk_count, extract(epoch FROM updated_at)::float8 "
             "FROM website_pages"
         ).fetchall()
-        duplicate_chunks = conn.execute(
-            """SELECT coalesce(sum(n - 1), 0) FROM (
-                   SELECT count(*) AS n FROM tenant_knowledge
-                   GROUP BY document_id, metadata->>'chunk_index' HAVING count(*) > 1) AS twice"""
-        ).fetchone()[0]
+        duplicates = duplicate_chunks(conn)
         mismatches = conn.execute(
             """SELECT count(*) FROM website_pages p
                LEFT JOIN (SELECT document_id, count(*) AS n FROM tenant_knowledge GROUP BY document_id) k
@@ -495,7 +492,7 @@ def _read_database(url: str) -> _Stored:
             "SELECT count(*) FILTER (WHERE status <> 'completed'), coalesce(sum(attempts - 1), 0) "
             "FROM website_sources"
         ).fetchone()
-    return _Stored(pages, int(duplicate_chunks), int(mismatches), int(sources_not_completed), int(reclaims))
+    return _Stored(pages, duplicates, int(mismatches), int(sources_not_completed), int(reclaims))
 
 
 # -- from what was recorded to the figures ------------------------------------------------
@@ -584,16 +581,8 @@ def _window(pages: _Pages) -> tuple[float, float]:
     return (min(written), max(written)) if written else (0.0, 0.0)
 
 
-def _answered_in(requests, start: float, end: float) -> tuple[int, int]:
-    """(tokens, requests) the embedding server answered 200 between `start` and `end` (epoch
-    seconds; the server records its monotonic clock, in this same process)."""
-    offset = time.time() - time.monotonic()
-    answered = [r for r in requests if r.status == 200 and start <= r.at + offset <= end]
-    return sum(r.tokens for r in answered), len(answered)
-
-
 def _outcome(
-    plan: Plan, workdir: Path, sites: _Sites, drive: _Drive, stored: _Stored, cpu: CpuMeter
+    plan: Plan, workdir: Path, sites: _Sites, drive: _Drive, stored: _Stored, cpu: CpuMeter, embed_server
 ) -> Outcome:
     pages = _sort_pages(sites, stored)
     page_seconds = _page_seconds(pages, sites.served)
@@ -602,14 +591,15 @@ def _outcome(
     requests = drive.api_requests
     api_calls, api_failed = _api_calls(requests)
     start, end = _window(pages)
-    tokens_in_window, requests_in_window = _answered_in(requests, start, end)
+    to_monotonic = time.monotonic() - time.time()  # the server records its monotonic clock
+    in_window = embed_server.usage(since=start + to_monotonic, until=end + to_monotonic)
     return Outcome(
         window_seconds=end - start,
         cpu_seconds=cpu.between(start, end),
         stage_seconds=stage_seconds(workdir),
         cpu_by_kind=drive.cpu_by_kind,
-        api_tokens_in_window=tokens_in_window,
-        api_requests_in_window=requests_in_window,
+        api_tokens_in_window=in_window.tokens_ok,
+        api_requests_in_window=in_window.requests_ok,
         api_429s=sum(1 for r in requests if r.status == 429),
         old=drive.old,
         plan=plan,

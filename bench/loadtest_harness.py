@@ -45,6 +45,14 @@ TIMES_ENV = "KB_LOADTEST_TIMES"  # folder where the timed stages write, set for 
 # -- inside the services: each stage's own time -------------------------------------------
 
 
+def _append_times(kind: str, lines: str) -> None:
+    """Append to this process's KIND-PID.txt in $KB_LOADTEST_TIMES (nothing outside a load test)."""
+    folder = os.environ.get(TIMES_ENV)
+    if folder:
+        with (Path(folder) / f"{kind}-{os.getpid()}.txt").open("a") as times:
+            times.write(lines)
+
+
 class _Clocked:
     """Mixed into a pipeline stage by the load test's services: appends one line per call to
     stage-times-PID.txt in $KB_LOADTEST_TIMES: the stage, its wall seconds, the CPU seconds of
@@ -54,10 +62,7 @@ class _Clocked:
     STAGE = ""
 
     def _record(self, wall: float, cpu: float, rows: int) -> None:
-        folder = os.environ.get(TIMES_ENV)
-        if folder:
-            with (Path(folder) / f"stage-times-{os.getpid()}.txt").open("a") as times:
-                times.write(f"{self.STAGE} {wall:.6f} {cpu:.6f} {rows}\n")
+        _append_times("stage-times", f"{self.STAGE} {wall:.6f} {cpu:.6f} {rows}\n")
 
     def __call__(self, batch):
         wall, cpu = time.perf_counter(), time.thread_time()
@@ -98,8 +103,6 @@ class TimedChunker(_Clocked, Chunker):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._seconds: list[float] = []
-        folder = os.environ.get(TIMES_ENV)
-        self._path = Path(folder) / f"chunk-times-{os.getpid()}.txt" if folder else None
 
     def chunk_page(self, title, sections):
         started = time.perf_counter()
@@ -110,9 +113,8 @@ class TimedChunker(_Clocked, Chunker):
 
     def __call__(self, batch):
         out = super().__call__(batch)
-        if self._path is not None and self._seconds:
-            with self._path.open("a") as times:
-                times.write("".join(f"{s:.6f}\n" for s in self._seconds))
+        if self._seconds:
+            _append_times("chunk-times", "".join(f"{s:.6f}\n" for s in self._seconds))
         self._seconds.clear()
         return out
 
@@ -205,12 +207,6 @@ class CpuMeter:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-
-    def total(self) -> float:
-        """CPU seconds so far, all processes together (a fresh sample)."""
-        self.sample()
-        with self._lock:
-            return sum(self._seen.values())
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):  # the sampling period, not a wait for anything
@@ -478,6 +474,18 @@ def stop_postgres(server) -> None:
     if (Path(server.pgdata) / "postmaster.pid").exists():
         _pg_ctl(server, "-m", "fast", "stop")
     server.cleanup()  # releases this process's handle
+
+
+def duplicate_chunks(conn) -> int:
+    """Chunk rows beyond the first of each (page, chunk index): what a write that raced another,
+    or ran twice, left behind."""
+    return int(
+        conn.execute(
+            """SELECT coalesce(sum(n - 1), 0) FROM (
+                   SELECT count(*) AS n FROM tenant_knowledge
+                   GROUP BY document_id, metadata->>'chunk_index' HAVING count(*) > 1) AS twice"""
+        ).fetchone()[0]
+    )
 
 
 def create_database(admin_url: str) -> str:

@@ -90,6 +90,10 @@ class OldResult:
     def pages_per_second(self) -> float:
         return self.pages_written / self.window_seconds if self.window_seconds else 0.0
 
+    @property
+    def cpu_ms_per_page(self) -> float:
+        return 1000 * self.cpu_seconds / self.pages_written if self.pages_written else 0.0
+
 
 # -- inside a worker process ----------------------------------------------------------------
 
@@ -284,7 +288,7 @@ def _collect(
     failed: set[str] = set()
     written: dict[str, float] = {}
     first_write = last_write = None
-    cpu_at_first = deadlocks_at_first = 0.0
+    deadlocks_at_first = 0
     next_progress = time.monotonic() + PROGRESS_SECONDS
     while len(settled) < len(pages):
         now = time.time()
@@ -300,7 +304,7 @@ def _collect(
                 result.pages_written_twice += 1
             else:
                 if first_write is None:
-                    first_write, cpu_at_first, deadlocks_at_first = at, cpu_meter.total(), deadlocks_of()
+                    first_write, deadlocks_at_first = at, deadlocks_of()
                 written[page_url] = at - fetched_at
             last_write = at
             settled.add(page_url)
@@ -322,7 +326,8 @@ def _collect(
     result.pages_written = len(written)
     result.pages_failed = len(failed - written.keys())
     result.page_seconds = list(written.values())
-    result.cpu_seconds = cpu_meter.total() - cpu_at_first
+    cpu_meter.sample()  # one reading after the window's end
+    result.cpu_seconds = cpu_meter.between(first_write, end) if first_write else 0.0
     result.deadlocks = int(deadlocks_of() - deadlocks_at_first)
     result.duplicate_chunks = _duplicates(url)
 
@@ -345,14 +350,10 @@ def _gather_counts(result: OldResult, results, processes) -> None:
 
 
 def _duplicates(url: str) -> int:
-    """Chunk rows beyond the first of each (page, chunk index): what overlapping tasks left."""
+    """What overlapping chunk tasks left (bench.loadtest_harness.duplicate_chunks)."""
     import psycopg
 
+    from bench.loadtest_harness import duplicate_chunks
+
     with psycopg.connect(url, connect_timeout=5) as conn:
-        return int(
-            conn.execute(
-                """SELECT coalesce(sum(n - 1), 0) FROM (
-                       SELECT count(*) AS n FROM tenant_knowledge
-                       GROUP BY document_id, metadata->>'chunk_index' HAVING count(*) > 1) AS twice"""
-            ).fetchone()[0]
-        )
+        return duplicate_chunks(conn)

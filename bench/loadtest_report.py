@@ -8,6 +8,7 @@ import math
 from typing import TYPE_CHECKING
 
 from bench.loadtest_harness import FAULT_AT
+from pipelines.testing.openai_server import TIER1_REQUESTS_PER_MINUTE, TIER1_TOKENS_PER_MINUTE
 
 if TYPE_CHECKING:
     from bench.loadtest import Outcome
@@ -114,8 +115,9 @@ def _api_lines(o: Outcome) -> list[str]:
     )
     if o.plan.tier1:
         line += (
-            f" (tier-1 limits 1,000,000 tokens/min and 3,000 requests/min: {100 * tokens / 1_000_000:.0f} % "
-            f"and {100 * requests / 3000:.0f} % of them)"
+            f" (tier-1 limits {TIER1_TOKENS_PER_MINUTE:,} tokens/min and {TIER1_REQUESTS_PER_MINUTE:,} "
+            f"requests/min: {100 * tokens / TIER1_TOKENS_PER_MINUTE:.0f} % "
+            f"and {100 * requests / TIER1_REQUESTS_PER_MINUTE:.0f} % of them)"
         )
     return [line]
 
@@ -131,11 +133,10 @@ def _design_rows(o: Outcome) -> list[tuple[str, ...]]:
          str(o.deadlocks), str(o.reclaims)),
     ]  # fmt: skip
     for old in o.old:
-        per_page = 1000 * old.cpu_seconds / old.pages_written if old.pages_written else 0.0
         rows.append(
             (f"old, {old.workers} workers", f"{old.pages_per_second:.2f}",
              f"{percentile(old.page_seconds, 50):.2f} / {percentile(old.page_seconds, 95):.2f} s",
-             f"{per_page:.0f}", str(old.embed_429s), str(old.embed_failed_calls),
+             f"{old.cpu_ms_per_page:.0f}", str(old.embed_429s), str(old.embed_failed_calls),
              str(old.duplicate_chunks), str(old.deadlocks), str(old.pages_written_twice))
         )  # fmt: skip
     return rows
