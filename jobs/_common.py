@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from pipelines import ids, metrics
 from pipelines.config import ConfigError, PipelineConfig, build_config
+from pipelines.placement import PoolCannotBePlaced
 from pipelines.store import db, migrations
 
 
@@ -89,11 +90,11 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 @contextlib.contextmanager
 def errors_exit(*job_errors: type[Exception]) -> Iterator[None]:
     """The library's errors as one line and exit status 1 instead of a traceback: no usable
-    database, or one holding another model's vectors ("database error: …"), and the errors of
-    `job_errors`, whose messages say what to do."""
+    database, or one holding another model's vectors ("database error: …"), a pipeline the
+    cluster can never place, and the errors of `job_errors`, whose messages say what to do."""
     try:
         yield
     except (db.DatabaseUnavailable, migrations.SchemaMismatch) as exc:
         sys.exit(f"database error: {exc}")
-    except job_errors as exc:
+    except (PoolCannotBePlaced, *job_errors) as exc:
         sys.exit(str(exc))

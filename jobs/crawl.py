@@ -16,7 +16,6 @@ import sys
 
 from jobs._common import errors_exit, parser, positive_int, start_job, tenant_id
 from pipelines.crawl.patterns import InvalidSourceError, check_source
-from pipelines.placement import PoolCannotBePlaced
 from pipelines.service import PipelineKeepsFailing, run_crawl, serve
 from pipelines.store import db
 from pipelines.store.queue import Priority, enqueue
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.allow_private_network:
         crawl_settings["allow_private_network"] = True
     config = start_job(args, crawl=crawl_settings)
-    with errors_exit(PipelineKeepsFailing, PoolCannotBePlaced):
+    with errors_exit(PipelineKeepsFailing):
         if args.serve or args.once:
             print(f"crawled {serve(config, once=args.once)} sources from the queue")
         elif args.enqueue:  # the arguments were checked as enqueue checks them

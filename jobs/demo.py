@@ -16,7 +16,6 @@ from pathlib import Path
 from jobs._common import errors_exit, parser, positive_int, start_job, tenant_id
 from pipelines.config import REPO_ROOT
 from pipelines.embed import make_embedder
-from pipelines.placement import PoolCannotBePlaced
 from pipelines.search import run_search
 from pipelines.service import run_crawl
 from pipelines.testing.devserver import serve_directory
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     config = start_job(args, crawl=crawl_settings)
     embedder = make_embedder(config.embed)
 
-    with contextlib.ExitStack() as serving, errors_exit(PoolCannotBePlaced):
+    with contextlib.ExitStack() as serving, errors_exit():
         start_url = args.url
         if not start_url:
             try:

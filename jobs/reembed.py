@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from jobs._common import errors_exit, parser, start_job
 from pipelines.config import BACKENDS
-from pipelines.placement import PoolCannotBePlaced
 from pipelines.reembed import SwitchOutpaced, run_reembed
 
 
@@ -23,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", choices=BACKENDS, help="the backend to switch to (default: embed.backend)")
     args = p.parse_args(argv)
     config = start_job(args, embed={"backend": args.model} if args.model else {})
-    with errors_exit(SwitchOutpaced, PoolCannotBePlaced):
+    with errors_exit(SwitchOutpaced):
         print(run_reembed(config).render())
 
 
