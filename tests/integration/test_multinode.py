@@ -267,7 +267,15 @@ def main(argv: list[str] | None = None) -> int:
             # A pipeline restarted before Ray has noticed the lost node (missed heartbeats: some
             # seconds) may place an actor there (its 0-CPU page-credit pool fits anywhere) and fail
             # once more; each failure spends an attempt of the sources it held.
-            queue={"restart_backoff_seconds": 0.2, "restart_max_wait_seconds": 1, "max_attempts": 5},
+            # Few pages in flight, so the crawl is still fetching when the worker node goes (with the
+            # default 32, 4 sites' pages are all fetched before the first is written, the crawl task
+            # has ended, and losing its idle actor fails nothing).
+            queue={
+                "restart_backoff_seconds": 0.2,
+                "restart_max_wait_seconds": 1,
+                "max_attempts": 5,
+                "pages_in_flight": 4,
+            },
             ray={
                 "address": cluster.address,
                 "embed_resources": f"{EMBED_RESOURCE}=1",
