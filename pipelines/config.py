@@ -396,6 +396,13 @@ class RayConfig:
     # up within this long (the cluster lacks the CPUs or GPUs they ask for; a GPU node may
     # take minutes to join).
     actor_start_timeout_seconds: float = 1800.0
+    # Tasks Ray Data may hand one stage actor at once, per call it runs at once; 0: Ray Data's
+    # own default (2). Its executor sees a finished task only on its next round (every 0.1 s
+    # or more), so each of these slots passes on at most a few blocks a second: with one-page
+    # blocks (the crawl service) and 2 slots, a one-actor stage capped the whole service at
+    # ~11 pages/s with a third of the CPUs idle. The service raises it (see
+    # pipelines/service/serve.py) unless this says otherwise.
+    tasks_in_flight_per_actor: int = 0
     # Whether the cluster adds nodes for work that does not fit ("auto", "yes", "no"). A pipeline
     # whose stages ask for more than the cluster has fails at once with the setting to change
     # when it does not; when it does, the run waits for new nodes (up to the timeout above).
@@ -448,7 +455,7 @@ class RayConfig:
         _positive(self, "clean_concurrency", "clean_cpus", "chunk_concurrency", "chunk_cpus")
         _positive(self, "embed_concurrency", "embed_cpus", "write_concurrency", "write_cpus", "lookup_cpus")
         _positive(self, "reembed_readers", "embed_api_calls_per_actor")
-        _not_negative("ray", self, "embed_gpus", "batch_pages")
+        _not_negative("ray", self, "embed_gpus", "batch_pages", "tasks_in_flight_per_actor")
         if self.embed_max_concurrency and self.embed_max_concurrency < self.embed_concurrency:
             raise ConfigError("ray.embed_max_concurrency must be 0 (fixed pool) or >= ray.embed_concurrency")
         _resource_map(self.embed_resources)  # a malformed value fails at start-up

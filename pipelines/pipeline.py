@@ -83,12 +83,15 @@ def _configure_ray_data(config: PipelineConfig) -> None:
     context.target_max_block_size = config.ray.max_block_bytes
     context.wait_for_min_actors_s = config.ray.actor_start_timeout_seconds
     context.set_config(_AUTOSCALING_KEY, config.ray.autoscaling)  # read by output_blocks' check
+    context.set_config(_TASKS_PER_CALL_KEY, config.ray.tasks_in_flight_per_actor)  # read by _compute
 
 
-# Where _configure_ray_data leaves ray.autoscaling for the placement check (DataContext's own
-# store for settings of its users), and the attribute where a dataset built by _run_stage keeps
-# the pools of every stage up to it.
+# Where _configure_ray_data leaves ray.autoscaling for the placement check and
+# ray.tasks_in_flight_per_actor for the stages made next (DataContext's own store for settings
+# of its users), and the attribute where a dataset built by _run_stage keeps the pools of every
+# stage up to it.
 _AUTOSCALING_KEY = "kb_pipeline.autoscaling"
+_TASKS_PER_CALL_KEY = "kb_pipeline.tasks_in_flight_per_actor"
 _POOLS = "_kb_pipeline_pools"
 
 
@@ -169,11 +172,15 @@ def _check_placement(dataset: ray.data.Dataset) -> list[placement.Pool]:
 def _compute(
     concurrency: int | tuple[int, int], one_task_per_actor: bool, calls_per_actor: int
 ) -> ray.data.ActorPoolStrategy:
-    """How many actors run a stage (`compute=`; `concurrency=` is deprecated since Ray 2.51)."""
+    """How many actors run a stage (`compute=`; `concurrency=` is deprecated since Ray 2.51),
+    and how many tasks each may hold (ray.tasks_in_flight_per_actor per call it runs at once)."""
     low, high = concurrency if isinstance(concurrency, tuple) else (concurrency, concurrency)
     options: dict[str, object] = {"min_size": low, "max_size": high}
+    tasks_per_call = ray.data.DataContext.get_current().get_config(_TASKS_PER_CALL_KEY, 0)
     if one_task_per_actor:
         options["max_tasks_in_flight_per_actor"] = 1
+    elif tasks_per_call:
+        options["max_tasks_in_flight_per_actor"] = tasks_per_call * calls_per_actor
     if calls_per_actor > 1:
         options.update(max_concurrent_calls_per_actor=calls_per_actor, enable_true_multi_threading=True)
     return ray.data.ActorPoolStrategy(**options)
