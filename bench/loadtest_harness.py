@@ -162,7 +162,7 @@ def stage_seconds(workdir: Path) -> dict[str, float]:
 
 # -- CPU of the run ---------------------------------------------------------------------------
 
-_STAGE_ACTOR = re.compile(r"MapBatches\(Timed(\w+)\)")
+_STAGE_ACTOR = re.compile(r"MapBatches\((?:Timed)?(\w+)\)")
 
 
 def _kind(command: list[str]) -> str:

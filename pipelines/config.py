@@ -412,13 +412,12 @@ class RayConfig:
     autoscaling: str = "auto"
     crawl_concurrency: int = 2  # crawl actors; each crawls a batch of sites concurrently
     crawl_cpus: float = 0.25  # crawling waits on the network
-    # Actors, each cleaning one block at a time. Actors, not tasks: a service passes pages one by
-    # one, and a Ray task per page cost ~0.1 s of scheduling each (bench.loadtest: p95 4.6 s
-    # with tasks, 2.8-3.8 s with actors, at the same pages/s).
-    clean_concurrency: int = 2
-    clean_cpus: float = 0.125  # two actors; with write_cpus, every default stage fits on 2 cores
-    chunk_concurrency: int = 1  # actors, each holding the model's tokenizer
-    chunk_cpus: float = 0.25
+    # Actors running the page stages (clean, the unchanged-page check, chunk: see
+    # pipelines/page_stages.py), each a block at a time and holding the model's tokenizer.
+    # Actors, not tasks: a service passes pages one by one, and a Ray task per page cost ~0.1 s
+    # of scheduling each (bench.loadtest: p95 4.6 s with tasks, 2.8-3.8 s with actors).
+    page_stages_concurrency: int = 2
+    page_stages_cpus: float = 0.25  # with the other defaults, every stage fits on 2 cores
     embed_concurrency: int = 1  # actors, each holding one model
     # > embed_concurrency: the pool autoscales between the two as the queue of batches grows
     # (Ray adds actors, and the autoscaler adds GPU nodes for them, see cluster.yaml).
@@ -439,7 +438,7 @@ class RayConfig:
     # writer's queue was the longest in the pipeline (bench.loadtest: 9.0 → 11.2 pages/s).
     write_concurrency: int = 2
     write_cpus: float = 0.125  # writing waits on the database (two actors)
-    lookup_cpus: float = 0.25  # the unchanged-page check: one query per batch
+    lookup_cpus: float = 0.25  # re-embedding's chunk readers: one query per block
     reembed_readers: int = 2  # re-embedding: tasks reading chunks, each a share of the id space (max 16)
     # A local Ray (no address) starts its dashboard (jobs, Ray Data's operators, metrics) and the
     # job prints its URL; false saves the dashboard's start-up time and memory (the tests do).
@@ -452,7 +451,7 @@ class RayConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "max_block_bytes", "actor_start_timeout_seconds", "crawl_concurrency", "crawl_cpus")
-        _positive(self, "clean_concurrency", "clean_cpus", "chunk_concurrency", "chunk_cpus")
+        _positive(self, "page_stages_concurrency", "page_stages_cpus")
         _positive(self, "embed_concurrency", "embed_cpus", "write_concurrency", "write_cpus", "lookup_cpus")
         _positive(self, "reembed_readers", "embed_api_calls_per_actor")
         _not_negative("ray", self, "embed_gpus", "batch_pages", "tasks_in_flight_per_actor")

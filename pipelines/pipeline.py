@@ -3,7 +3,8 @@
 Stages know nothing about Ray; everything Ray-specific about them is in this module, driven
 by `RayConfig`. Every stage is an actor pool (its expensive `__init__` runs once per actor;
 a service passes pages one by one, and a Ray task per page cost more to schedule than the
-cheapest stages' work).
+cheapest stages' work). Clean, the unchanged-page check and chunk share one pool
+(pipelines/page_stages.py): a page passes between Ray Data operators four times, not six.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pipelines.crawl import Crawler
 from pipelines.crawl.contracts import PageHistory, SourceFeed
 from pipelines.embed import model_id
 from pipelines.embed.stage import ChunkTextEmbedder, EmbedStage
+from pipelines.page_stages import PageStages
 from pipelines.store import db, model_switch
 from pipelines.store.cache import StoredVectorCache
 from pipelines.store.history import StoredPageHistory
@@ -253,10 +255,10 @@ def _index_signature(config: PipelineConfig) -> str:
     return ids.index_signature(config.chunk, CHUNKER_VERSION, model_id(config.embed))
 
 
-def crawl_documents(
+def crawl_pages(
     requests: list[dict], config: PipelineConfig, history: PageHistory | None = None
 ) -> ray.data.Dataset:
-    """Crawl requests (schema.CRAWL_REQUEST rows) → cleaned documents (schema.DOCUMENT).
+    """Crawl requests (schema.CRAWL_REQUEST rows) → fetched pages (schema.PAGE).
 
     Sites are dealt to the crawl actors in batches; an actor crawls its batch's sites at once,
     sharing its connections fairly between them, and streams their pages out as they come.
@@ -265,7 +267,7 @@ def crawl_documents(
     sites_per_batch = config.crawl.sites_in_flight
     batches = max(1, math.ceil(len(requests) / sites_per_batch))
     sources = ray.data.from_items(requests, override_num_blocks=batches)
-    return _crawl_and_clean(
+    return _crawl(
         sources,
         config,
         batch_size=sites_per_batch,
@@ -277,18 +279,18 @@ def crawl_documents(
 def crawl_feed(
     feed: SourceFeed, config: PipelineConfig, history: PageHistory | None = None
 ) -> ray.data.Dataset:
-    """Sites from `feed` (the crawl queue) → cleaned documents, in one pipeline that lives as
-    long as the feed: each crawl actor takes sites from it as it has room, so no site waits
-    for another's crawl to end, and no actor starts twice."""
+    """Sites from `feed` (the crawl queue) → fetched pages, in one pipeline that lives as long
+    as the feed: each crawl actor takes sites from it as it has room, so no site waits for
+    another's crawl to end, and no actor starts twice."""
     _configure_ray_data(config)
     actors = config.ray.crawl_concurrency
     starts = ray.data.from_items([{"crawl_actor": n} for n in range(actors)], override_num_blocks=actors)
-    return _crawl_and_clean(
+    return _crawl(
         starts, config, batch_size=1, concurrency=actors, history=history, feed=feed, one_task_per_actor=True
     )
 
 
-def _crawl_and_clean(
+def _crawl(
     crawl_input: ray.data.Dataset,
     config: PipelineConfig,
     *,
@@ -297,62 +299,64 @@ def _crawl_and_clean(
     history: PageHistory | None,
     **crawl_options: object,
 ) -> ray.data.Dataset:
-    ray_config = config.ray
-    pages = _run_stage(
+    return _run_stage(
         crawl_input,
         Crawler,
         stage_name="crawl",
         batch_size=batch_size,
-        cpus=ray_config.crawl_cpus,
+        cpus=config.ray.crawl_cpus,
         concurrency=concurrency,
         retry_tasks=False,  # pages come in network order: a re-run would drop some (see _run_stage)
         config=config.crawl,
         history=history,
         **crawl_options,
     )
+
+
+def crawl_documents(
+    requests: list[dict], config: PipelineConfig, history: PageHistory | None = None
+) -> ray.data.Dataset:
+    """Crawl requests → cleaned documents (schema.DOCUMENT): the stages that see raw HTML, on
+    their own (the crawl benchmarks)."""
     return _run_stage(
-        pages,
+        crawl_pages(requests, config, history),
         Cleaner,
-        stage_name="clean",
-        batch_size=ray_config.batch_size,
-        cpus=ray_config.clean_cpus,
-        concurrency=ray_config.clean_concurrency,
+        stage_name="page stages",
+        **_page_stages_pool(config),
         config=config.clean,
     )
+
+
+def index_pages(pages: ray.data.Dataset, config: PipelineConfig, database_url: str) -> ray.data.Dataset:
+    """Fetched pages → cleaned → chunks → vectors → PostgreSQL; yields one schema.WRITE_RESULT
+    row per page."""
+    return _index(pages, config, database_url, clean=True)
 
 
 def index_documents(
     documents: ray.data.Dataset, config: PipelineConfig, database_url: str
 ) -> ray.data.Dataset:
-    """Documents → chunks → vectors → PostgreSQL; yields one schema.WRITE_RESULT row per page."""
+    """Documents (cleaned already) → chunks → vectors → PostgreSQL; yields one
+    schema.WRITE_RESULT row per page."""
+    return _index(documents, config, database_url, clean=False)
+
+
+def _index(
+    dataset: ray.data.Dataset, config: PipelineConfig, database_url: str, *, clean: bool
+) -> ray.data.Dataset:
     _configure_ray_data(config)
-    ray_config = config.ray
-    per_batch = {"batch_size": ray_config.batch_size}
+    per_batch = {"batch_size": config.ray.batch_size}
     store = {
         "config": config.store,
         "database_url": database_url,
         "index_signature": _index_signature(config),
     }
+    stages: list[tuple[type, dict]] = [(Cleaner, {"config": config.clean})] if clean else []
     if config.store.skip_unchanged:
-        # One indexed query per batch: never the bottleneck, so one actor.
-        documents = _run_stage(
-            documents,
-            SkipUnchanged,
-            stage_name="unchanged-page check",
-            **per_batch,
-            cpus=ray_config.lookup_cpus,
-            concurrency=1,
-            **store,
-        )
+        stages.append((SkipUnchanged, store))
+    stages.append((Chunker, {"config": config.chunk, "embed": config.embed}))
     chunked = _run_stage(
-        documents,
-        Chunker,
-        stage_name="chunk",
-        **per_batch,
-        cpus=ray_config.chunk_cpus,
-        concurrency=ray_config.chunk_concurrency,
-        config=config.chunk,
-        embed=config.embed,
+        dataset, PageStages, stage_name="page stages", **_page_stages_pool(config), stages=stages
     )
     embedded = _run_stage(
         chunked,
@@ -366,10 +370,18 @@ def index_documents(
         ChunkWriter,
         stage_name="write",
         **per_batch,
-        cpus=ray_config.write_cpus,
-        concurrency=ray_config.write_concurrency,
+        cpus=config.ray.write_cpus,
+        concurrency=config.ray.write_concurrency,
         **store,
     )
+
+
+def _page_stages_pool(config: PipelineConfig) -> dict:
+    return {
+        "batch_size": config.ray.batch_size,
+        "cpus": config.ray.page_stages_cpus,
+        "concurrency": config.ray.page_stages_concurrency,
+    }
 
 
 def _embed_placement(config: PipelineConfig, database_url: str) -> dict:

@@ -46,9 +46,7 @@ class Sizing:
 
 STAGES: dict[str, Sizing] = {
     "crawl": Sizing("ray.crawl_concurrency", "ray.crawl_cpus"),
-    "clean": Sizing("ray.clean_concurrency", "ray.clean_cpus"),
-    "unchanged-page check": Sizing(None, "ray.lookup_cpus"),
-    "chunk": Sizing("ray.chunk_concurrency", "ray.chunk_cpus"),
+    "page stages": Sizing("ray.page_stages_concurrency", "ray.page_stages_cpus"),
     "embed": Sizing("ray.embed_concurrency", "ray.embed_cpus", "ray.embed_gpus", "ray.embed_resources"),
     "write": Sizing("ray.write_concurrency", "ray.write_cpus"),
     "chunk read": Sizing("ray.reembed_readers", "ray.lookup_cpus"),

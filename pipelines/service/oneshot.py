@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 def index_sources(requests: list[dict], config: PipelineConfig, database_url: str, label: str) -> RunReport:
     """Crawl and index the sources of `requests` (any tenants) in one streaming run."""
     started = time.perf_counter()
-    documents = pipeline.crawl_documents(requests, config, pipeline.page_history(config, database_url))
-    results = pipeline.index_documents(documents, config, database_url)
+    pages = pipeline.crawl_pages(requests, config, pipeline.page_history(config, database_url))
+    results = pipeline.index_pages(pages, config, database_url)
 
     labels = {r[schema.SOURCE]: f"tenant={r[schema.TENANT]} url={r[schema.URL]}" for r in requests}
     # In a log (stdout not a terminal: `ray job logs`, a file) rather than Ray Data's bars;

@@ -142,8 +142,8 @@ def _run_pipeline(
     feed = ClaimFeed(queue, config.crawl.sites_in_flight, once, credits)
     started = time.perf_counter()
     try:
-        documents = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url))
-        results = pipeline.index_documents(documents, config, database_url)
+        pages = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url))
+        results = pipeline.index_pages(pages, config, database_url)
         with pipeline.output_blocks(results, say_what_it_waits_for=False) as blocks:
             for batch in blocks:
                 if credits is not None:

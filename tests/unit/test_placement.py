@@ -13,9 +13,7 @@ def _pipeline(embed_actors: int = 1, embed_cpus: float = 0.5, embed_gpus: float 
     """The crawl indexing pipeline's pools at the defaults of RayConfig."""
     return [
         Pool("crawl", 2, {"CPU": 0.25}),
-        Pool("clean", 2, {"CPU": 0.125}),
-        Pool("unchanged-page check", 1, {"CPU": 0.25}),
-        Pool("chunk", 1, {"CPU": 0.25}),
+        Pool("page stages", 2, {"CPU": 0.25}),
         Pool("embed", embed_actors, {"CPU": embed_cpus, "GPU": embed_gpus, **embed_resources}),
         Pool("write", 2, {"CPU": 0.125}),
     ]
@@ -26,7 +24,7 @@ def _local(cpus: float, **others: float) -> Cluster:
     return Cluster(resources, [resources], autoscales=False, local=True)
 
 
-def test_the_defaults_fit_two_cpus_exactly():
+def test_the_defaults_fit_two_cpus():
     assert shortfall(_pipeline(), _local(2)) is None
 
 
@@ -39,8 +37,8 @@ def test_too_many_embed_actors_for_a_local_ray_name_the_stage_the_cluster_and_th
     reason = shortfall(_pipeline(embed_actors=4), _local(3))
     assert reason is not None and "\n" not in reason
     assert reason.startswith("the embed stage asks for 4 actors x 0.5 CPU (2 CPU)")
-    assert "other stages (crawl 0.5, clean 0.25, unchanged-page check 0.25, chunk 0.25, write 0.25)" in reason
-    assert "for 1.5 CPU at once" in reason
+    assert "other stages (crawl 0.5, page stages 0.5, write 0.25)" in reason
+    assert "for 1.25 CPU at once" in reason
     assert "this cluster has 3 CPU in all (largest node 3 CPU) and does not autoscale" in reason
     assert "lower ray.embed_concurrency or ray.embed_cpus (or another stage's ray.*_concurrency" in reason
     assert "ray.num_cpus" in reason
