@@ -324,9 +324,11 @@ class QueueConfig:
     # long a fetched page waits (Little's law: about this many pages / pages per second). The
     # service then passes each page through on its own (ray.batch_pages=0, one-page blocks):
     # a page held back in a batch or block would hold its credit, and enough of them would
-    # stop the crawl. 0: unbounded, batches and blocks as the ray section says. 32: the knee
-    # measured by bench.loadtest on 2 cores (8: 5 pages/s; 32: 11, p95 2.8 s; 64: 11, p95 7.4 s).
-    pages_in_flight: int = 32
+    # stop the crawl. 0: unbounded, batches and blocks as the ray section says. 64: measured by
+    # bench.loadtest 100 x 20 on 2 cores (32: 15.3 pages/s, p95 1.8 s; 48: 18.3, 2.4 s; 64:
+    # 20.7, 2.9 s, the CPUs then busy); under a provider's rate limit pages wait their turn
+    # instead (p95 grows with this), and a smaller value trades pages/s back for latency.
+    pages_in_flight: int = 64
     lease_seconds: float = 120.0  # a claimed site returns to the queue this long after its service died
     max_attempts: int = 3  # claims of one site before it is failed as a site that kills its crawls
     poll_seconds: float = 5.0  # --serve: how often an idle service looks for work
