@@ -44,6 +44,18 @@ class HashingEmbedder:
         return len(text.split())
 
 
+class RecordingDataset:
+    """Stands in for a ray.data.Dataset where a test checks the wiring: records each
+    map_batches call's arguments instead of running anything."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def map_batches(self, fn, **kwargs):
+        self.calls.append({"fn": fn, **kwargs})
+        return self
+
+
 def chunk(index: int, text: str) -> dict:
     return {
         schema.CHUNK_INDEX: index,

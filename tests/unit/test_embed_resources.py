@@ -6,6 +6,7 @@ import pytest
 from pipelines import pipeline
 from pipelines.config import ConfigError, build_config
 from pipelines.embed.stage import EmbedStage
+from tests.helpers import RecordingDataset
 
 
 def test_empty_by_default_and_parsed_into_rays_resources_argument():
@@ -31,18 +32,9 @@ def test_a_malformed_value_fails_when_the_config_is_built(value, message):
         build_config(overrides=[f"ray.embed_resources={value}"])
 
 
-class _RecordingDataset:
-    def __init__(self) -> None:
-        self.calls: list[dict] = []
-
-    def map_batches(self, fn, **kwargs):
-        self.calls.append({"fn": fn, **kwargs})
-        return self
-
-
 def test_the_embed_pool_asks_for_them_and_other_stages_do_not():
     config = build_config(overrides=["ray.embed_resources=embed_node=1", "store.vector_cache=false"])
-    dataset = _RecordingDataset()
+    dataset = RecordingDataset()
     pipeline._run_stage(
         dataset,
         EmbedStage,

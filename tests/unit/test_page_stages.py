@@ -17,6 +17,7 @@ from pipelines.page_stages import PageStages
 from pipelines.service.serve import PAGE_TASKS_IN_FLIGHT_PER_ACTOR, _page_by_page
 from pipelines.store.unchanged import SkipUnchanged
 from pipelines.store.writer import ChunkWriter
+from tests.helpers import RecordingDataset
 
 
 class _Append:
@@ -40,15 +41,6 @@ def test_page_stages_builds_each_stage_once_and_runs_them_in_order():
     assert out.column("second").to_pylist() == [2, 2], "the second stage saw the first one's output"
 
 
-class _RecordingDataset:
-    def __init__(self) -> None:
-        self.calls: list[dict] = []
-
-    def map_batches(self, fn, **kwargs):
-        self.calls.append({"fn": fn, **kwargs})
-        return self
-
-
 @pytest.fixture
 def data_context():
     """_configure_ray_data sets the process's DataContext: put it back for the tests after."""
@@ -64,7 +56,7 @@ def _stage_classes(call: dict) -> list[type]:
 @pytest.mark.usefixtures("data_context")
 def test_indexing_crawled_pages_runs_clean_check_and_chunk_in_one_pool_then_embed_then_write():
     config = build_config(overrides=["store.vector_cache=false"])
-    dataset = _RecordingDataset()
+    dataset = RecordingDataset()
     pipeline.index_pages(dataset, config, "unused")
     page_stages, embed, write = dataset.calls
     assert page_stages["fn"] is PageStages
@@ -75,10 +67,10 @@ def test_indexing_crawled_pages_runs_clean_check_and_chunk_in_one_pool_then_embe
 
 @pytest.mark.usefixtures("data_context")
 def test_indexing_cleaned_documents_leaves_clean_out_and_the_check_when_it_is_off():
-    dataset = _RecordingDataset()
+    dataset = RecordingDataset()
     pipeline.index_documents(dataset, build_config(overrides=["store.vector_cache=false"]), "unused")
     assert _stage_classes(dataset.calls[0]) == [SkipUnchanged, Chunker]
-    dataset = _RecordingDataset()
+    dataset = RecordingDataset()
     config = build_config(overrides=["store.vector_cache=false", "store.skip_unchanged=false"])
     pipeline.index_documents(dataset, config, "unused")
     assert _stage_classes(dataset.calls[0]) == [Chunker]
@@ -102,7 +94,7 @@ def test_tasks_per_actor_count_per_call_and_the_queue_fed_crawl_keeps_one():
     config = _page_by_page(
         build_config(overrides=["store.vector_cache=false", "embed.backend=openai", "embed.api_key_env="])
     )
-    dataset = _RecordingDataset()
+    dataset = RecordingDataset()
     pipeline.index_pages(dataset, config, "unused")
     page_stages, embed, write = (call["compute"] for call in dataset.calls)
     tasks = PAGE_TASKS_IN_FLIGHT_PER_ACTOR
