@@ -19,6 +19,7 @@ from bench.run_results import (
     RunResults,
     startup_share,
 )
+from pipelines.config import RayConfig
 
 
 def write(results: RunResults, results_md: Path) -> None:
@@ -304,7 +305,8 @@ def e2e_notes(r: RunResults) -> list[str]:
 def _startup_note(r: RunResults) -> str:
     shares = [(run, startup_share(run.startup, run.seconds)) for run in (r.new, r.new_api)]
     held = all(share <= STARTUP_TARGET for _, share in shares)
-    stalled = [run.backend for run, share in shares if share > 0.5]
+    # More than a batch of pages, and still the first written after half the run: a stall.
+    stalled = [run.backend for run, share in shares if share > 0.5 and run.pages > RayConfig().batch_pages]
     return (
         "**Start-up.** "
         + "; ".join(
@@ -319,7 +321,7 @@ def _startup_note(r: RunResults) -> str:
             else "here at least one is not, so start-up weighs on its ratios."
         )
         + (
-            f" The first page of the {' and '.join(stalled)} run was written after half of it or more: "
+            f" The first page of the {' and the '.join(stalled)} run was written after half of it or more: "
             "pages did not go on to the writer batch by batch. Ray Data merges what a stage's task "
             "yields into blocks of up to `ray.max_block_bytes` (4 MB by default) before passing them "
             "on, and on small pages a block holds hundreds of them, so one task of each stage takes "
