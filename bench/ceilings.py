@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from pathlib import Path
 
 import pyarrow as pa
 import ray
@@ -15,7 +15,7 @@ import trafilatura
 
 from bench import embed_stage, write_path
 from bench.baseline_old_writer import COLUMNS, COPY_TYPES, page_rows
-from bench.run_results import HAZM_SITE, CleanCeiling, EmbedCeiling, WriteCeiling
+from bench.run_results import CleanCeiling, EmbedCeiling, WriteCeiling
 from pipelines import schema
 from pipelines.clean import Cleaner
 from pipelines.config import CleanConfig, EmbedConfig, PipelineConfig, StoreConfig, build_config
@@ -27,11 +27,9 @@ from pipelines.store.sources import record_source
 # -- clean ------------------------------------------------------------------------------------
 
 
-def corpus_html(url: str) -> str:
-    """The HTML the loopback server sends for `url`, read from the corpus."""
-    path = urlsplit(url).path.lstrip("/")
-    file = HAZM_SITE / (path + "index.html" if path.endswith("/") or not path else path)
-    return file.read_text(encoding="utf-8")
+def section_html(folder: Path, pages: int) -> list[str]:
+    """The HTML of the first `pages` pages of a section of the corpus (`folder`), by file name."""
+    return [path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.html"))[:pages]]
 
 
 def _paired_round(index: int, calls: dict[str, Callable[[], object]]) -> dict[str, float]:

