@@ -323,10 +323,9 @@ def _startup_note(r: RunResults) -> str:
         + (
             f" The first page of the {' and the '.join(stalled)} run was written after half of it or more: "
             "pages did not go on to the writer batch by batch. Ray Data merges what a stage's task "
-            "yields into blocks of up to `ray.max_block_bytes` (4 MB by default) before passing them "
-            "on, and on small pages a block holds hundreds of them, so one task of each stage takes "
-            "most of the crawl at once (a reading of Ray Data's output buffer, not yet measured with "
-            "smaller blocks)."
+            "yields into blocks of up to `ray.max_block_bytes` before passing them on; when a block "
+            "holds hundreds of small pages, one task of each stage takes most of the crawl at once "
+            "(lower `ray.max_block_bytes`)."
             if stalled
             else ""
         )
@@ -409,7 +408,6 @@ def scaling_notes(machine: dict) -> list[str]:
         "The target (>= 1.5, 75 % of linear) is ours; the issue sets none. The site farm serving "
         "the pages runs in the benchmark's own process on the same cores, and other processes share "
         "the machine, so the second core is never fully the pipeline's. Clean's tasks take a block "
-        "each, and with the default `ray.max_block_bytes` (4 MB) the crawl hands on blocks of several "
-        "hundred generated pages (the blocks column counts clean's output blocks), so two clean tasks "
-        "run at once only while two blocks wait.",
+        "each (the blocks column counts clean's output blocks); with `ray.max_block_bytes` at 100 KB "
+        "the crawl hands on a few generated pages per block.",
     ]
