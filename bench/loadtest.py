@@ -110,7 +110,7 @@ here), not the pipeline. `--latency-gate` turns them back on; the full-size runs
 
 Scale on 2 cores: 20 x 5 pages with faults takes about 1.5 minutes, 500 x 5 with faults about
 6, 100 x 20 with --compare-old about 8 (mostly the old design's two windows), 50 x 200 (10k
-pages) about 15 (see the README for the tables).
+pages) about 10 (see the README for the tables).
 """
 
 from __future__ import annotations
