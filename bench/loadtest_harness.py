@@ -411,10 +411,11 @@ def _ray_workers(stage: str) -> list:
             command = " ".join(process.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        # Busy ones only: one still in __init__ (or idle) has no work in flight to lose.
-        # The services run the timed stages (TimedCrawler for Crawler).
-        running = f"MapBatches(Timed{stage}))." in command or f"MapBatches({stage}))." in command
-        if command.startswith("ray::") and running and "__init__" not in command:
+        # Busy ones only: a method after the actor's name ("...(TimedCrawler)).submit"); one still
+        # in __init__ (or idle) has no work in flight to lose.
+        actor = _STAGE_ACTOR.search(command)
+        busy = actor is not None and command[actor.end() :].startswith(").") and "__init__" not in command
+        if command.startswith("ray::") and busy and actor[1] == stage:
             found.append(process)
     return found
 
