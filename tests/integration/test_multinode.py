@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             # seconds) may place an actor there (its 0-CPU page-credit pool fits anywhere) and fail
             # once more; each failure spends an attempt of the sources it held.
             # Few pages in flight, so the crawl is still fetching when the worker node goes (with the
-            # default 32, 4 sites' pages are all fetched before the first is written, the crawl task
+            # default (64), 4 sites' pages are all fetched before the first is written, the crawl task
             # has ended, and losing its idle actor fails nothing).
             queue={
                 "restart_backoff_seconds": 0.2,
