@@ -41,7 +41,16 @@ def decode_page(body: bytes, header_charset: str | None, fallback_encodings: lis
     <meta charset>. Unlabelled legacy bytes are guessed among `fallback_encodings` only
     (an open guess calls windows-1256 Persian "cp1251" Cyrillic), else decoded as the first
     of them with bad bytes replaced: decoding never fails a page.
+
+    A label is whatever the site wrote, and some name Python codecs that are no text encoding
+    at all (`charset=undefined` raises UnicodeError, `charset=rot13` and `hex` are not even
+    bytes to str): any label that does not turn the bytes into a str is passed over. NUL
+    characters are dropped, as browsers drop them from text: PostgreSQL text cannot hold them.
     """
+    return _decode(body, header_charset, fallback_encodings).replace("\x00", "")
+
+
+def _decode(body: bytes, header_charset: str | None, fallback_encodings: list[str]) -> str:
     for bom, encoding in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
         if body.startswith(bom):
             return body.decode(encoding, errors="replace")
@@ -49,9 +58,12 @@ def decode_page(body: bytes, header_charset: str | None, fallback_encodings: lis
         if not label:
             continue
         try:
-            return body.decode(label)
-        except (LookupError, UnicodeDecodeError) as exc:
+            text = body.decode(label)
+        except Exception as exc:
             log.debug("crawl.decode charset=%s failed=%s", label, type(exc).__name__)
+            continue
+        if isinstance(text, str):
+            return text
     guess = charset_normalizer.from_bytes(body, cp_isolation=fallback_encodings).best()
     if guess is not None:
         return str(guess)
@@ -75,7 +87,13 @@ def parse_links(html: str, page_url: str, max_links: int | None = None) -> PageL
     the others are counted as `dropped`.
     """
     # Parsed from UTF-8 bytes: lxml refuses a str that carries an XML encoding declaration.
-    root = lxml.etree.fromstring(html.encode("utf-8"), lxml.html.HTMLParser(encoding="utf-8"))
+    try:
+        root = lxml.etree.fromstring(
+            html.encode("utf-8", errors="replace"), lxml.html.HTMLParser(encoding="utf-8")
+        )
+    except (lxml.etree.LxmlError, ValueError) as exc:
+        log.info("crawl.page.links url=%s found=0 reason=markup not parsed: %s", page_url, exc)
+        return PageLinks([], None)
     if root is None:
         return PageLinks([], None)
     base = page_url

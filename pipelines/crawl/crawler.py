@@ -10,6 +10,7 @@ of the bytes it fetches. The stage only runs the sources and cuts their rows int
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -21,6 +22,8 @@ from pipelines.crawl.contracts import PageHistory, SourceFeed
 from pipelines.crawl.downloader import Downloader
 from pipelines.crawl.frontier import SourceCrawl
 from pipelines.crawl.safety import SafeResolver
+
+log = logging.getLogger(__name__)
 
 
 class _FixedSites:
@@ -119,18 +122,34 @@ class Crawler:
                     break
                 for request in requests or []:
                     crawl = SourceCrawl(self._config, downloader, request, rows.put, self._history, feed)
-                    running[asyncio.create_task(crawl.run())] = request
+                    running[asyncio.create_task(crawl.run())] = (request, crawl)
                 if not running:
                     continue
                 done, _ = await asyncio.wait(
                     running, timeout=feed.poll_seconds, return_when=asyncio.FIRST_COMPLETED
                 )
                 for task in done:
-                    await feed.crawled(running.pop(task), task.result())
+                    request, crawl = running.pop(task)
+                    await feed.crawled(request, _pages_emitted(task, request, crawl))
         finally:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+
+
+def _pages_emitted(task: asyncio.Task, request: dict, crawl: SourceCrawl) -> int:
+    """The rows a finished source crawl emitted. SourceCrawl.run records its own failures;
+    should anything still escape it, that source ends with what it emitted, and its siblings
+    on this actor go on."""
+    if task.exception() is None:
+        return task.result()
+    log.error(
+        "crawl.source.crashed source=%s url=%s",
+        request.get(schema.SOURCE),
+        request.get(schema.URL),
+        exc_info=task.exception(),
+    )
+    return crawl.emitted
 
 
 async def _blocks(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ import aiohttp
 from protego import Protego
 from yarl import URL
 
+from pipelines import isolation
 from pipelines.config import CrawlConfig
 from pipelines.crawl.contracts import Validators
 from pipelines.crawl.safety import CrawlError, check_url_async
@@ -37,6 +39,9 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Worth asking again: the server is busy or briefly broken (RFC 9110 §15.6, RFC 6585 §4).
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _READ_CHUNK_BYTES = 64 * 1024
+# An ETag or Last-Modified is a few dozen characters; a longer one is a site's junk.
+_MAX_VALIDATOR_CHARS = 1024
+_PRINTABLE_HEADER = re.compile(r"[\x20-\x7e]*")
 # A robots.txt Crawl-delay of hours would stall the crawl past any job's life; cap it.
 _MAX_CRAWL_DELAY_SECONDS = 60.0
 
@@ -79,9 +84,13 @@ class Robots:
     def refusal(self, url: str) -> str | None:
         if self.unavailable is not None:
             return f"{BLOCKED_BY_ROBOTS} (robots.txt unavailable: {self.unavailable})"
-        if self.rules is not None and not self.rules.can_fetch(url, self.user_agent):
-            return BLOCKED_BY_ROBOTS
-        return None
+        if self.rules is None:
+            return None
+        try:
+            allowed = self.rules.can_fetch(url, self.user_agent)
+        except Exception as exc:
+            return f"{BLOCKED_BY_ROBOTS} (its rules could not be applied: {type(exc).__name__})"
+        return None if allowed else BLOCKED_BY_ROBOTS
 
     @property
     def sitemaps(self) -> list[str]:
@@ -156,12 +165,14 @@ class Downloader:
         user_agent = self._config.user_agent
         response = await self.fetch(f"{origin}/robots.txt", html_only=False, check_hop=self.check_safety)
         if response.error is None and response.body is not None:
-            rules = Protego.parse(response.body.decode("utf-8", errors="replace"))
+            rules = await asyncio.to_thread(_parse_robots, response.body, self._config.max_robots_bytes)
             crawl_delay = min(rules.crawl_delay(user_agent) or 0.0, _MAX_CRAWL_DELAY_SECONDS)
             host.delay = max(self._config.delay_seconds, crawl_delay)
             robots = Robots(user_agent, rules=rules)
-        elif response.http_status is not None and 400 <= response.http_status < 500:
-            robots = Robots(user_agent)  # no robots.txt: everything is allowed
+        elif response.http_status is not None and 300 <= response.http_status < 500:
+            # No robots.txt (4xx), or redirects that lead to none (RFC 9309 §2.3.1.2-3: a
+            # redirect chain that fails is as if it were absent): everything is allowed.
+            robots = Robots(user_agent)
         else:
             robots = Robots(user_agent, unavailable=response.error)
         log.info(
@@ -191,6 +202,11 @@ class Downloader:
                 failure = f"redirect loop back to {target}"
             elif len(chain) > self._config.max_redirects:
                 failure = f"more than {self._config.max_redirects} redirects (last to {target})"
+            elif len(target) > self._config.max_url_length:
+                failure = (
+                    f"redirected to a URL longer than crawl.max_url_length={self._config.max_url_length} "
+                    f"characters ({len(target)}: {target[:100]}…)"
+                )
             else:
                 failure = await check_hop(target)
             if failure is not None:
@@ -237,6 +253,9 @@ class Downloader:
                     ),
                     None,
                 )
+            except Exception as exc:  # a header or body aiohttp cannot take: this page's failure
+                log.warning("crawl.fetch.internal_error url=%s", url, exc_info=True)
+                return Response(url, error=isolation.failure_reason("crawl", exc), fetched_at=_now()), None
 
     async def _read(
         self, url: str, resp: aiohttp.ClientResponse, html_only: bool
@@ -248,8 +267,8 @@ class Downloader:
             content_type=declared_type,
             charset=resp.charset,
             fetched_at=_now(),
-            etag=resp.headers.get("ETag"),
-            last_modified=resp.headers.get("Last-Modified"),
+            etag=_validator(resp.headers.get("ETag")),
+            last_modified=_validator(resp.headers.get("Last-Modified")),
         )
         location = resp.headers.get("Location")
         if resp.status in _REDIRECT_STATUSES and location:
@@ -280,6 +299,21 @@ class Downloader:
             if len(body) > cap:
                 return too_large, None
         return replace(response, body=bytes(body)), None
+
+
+def _parse_robots(body: bytes, max_bytes: int) -> Protego:
+    """The rules of a robots.txt, read up to `max_bytes` (RFC 9309 §2.5: a crawler must read at
+    least 500 KiB and may ignore the rest). In a thread: parsing is pure Python."""
+    return Protego.parse(body[:max_bytes].decode("utf-8", errors="replace"))
+
+
+def _validator(value: str | None) -> str | None:
+    """An ETag or Last-Modified worth storing and sending back: short, printable ASCII. Any
+    other is dropped (the page is then fetched in full next time): a site controls these
+    headers, and they are stored per page and sent as request headers."""
+    if value is None or len(value) > _MAX_VALIDATOR_CHARS or not _PRINTABLE_HEADER.fullmatch(value):
+        return None
+    return value
 
 
 def _http_error(status: int) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from pipelines import schema
+from pipelines import isolation, schema
 from pipelines.config import CrawlConfig
 from pipelines.crawl.content import decode_page, parse_links, sitemap_locs
 from pipelines.crawl.contracts import PageHistory, SourceFeed, Validators
@@ -113,7 +113,7 @@ class SourceCrawl:
         self._cut: Counter[str] = Counter()  # what the bounds cut: links, sitemap URLs, seen set, deadline
 
     @property
-    def _emitted(self) -> int:
+    def emitted(self) -> int:
         """Page rows emitted for this site so far."""
         return sum(self._outcomes.values())
 
@@ -129,7 +129,12 @@ class SourceCrawl:
                 await self._crawl(url)
             except _DeadlinePassed:
                 self._skip_past_deadline(url)
-            if self._outcomes[schema.PageStatus.FAILED] < self._emitted:
+            except Exception as exc:  # a source step's surprise fails this source, not its actor
+                source = self._request[schema.SOURCE]
+                log.error("crawl.source.internal_error source=%s url=%s", source, url, exc_info=True)
+                if not self.emitted:
+                    await self._emit(url, 0, error=isolation.failure_reason("crawl", exc))
+            if self._outcomes[schema.PageStatus.FAILED] < self.emitted:
                 outcome = schema.SourceStatus.COMPLETED
             if self._cut["not_fetched_past_deadline"]:
                 outcome = TIMED_OUT
@@ -152,7 +157,7 @@ class SourceCrawl:
                 self._cut["not_fetched_past_deadline"],
                 time.monotonic() - started,
             )
-        return self._emitted
+        return self.emitted
 
     async def _crawl(self, url: str) -> None:
         try:
@@ -171,18 +176,17 @@ class SourceCrawl:
         self._site = site_of(start)
         self._robots = await self._before_deadline(self._downloader.robots, self._site)
         self._seen.add(start)
-        refusal = self._robots.refusal(start)
+        refusal = await asyncio.to_thread(self._robots.refusal, start)
         if refusal is not None:
             await self._emit(start, 0, error=refusal)
             return
-        if self._history is not None:
-            self._validators = await asyncio.to_thread(self._history.validators, self._request[schema.SOURCE])
+        await self._load_validators()
         self._admitted = 1
         await self._crawl_page(start, 0, is_start=True)
         if self._config.use_sitemap:
             # Past the deadline, the pages it queued are counted as the workers skip them.
             with contextlib.suppress(_DeadlinePassed):
-                await self._admit_sitemap_pages()
+                await self._admit_sitemap_pages_or_go_on()
         workers = [asyncio.create_task(self._work()) for _ in range(self._config.concurrency_per_site)]
         try:
             await self._frontier.join()
@@ -190,6 +194,29 @@ class SourceCrawl:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _load_validators(self) -> None:
+        """The stored ETag/Last-Modified of the source's pages; without them (the lookup failed)
+        every page is fetched in full, which costs bandwidth and loses nothing."""
+        if self._history is None:
+            return
+        try:
+            self._validators = await asyncio.to_thread(self._history.validators, self._request[schema.SOURCE])
+        except Exception as exc:
+            log.warning(
+                "crawl.source.validators_unavailable source=%s reason=%s: pages are fetched in full",
+                self._request[schema.SOURCE],
+                isolation.failure_reason("crawl", exc),
+            )
+
+    async def _admit_sitemap_pages_or_go_on(self) -> None:
+        """The sitemaps only add pages: one that breaks the crawl's parsing leaves the links."""
+        try:
+            await self._admit_sitemap_pages()
+        except _DeadlinePassed:
+            raise
+        except Exception:
+            log.error("crawl.sitemap.internal_error source=%s", self._request[schema.SOURCE], exc_info=True)
 
     async def _work(self) -> None:
         while True:
@@ -223,7 +250,7 @@ class SourceCrawl:
             self._skip_past_deadline(url)
             return
         await self._feed.admit_page()
-        emitted = self._emitted
+        emitted = self.emitted
         try:
             await self._fetch_page(url, depth, is_start)
         except _DeadlinePassed:
@@ -231,7 +258,7 @@ class SourceCrawl:
         except Exception as exc:  # one page's surprise (a parser bug) must not end the whole crawl
             log.exception("crawl.page url=%s status=failed reason=internal error", url)
             await self._emit(url, depth, error=f"internal error: {exc!r}")
-        if self._emitted == emitted:
+        if self.emitted == emitted:
             await self._feed.page_skipped()
 
     def _skip_past_deadline(self, url: str) -> None:
@@ -240,7 +267,7 @@ class SourceCrawl:
                 "crawl.source.deadline source=%s seconds=%g pages=%d: nothing more is fetched",
                 self._request[schema.SOURCE],
                 self._config.source_deadline_seconds,
-                self._emitted,
+                self.emitted,
             )
         self._cut["not_fetched_past_deadline"] += 1
         log.debug("crawl.page url=%s skipped=past the source's deadline", url)
@@ -347,7 +374,8 @@ class SourceCrawl:
         refusal = await self._downloader.check_safety(target)
         if refusal is not None:
             return refusal
-        refusal = (await self._downloader.robots(site_of(target))).refusal(target)
+        robots = await self._downloader.robots(site_of(target))
+        refusal = await asyncio.to_thread(robots.refusal, target)
         if refusal is not None:
             return f"redirected to {target}: {refusal}"
         if target in self._seen:
@@ -357,7 +385,12 @@ class SourceCrawl:
 
     async def _admit(self, url: str, depth: int) -> None:
         """Queue `url` unless seen, too deep, over budget or past the deadline; robots.txt
-        refusals become rows."""
+        refusals become rows, and count against crawl.max_pages like a fetch (a site whose
+        robots.txt refuses a million links it serves gets max_pages rows, not a million).
+
+        The robots check runs in a thread: a robots.txt of thousands of wildcard rules costs
+        milliseconds a link (pure-Python matching), which the event loop shared by every
+        site of the actor must not pay."""
         if url in self._seen or depth > self._config.max_depth or self._past_deadline():
             return
         if len(self._seen) >= self._config.max_seen_urls:
@@ -374,11 +407,11 @@ class SourceCrawl:
         if self._admitted >= self._config.max_pages:
             self._over_budget += 1
             return
-        refusal = self._robots.refusal(url)
+        self._admitted += 1
+        refusal = await asyncio.to_thread(self._robots.refusal, url)
         if refusal is not None:
             await self._emit(url, depth, error=refusal)
             return
-        self._admitted += 1
         self._frontier.put_nowait((url, depth))
 
     async def _admit_sitemap_pages(self) -> None:

@@ -49,12 +49,20 @@ class PatternError(InvalidSourceError):
 def compile_pattern(pattern: str, kind: str = "URL") -> re2._Regexp:
     """`pattern` compiled by RE2, searched with `.search(url)`; PatternError says why not.
 
-    `kind` ("include", "exclude") names the pattern in the message.
+    `kind` ("include", "exclude") names the pattern in the message. The tenant's application
+    writes the pattern arrays, so anything may arrive: a NULL element, a number, a string
+    that is not valid Unicode. Whatever RE2 raises on it is this pattern's refusal.
     """
+    if not isinstance(pattern, str):
+        raise PatternError(
+            f"invalid {kind} pattern {pattern!r}: not a string (remove it from {kind}_patterns)"
+        )
     try:
         compiled = re2.compile(pattern, _OPTIONS)
     except re2.error as exc:
         raise PatternError(f"invalid {kind} pattern {pattern!r}: {_reason(pattern, exc)}") from None
+    except Exception as exc:
+        raise PatternError(f"invalid {kind} pattern {pattern!r}: {type(exc).__name__}: {exc}") from None
     if compiled.programsize > MAX_PROGRAM_SIZE:
         raise PatternError(
             f"invalid {kind} pattern {pattern!r}: too complex ({compiled.programsize} RE2 instructions, "
@@ -83,6 +91,11 @@ class UrlFilter:
     """
 
     def __init__(self, include: list[str], exclude: list[str]) -> None:
+        if not isinstance(include, list | tuple) or not isinstance(exclude, list | tuple):
+            raise PatternError(
+                f"include and exclude patterns must be lists of strings, got {type(include).__name__} "
+                f"and {type(exclude).__name__}"
+            )
         self._include = [compile_pattern(p, "include") for p in include]
         self._exclude = [compile_pattern(p, "exclude") for p in exclude]
         size = sum(p.programsize for p in (*self._include, *self._exclude))

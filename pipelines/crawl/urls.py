@@ -9,6 +9,7 @@ page, and a site that puts a fresh session id in every link is an endless crawle
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import PurePosixPath
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
@@ -49,38 +50,61 @@ _VISITOR_PARAMETERS = frozenset(
 _VISITOR_PREFIXES = ("utm_",)
 # Java and PHP servers also put the session in the path: /shop;jsessionid=ABC?x=1
 _PATH_SESSION = re.compile(r";(jsessionid|phpsessid|sid)=[^/?#]*", re.IGNORECASE)
+# A DNS label as resolvers take it (RFC 1123, with the underscores real hosts use), in ASCII
+# after IDNA, percent-encoded octets kept as they are (no resolver decodes them, so such a
+# host fails to resolve, as it should); a host name is at most 253 characters (RFC 1035).
+_HOST_LABEL = re.compile(r"[a-z0-9_%-]{1,63}")
+_MAX_HOST_CHARS = 253
 
 
 def normalize_url(url: str, base: str | None = None) -> str | None:
     """The canonical form of `url` (resolved against `base`), or None when it is not crawlable.
 
     Not crawlable: another scheme (mailto:, javascript:, tel:, ftp:, data:), no host, a bad
-    port or a host name that IDNA cannot encode. Credentials (`user:pass@`) are dropped: the
-    crawler never sends them.
+    port, a host that is neither an IP literal nor a DNS name (empty labels, spaces, labels
+    over 63 characters, a name IDNA cannot encode), or anything else the URL parser refuses
+    (`http://[x`). Credentials (`user:pass@`) are dropped: the crawler never sends them.
+
+    Never raises: every link, redirect target and sitemap entry of a tenant's site passes
+    through here, and one malformed spelling must cost only itself.
     """
+    if not isinstance(url, str):
+        return None
+    try:
+        return _normalize(url, base)
+    except ValueError:  # urlsplit's "Invalid IPv6 URL", a port out of range, UnicodeError
+        return None
+
+
+def _normalize(url: str, base: str | None) -> str | None:
     url = url.strip().translate(_STRIPPED)
     if base is not None:
         url = urljoin(base, url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
+    parts = urlsplit(url)
+    port = parts.port
     scheme = parts.scheme.lower()
-    host = parts.hostname
-    if scheme not in CRAWLED_SCHEMES or not host:
+    host = _host(parts.hostname or "")
+    if scheme not in CRAWLED_SCHEMES or host is None:
         return None
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            return None
-    if ":" in host:
-        host = f"[{host}]"
     netloc = host if port is None or port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
     path = quote(_remove_dot_segments(_PATH_SESSION.sub("", parts.path)), safe=_PATH_SAFE)
     query = quote(_without_visitor_parameters(parts.query), safe=_QUERY_SAFE)
     return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def _host(hostname: str) -> str | None:
+    """The host as the URL's netloc spells it (IPv6 in brackets, names in IDNA ASCII), or None
+    when it is neither an IP literal nor a DNS name a resolver could look up."""
+    if ":" in hostname:
+        ipaddress.IPv6Address(hostname.split("%", 1)[0])  # ValueError: not an address
+        return f"[{hostname}]"
+    host = hostname  # percent-encoded octets stay encoded: resolvers refuse them (no SSRF by %31)
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")  # UnicodeError: not an IDN
+    labels = host.lower().removesuffix(".").split(".")
+    if len(host) > _MAX_HOST_CHARS or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return None
+    return host.lower()
 
 
 def _without_visitor_parameters(query: str) -> str:

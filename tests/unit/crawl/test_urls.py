@@ -1,4 +1,9 @@
+from urllib.parse import urlsplit
+
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from yarl import URL
 
 from pipelines.crawl.urls import in_scope, is_non_html, normalize_url, site_of
 
@@ -47,6 +52,17 @@ def test_normalize(url, base, expected):
         "http://",
         "http://site.test:port/",
         "site.test/no-scheme",
+        # what real pages link to: none of these may raise (a raise failed the whole page)
+        "http://[x",
+        "http://[x]/",
+        "https://a..example.com/",
+        "http://exa mple.com/",
+        "http://" + "a" * 64 + ".com/",
+        "http://" + "a." * 127 + "com/",
+        "http://site.test:99999/",
+        "http://\x00.test/",
+        "http://\udc80.test/",
+        "http://site.test/\udc80",
     ],
 )
 def test_not_crawlable(url):
@@ -56,6 +72,31 @@ def test_not_crawlable(url):
 def test_relative_mailto_and_javascript_are_not_crawlable():
     assert normalize_url("mailto:a@b.test", PAGE) is None
     assert normalize_url(" javascript:alert(1)", PAGE) is None
+
+
+# Pieces real links are made of, mixed with any text: the strategy reaches malformed
+# brackets, ports, hosts and escapes far more often than uniform text would.
+_URL_PIECES = st.sampled_from(
+    ["http://", "https://", "//", "[", "]", ":", "@", "%", "%4", "%41", "/", "..", ".", "?", "#", "&",
+     "=", ";", "xn--", "-", "_", "a", "site.test", "مثال", "\u200c", " ", "\t", "\x00", "::1", "80",
+     "99999", "\udc80", "\\"]
+)  # fmt: skip
+_URLISH = st.lists(st.one_of(_URL_PIECES, st.text(max_size=5)), max_size=12).map("".join)
+
+
+@given(url=_URLISH, base=st.none() | st.just("http://site.test/docs/page.html") | _URLISH)
+@example(url="http://[x", base="http://site.test/")
+@example(url="https://a..example.com/", base=None)
+def test_any_link_normalises_to_none_or_a_url_every_client_accepts(url, base):
+    """Whatever a page links to, normalisation gives None or a URL that aiohttp's URL type,
+    urlsplit and normalisation itself take as it is: a malformed href costs only itself."""
+    normalized = normalize_url(url, base)
+    if normalized is None:
+        return
+    parts = urlsplit(normalized)
+    assert parts.scheme in ("http", "https") and parts.hostname
+    assert URL(normalized, encoded=True).host
+    assert normalize_url(normalized) == normalized
 
 
 def test_idn_host_is_punycoded():
