@@ -22,6 +22,7 @@ import trafilatura
 
 from pipelines import isolation, metrics, schema
 from pipelines.config import CleanConfig
+from pipelines.sandbox import PageOverranError, PageSandbox
 
 ZWNJ = "\u200c"
 # Printable letters that real pages practically never contain; the first one absent from a
@@ -31,11 +32,13 @@ _ZWNJ_ENTITY = re.compile(r"&(?:zwnj|#8204|#x200c);", re.IGNORECASE)
 # mkdocs and Sphinx append a permalink sign to every heading.
 _HEADING_DECORATIONS = "¶#§🔗"
 _WHITESPACE = re.compile(r"\s+")
+_UTF8_HTML_PARSER = lxml.html.HTMLParser(encoding="utf-8")
 _PERSIAN_ONLY_LETTERS = re.compile("[پچژگ\u06a9\u06cc]")
 _ARABIC_SCRIPT = re.compile("[\u0600-\u06ff]")
 _LATIN = re.compile("[A-Za-z]")
 
 CHUNK_TYPE_WEBSITE = "website"
+_MAX_LANGUAGE_CHARS = 8  # a language subtag is 2-3 letters (BCP 47 allows up to 8)
 
 
 class NoMainText(ValueError):
@@ -69,10 +72,11 @@ def _block_text(element: lxml.etree._Element) -> str:
     return _element_text(element)
 
 
-def _sections_from_xml(xml: str) -> tuple[list[dict[str, str]], list[str]]:
+def _sections_from_xml(xml: str, max_title_chars: int) -> tuple[list[dict[str, str]], list[str]]:
     """Split trafilatura's XML main text at its headings.
 
-    Returns the sections ({title, text}, in page order) and the heading texts.
+    Returns the sections ({title, text}, in page order) and the heading texts, each cut to
+    `max_title_chars`.
     """
     root = lxml.etree.fromstring(xml.encode("utf-8"))
     main = root.find("main")
@@ -91,7 +95,7 @@ def _sections_from_xml(xml: str) -> tuple[list[dict[str, str]], list[str]]:
         if element.tag == "head":
             flush()
             blocks = []
-            title = _element_text(element).strip(_HEADING_DECORATIONS + " ") or None
+            title = _element_text(element).strip(_HEADING_DECORATIONS + " ")[:max_title_chars] or None
             if title:
                 headings.append(title)
             continue
@@ -102,22 +106,28 @@ def _sections_from_xml(xml: str) -> tuple[list[dict[str, str]], list[str]]:
     return sections, headings
 
 
-def _page_metadata(tree: lxml.html.HtmlElement) -> dict[str, object]:
+def _page_metadata(tree: lxml.html.HtmlElement, config: CleanConfig) -> dict[str, object]:
+    """The page's own labels, each cut to clean.max_title_chars and at most
+    clean.max_list_items of a kind: they are stored per page and per chunk, and indexed."""
+
+    def clip(text: str) -> str:
+        return text[: config.max_title_chars]
+
     def heading_texts(tag: str) -> list[str]:
         texts = (_element_text(h).strip(_HEADING_DECORATIONS + " ") for h in tree.iter(tag))
-        return [t for t in texts if t]
+        return [clip(t) for t in texts if t][: config.max_list_items]
 
     keywords: list[str] = []
     for meta in tree.iter("meta"):
         if (meta.get("name") or "").lower() == "keywords" and meta.get("content"):
-            keywords.extend(k.strip() for k in re.split("[,،]", meta.get("content")) if k.strip())
+            keywords.extend(clip(k.strip()) for k in re.split("[,،]", meta.get("content")) if k.strip())
     title_element = tree.find(".//title")
     return {
-        "title": _element_text(title_element) if title_element is not None else None,
+        "title": clip(_element_text(title_element)) if title_element is not None else None,
         "h1": heading_texts("h1"),
         "h2": heading_texts("h2"),
-        "keywords": keywords,
-        "lang": (tree.get("lang") or "").split("-")[0].lower() or None,
+        "keywords": keywords[: config.max_list_items],
+        "lang": (tree.get("lang") or "").split("-")[0].lower()[:_MAX_LANGUAGE_CHARS] or None,
     }
 
 
@@ -142,20 +152,30 @@ def content_hash(text: str) -> str:
 
 class Cleaner:
     """Stage: PAGE rows → DOCUMENT rows (failed pages pass through with their reason; a page
-    without main text, or whose extraction raises, fails alone with its reason)."""
+    without main text, or whose extraction raises, runs past its time or kills its process,
+    fails alone with its reason).
+
+    Each page is extracted in the stage's sandbox (pipelines.sandbox), a child process that
+    the stage keeps; `extract` itself is the plain function, tested without it."""
 
     def __init__(self, config: CleanConfig) -> None:
         self.config = config
+        self._sandbox = PageSandbox(
+            self.extract, "clean", config.page_timeout_seconds, config.page_memory_mb, config.page_attempts
+        )
 
     def extract(self, html: str) -> dict[str, object]:
         """Main text and metadata of one page; raises NoMainText when there is none."""
         placeholder = _placeholder_for(html)
         protected = _ZWNJ_ENTITY.sub(placeholder, html).replace(ZWNJ, placeholder)
         try:
-            tree = lxml.html.document_fromstring(protected)
-        except (lxml.etree.ParserError, ValueError) as exc:
+            # From UTF-8 bytes: lxml refuses a str that starts with an XML encoding declaration.
+            tree = lxml.html.document_fromstring(
+                protected.encode("utf-8", errors="replace"), parser=_UTF8_HTML_PARSER
+            )
+        except (lxml.etree.LxmlError, ValueError) as exc:
             raise NoMainText(f"HTML could not be parsed: {exc}") from exc
-        metadata = _page_metadata(tree)
+        metadata = _page_metadata(tree, self.config)
         xml = trafilatura.extract(
             tree,
             output_format="xml",
@@ -168,7 +188,7 @@ class Cleaner:
         )
         if not xml:
             raise NoMainText("no main text found")
-        sections, headings = _sections_from_xml(xml.replace(placeholder, ZWNJ))
+        sections, headings = _sections_from_xml(xml.replace(placeholder, ZWNJ), self.config.max_title_chars)
         text = "\n\n".join(
             "\n".join(part for part in (s["title"], s["text"]) if part) for s in sections
         ).strip()
@@ -198,7 +218,11 @@ class Cleaner:
             if page[schema.STATUS] == schema.PageStatus.COMPLETED:
                 started = time.perf_counter()
                 extracted, reason = isolation.run_page(
-                    "clean", page[schema.URL], self.extract, page[schema.HTML] or "", expected=(NoMainText,)
+                    "clean",
+                    page[schema.URL],
+                    self._sandbox,
+                    page[schema.HTML] or "",
+                    expected=(NoMainText, PageOverranError),
                 )
                 if reason is None:
                     row.update(extracted)
