@@ -107,7 +107,7 @@ def _run_stage(
     concurrency: int | tuple[int, int],
     gpus: float = 0.0,
     resources: dict[str, float] | None = None,
-    retry_tasks: bool = True,
+    task_retries: int,
     one_task_per_actor: bool = False,
     calls_per_actor: int = 1,
     **constructor_kwargs: object,
@@ -117,11 +117,14 @@ def _run_stage(
     `resources`: custom Ray resources each worker reserves besides its CPUs and GPUs (it then
     runs only on nodes that offer them).
 
-    `retry_tasks=False` for a stage whose output order is not fixed by its input (the crawl
-    yields pages in network order): Ray re-runs a task whose actor died but passes on only the
-    re-run's outputs beyond those the first run already passed on, which for such a stage
-    silently drops rows (measured by bench.loadtest). Without retries the run fails instead,
-    and the crawl queue re-delivers its sources.
+    `task_retries`: how many times Ray runs a task again whose actor died (a native crash, the
+    OOM killer). Ray Data's own default is without end, so one batch that kills its actor every
+    time would hold the run forever; bounded, the run fails with the reason (ray.task_retries).
+    0 for a stage whose output order is not fixed by its input (the crawl yields pages in
+    network order): Ray re-runs a task whose actor died but passes on only the re-run's outputs
+    beyond those the first run already passed on, which for such a stage silently drops rows
+    (measured by bench.loadtest). Without retries the run fails instead, and the crawl queue
+    re-delivers its sources.
 
     `one_task_per_actor` for a stage whose tasks run as long as the pipeline (the queue-fed
     crawl): Ray would otherwise queue a second task behind the first on an actor that started
@@ -136,11 +139,10 @@ def _run_stage(
         "fn_constructor_kwargs": constructor_kwargs,
     }
     with warnings.catch_warnings():
-        if not retry_tasks:
-            # Ray Data 2.60 names no parameter for task retries, so this one still goes through
-            # **ray_remote_args, which warns of its removal in 2.64; nothing a user can act on.
-            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=Warning)
-            options["max_task_retries"] = 0
+        # Ray Data 2.60 names no parameter for task retries, so this one still goes through
+        # **ray_remote_args, which warns of its removal in 2.64; nothing a user can act on.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=Warning)
+        options["max_task_retries"] = task_retries
         result = dataset.map_batches(
             stage,
             batch_size=batch_size,
@@ -306,7 +308,7 @@ def _crawl(
         batch_size=batch_size,
         cpus=config.ray.crawl_cpus,
         concurrency=concurrency,
-        retry_tasks=False,  # pages come in network order: a re-run would drop some (see _run_stage)
+        task_retries=0,  # pages come in network order: a re-run would drop some (see _run_stage)
         config=config.crawl,
         history=history,
         **crawl_options,
@@ -322,6 +324,7 @@ def crawl_documents(
         crawl_pages(requests, config, history),
         Cleaner,
         stage_name="page stages",
+        task_retries=config.ray.task_retries,
         **_page_stages_pool(config),
         config=config.clean,
     )
@@ -356,12 +359,18 @@ def _index(
         stages.append((SkipUnchanged, store))
     stages.append((Chunker, {"config": config.chunk, "embed": config.embed}))
     chunked = _run_stage(
-        dataset, PageStages, stage_name="page stages", **_page_stages_pool(config), stages=stages
+        dataset,
+        PageStages,
+        stage_name="page stages",
+        task_retries=config.ray.task_retries,
+        **_page_stages_pool(config),
+        stages=stages,
     )
     embedded = _run_stage(
         chunked,
         EmbedStage,
         stage_name="embed",
+        task_retries=config.ray.task_retries,
         **per_batch,
         **_embed_placement(config, database_url),
     )
@@ -369,6 +378,7 @@ def _index(
         embedded,
         ChunkWriter,
         stage_name="write",
+        task_retries=config.ray.task_retries,
         **per_batch,
         cpus=config.ray.write_cpus,
         concurrency=config.ray.write_concurrency,
@@ -409,6 +419,7 @@ def reembed_chunks(config: PipelineConfig, database_url: str, target: Target) ->
         ray.data.from_items(readers, override_num_blocks=len(readers)),
         ChunkReader,
         stage_name="chunk read",
+        task_retries=ray_config.task_retries,
         batch_size=1,
         cpus=ray_config.lookup_cpus,
         concurrency=len(readers),
@@ -420,6 +431,7 @@ def reembed_chunks(config: PipelineConfig, database_url: str, target: Target) ->
         chunks,
         ChunkTextEmbedder,
         stage_name="embed",
+        task_retries=ray_config.task_retries,
         batch_size=config.store.reembed_rows_per_block,
         **_embed_placement(config, database_url),
     )
@@ -427,6 +439,7 @@ def reembed_chunks(config: PipelineConfig, database_url: str, target: Target) ->
         vectors,
         NextVectorWriter,
         stage_name="write",
+        task_retries=ray_config.task_retries,
         batch_size=config.store.reembed_rows_per_block,
         cpus=ray_config.write_cpus,
         concurrency=ray_config.write_concurrency,

@@ -40,9 +40,12 @@ def test_the_embed_pool_asks_for_them_and_other_stages_do_not():
         EmbedStage,
         stage_name="embed",
         batch_size=None,
+        task_retries=config.ray.task_retries,
         **pipeline._embed_placement(config, "unused"),
     )
-    pipeline._run_stage(dataset, EmbedStage, stage_name="embed", batch_size=None, cpus=0.5, concurrency=1)
+    pipeline._run_stage(
+        dataset, EmbedStage, stage_name="embed", batch_size=None, task_retries=0, cpus=0.5, concurrency=1
+    )
     embed, other = dataset.calls
     assert embed["resources"] == {"embed_node": 1.0}
     assert "resources" not in embed["fn_constructor_kwargs"], "a placement, not a stage argument"

@@ -46,6 +46,7 @@ def _arrival_gaps(calls_per_actor: int, ray_local) -> list[float]:
             EmbedStage,
             stage_name="embed",
             batch_size=None,
+            task_retries=config.ray.task_retries,
             **{**pipeline._embed_placement(config, ""), "cache": None},
         )
         with pipeline.output_blocks(embedded) as blocks:
