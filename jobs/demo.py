@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from jobs._common import errors_exit, parser, positive_int, start_job, tenant_id
+from jobs._common import errors_exit, parser, port, positive_int, start_job, tenant_id
 from pipelines.config import REPO_ROOT
 from pipelines.embed import make_embedder
 from pipelines.search import run_search
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--url", help="crawl this site instead of the bundled hazm docs")
     p.add_argument("--tenant", default="demo", type=tenant_id)
     p.add_argument("--k", type=positive_int, default=3)
-    p.add_argument("--port", type=int, default=DEMO_PORT, help="loopback port for the demo site")
+    p.add_argument("--port", type=port, default=DEMO_PORT, help="loopback port for the demo site")
     args = p.parse_args(argv)
     crawl_settings: dict[str, object] = {}
     if not args.url:

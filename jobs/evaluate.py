@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs._common import errors_exit, parser, start_job
+from jobs._common import errors_exit, parser, positive_ints, start_job, tenant_id
 from pipelines.evaluation import QAFormatError, evaluate_modes
 from pipelines.store.search import MODES, VECTOR_COLUMNS
 
@@ -24,8 +24,10 @@ from pipelines.store.search import MODES, VECTOR_COLUMNS
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
     p.add_argument("--qa", required=True, type=Path, help="QA file in the PersianQA dev.json format")
-    p.add_argument("--k", default="1,5", help="comma-separated cut-offs (default 1,5)")
-    p.add_argument("--tenant", default="eval-persianqa", help="tenant the passages are indexed under")
+    p.add_argument("--k", default=[1, 5], type=positive_ints, help="comma-separated cut-offs (default 1,5)")
+    p.add_argument(
+        "--tenant", default="eval-persianqa", type=tenant_id, help="tenant the passages are indexed under"
+    )
     p.add_argument("--vectors", choices=sorted(VECTOR_COLUMNS), default="both")
     p.add_argument(
         "--mode", choices=[*MODES, "all"], default="hybrid", help="search mode, or all three (default hybrid)"
@@ -34,11 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         "--dump", type=Path, metavar="FILE", help="write each question's rank per mode (JSON lines)"
     )
     args = p.parse_args(argv)
-    ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
     config = start_job(args)
     modes = ["vector", "text", "hybrid"] if args.mode == "all" else [args.mode]
     with errors_exit(QAFormatError):
-        results = evaluate_modes(args.qa, ks, config, args.tenant, args.vectors, modes, args.dump)
+        results = evaluate_modes(args.qa, args.k, config, args.tenant, args.vectors, modes, args.dump)
     if args.dump:
         print(f"ranks of {len(results[modes[0]].ranks)} questions written to {args.dump}")
     for mode in modes:

