@@ -11,6 +11,12 @@ class EmbeddingError(RuntimeError):
     """A backend could not embed a batch; the pages involved are recorded as failed."""
 
 
+class EmbeddingInputError(EmbeddingError):
+    """Some of the texts could not be embedded (the server refused one, the model gave one a
+    vector of no direction), while the service itself works: the embed stage narrows the batch
+    down to the pages holding those texts, and only they fail."""
+
+
 @runtime_checkable
 class Embedder(Protocol):
     """A model that turns texts into float32 vectors.
@@ -37,6 +43,19 @@ class Embedder(Protocol):
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+    """Unit-length float32 rows; EmbeddingInputError when a row has no direction to keep.
+
+    In float64: a float32 model may return values near its maximum (3e38), whose squares
+    overflow float32, so the length came out inf and the row divided to zeros, a vector stored
+    and cached (for every tenant with that text) that matches nothing. A row whose length is
+    zero, inf or nan (all zeros; a nan, an inf or a value past 1e154) is refused instead."""
+    wide = np.asarray(vectors, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what the check below finds
+        norms = np.linalg.norm(wide, axis=1, keepdims=True)
+    unusable = int(np.count_nonzero(~(np.isfinite(norms) & (norms > 0))))
+    if unusable:
+        raise EmbeddingInputError(
+            f"no usable vector for {unusable} of {len(wide)} texts: the model returned all zeros, "
+            "or nan, infinite or overflowing values"
+        )
+    return (wide / norms).astype(np.float32)

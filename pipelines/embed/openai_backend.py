@@ -9,12 +9,21 @@ What the old system got wrong, and what this does instead:
   full-jitter exponential backoff (a server's Retry-After is a floor, capped); a circuit
   breaker (pipelines.embed.breaker) stops calling a service that keeps failing, so batches
   fail at once with a reason, their pages are recorded as failed and a later run retries them.
+- Requests that never end: besides the per-read and connect timeouts, each request has a
+  total deadline (`api_total_timeout_seconds`) and its answer a size cap sized from the
+  vectors asked for, so a server trickling bytes or streaming without end is a timed-out,
+  retried attempt, not a stuck embed actor.
+- One page's text failing many: an answer refusing the request's inputs (400, 413, 422) or a
+  vector with no direction (all zeros, nan, inf) is an EmbeddingInputError, which the stage
+  narrows down to the pages holding those texts; the other pages of the batch go on.
 - Each worker on its own limit: one requests/min + tokens/min budget is shared by every
   embed actor of the cluster (pipelines.embed.ratelimit).
 
 The API key is read from the environment variable `api_key_env` names, when the embedder
-is built; it never appears in a log line, an error, or this object's repr. Error bodies of
-401/403 answers (OpenAI echoes part of the key there) are not repeated at all.
+is built (EmbedConfig.api_key: trimmed, and refused when a header cannot carry it); it never
+appears in a log line, an error, or this object's repr. Error bodies of 401/403 answers
+(OpenAI echoes part of the key there) are not repeated at all, and every message this module
+raises or logs has the key cut out (`_post`), whatever quoted it.
 
 Tokens are estimated, not counted: this backend has no tokenizer for a remote model. See
 `count_tokens`.
@@ -22,13 +31,13 @@ Tokens are estimated, not counted: this backend has no tokenizer for a remote mo
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,10 +45,11 @@ import numpy as np
 import requests
 import requests.adapters
 import requests.auth
+import urllib3
 
 from pipelines import metrics
 from pipelines.config import EmbedConfig
-from pipelines.embed.base import EmbeddingError, normalise_rows
+from pipelines.embed.base import EmbeddingError, EmbeddingInputError, normalise_rows
 from pipelines.embed.breaker import CircuitBreaker, CircuitOpenError
 from pipelines.embed.ratelimit import RateLimiter, shared_rate_limiter
 from pipelines.retry import retry_after_seconds
@@ -49,6 +59,21 @@ log = logging.getLogger(__name__)
 BACKEND = "openai"  # the `backend` label of this backend's metrics
 _DIMENSION_PROBE_TEXT = "dimension"
 _ERROR_DETAIL_CHARS = 300  # of a 4xx answer's message, kept in the page's error
+_ERROR_BODY_BYTES = 64 * 1024  # read of an error answer: its message is all that is kept
+_READ_BYTES = 256 * 1024  # asked of the socket per read; the deadline is checked between reads
+# An answer's size cap: JSON floats as servers write them take 10-25 bytes, pretty-printed with
+# indentation (OpenAI) up to ~34; 64 a value is twice the worst, so no real answer comes near it,
+# while a server that streams without end is cut off at a size the request itself explains.
+_JSON_BYTES_PER_VALUE = 64
+_ANSWER_SLACK_BYTES = 1024 * 1024  # the envelope: usage, model name, per-row keys
+_PROBE_MAX_DIM = 65536  # the dimension probe's cap, before the dimension is known
+# Answers that refuse the request's inputs (too long, invalid, too many tokens: OpenAI 400,
+# TEI 413/422, vLLM 400): a text's fault, not the service's.
+_INPUT_REFUSED = (
+    HTTPStatus.BAD_REQUEST,
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    HTTPStatus.UNPROCESSABLE_ENTITY,
+)
 _probed_dimensions: dict[tuple[str, str], int] = {}  # (base URL, model) → dim, once per process
 _probe_lock = threading.Lock()
 
@@ -64,6 +89,11 @@ def estimate_tokens(text: str, bytes_per_token: float) -> int:
     request cap and the rate limit.
     """
     return math.ceil(len(text.encode("utf-8")) / bytes_per_token)
+
+
+def answer_limit(inputs: int, dim: int | None) -> int:
+    """The most bytes a 200 answer to `inputs` texts of `dim`-long vectors may hold."""
+    return inputs * (dim or _PROBE_MAX_DIM) * _JSON_BYTES_PER_VALUE + _ANSWER_SLACK_BYTES
 
 
 def display_url(url: str) -> str:
@@ -130,6 +160,11 @@ class _Retryable(Exception):
         self.failure = failure
 
 
+class KeyRedactedError(RuntimeError):
+    """An unexpected error whose message held the API key, raised again with the key cut out;
+    the original is dropped, as its traceback would print the key."""
+
+
 def _http_reason(status: int) -> str:
     try:
         return f"HTTP {status} {HTTPStatus(status).phrase}"
@@ -137,7 +172,7 @@ def _http_reason(status: int) -> str:
         return f"HTTP {status}"
 
 
-def _connection_reason(exc: requests.ConnectionError) -> str:
+def _connection_reason(exc: requests.ConnectionError | urllib3.exceptions.ProtocolError) -> str:
     """A short cause for a failed connection, without the URL requests puts in its message."""
     text = str(exc)
     for needle, reason in (
@@ -148,6 +183,8 @@ def _connection_reason(exc: requests.ConnectionError) -> str:
         ("closed connection", "connection dropped by the server"),
         ("reset by peer", "connection dropped by the server"),
         ("Connection aborted", "connection dropped by the server"),
+        ("Connection broken", "connection dropped by the server"),
+        ("ended prematurely", "connection dropped by the server"),
         ("SSL", "TLS handshake failed"),
     ):
         if needle in text:
@@ -187,7 +224,7 @@ class OpenAIEmbedder:
         self._sleep = sleep
         self._auth: _ApiKey | None = None
         if config.api_key_env:
-            key = os.environ.get(config.api_key_env, "")
+            key = config.api_key()
             if key:
                 self._auth = _ApiKey(key)
             else:
@@ -287,7 +324,11 @@ class OpenAIEmbedder:
             return self._rate_limiter
 
     def _post(self, inputs: list[str], tokens: int, expected_dim: int | None) -> np.ndarray:
-        """Vectors (not yet normalised) for `inputs`, in their order; raises EmbeddingError."""
+        """Vectors (not yet normalised) for `inputs`, in their order; raises EmbeddingError.
+
+        Every message leaving the backend, raised or logged, passes here, so this is where the
+        key is cut out of them: whatever quoted it (a server's error, a library's), it ends up
+        in website_pages.error, which tenants read, and in the logs."""
         config = self._config
         attempts = config.api_retries + 1
         failure: _Failure | None = None
@@ -308,10 +349,16 @@ class OpenAIEmbedder:
             try:
                 vectors = self._attempt(inputs, tokens, expected_dim)
             except _Retryable as exc:
-                failure = exc.failure
-            except EmbeddingError:
-                self._breaker.record_success()  # the service answered: it is up, the request was wrong
-                raise
+                failure = replace(exc.failure, reason=self._redact(exc.failure.reason))
+            except Exception as exc:
+                if isinstance(exc, EmbeddingError):
+                    self._breaker.record_success()  # the service answered: it is up, the request was wrong
+                else:
+                    self._breaker.record_failure("unexpected error")
+                redacted = self._without_key(exc)
+                if redacted is exc:
+                    raise
+                raise redacted from None
             except BaseException:
                 self._breaker.record_failure("unexpected error")
                 raise
@@ -336,50 +383,77 @@ class OpenAIEmbedder:
         )
         raise EmbeddingError(f"{failure.reason} (after {attempts} attempt{'s' if attempts > 1 else ''})")
 
+    def _redact(self, text: str) -> str:
+        return self._auth.redact(text) if self._auth is not None else text
+
+    def _without_key(self, exc: Exception) -> Exception:
+        """`exc` itself when its message does not hold the key, else the same error without it
+        (an EmbeddingError keeps its type, so the stage still tells them apart)."""
+        text = str(exc)
+        if self._redact(text) == text:
+            return exc
+        if isinstance(exc, EmbeddingError):
+            return type(exc)(self._redact(text))
+        return KeyRedactedError(self._redact(f"{type(exc).__name__}: {text}"))
+
     def _attempt(self, inputs: list[str], tokens: int, expected_dim: int | None) -> np.ndarray:
-        """One HTTP request. Raises _Retryable for what may pass, EmbeddingError for what won't."""
+        """One HTTP request, ended by its deadline (`api_total_timeout_seconds`) however slowly
+        the server sends its answer. Raises _Retryable for what may pass, EmbeddingError for
+        what won't (its subclass EmbeddingInputError when the inputs were refused)."""
         config = self._config
         payload: dict[str, object] = {"model": config.api_model, "input": inputs, "encoding_format": "float"}
         if config.api_request_dimensions:
             payload["dimensions"] = config.api_dim
         metrics.EMBEDDING_BATCH_SIZE.observe(len(inputs), tags={"backend": BACKEND})
         started = time.perf_counter()
+        deadline = time.monotonic() + config.api_total_timeout_seconds
         try:
-            response = self._http().post(
+            with self._http().post(
                 self._url,
                 json=payload,
                 auth=self._auth,
-                timeout=(config.api_connect_timeout_seconds, config.api_timeout_seconds),
+                # urllib3's `total` caps the connect and the wait for the answer's first bytes
+                # (a head sent a byte at a time it does not stop: no public handle reaches the
+                # socket before the head is in); the body, streamed, is read in `_read_body`
+                # under the same deadline.
+                timeout=urllib3.Timeout(
+                    connect=config.api_connect_timeout_seconds,
+                    read=config.api_timeout_seconds,
+                    total=config.api_total_timeout_seconds,
+                ),
+                stream=True,
                 allow_redirects=False,  # a redirected POST turns into a GET: better to say so
-            )
-        except requests.Timeout:
-            self._count("timeout")
-            raise _Retryable(
-                _Failure(f"timed out after {config.api_timeout_seconds:g}s", "timeout", True)
-            ) from None
-        except requests.ConnectionError as exc:
+            ) as response:
+                status = response.status_code
+                ok = status == HTTPStatus.OK
+                limit = answer_limit(len(inputs), expected_dim) if ok else _ERROR_BODY_BYTES
+                body, complete = self._read_body(response, limit, deadline)
+        except (requests.Timeout, urllib3.exceptions.TimeoutError):
+            raise self._timed_out(deadline) from None
+        except (requests.ConnectionError, urllib3.exceptions.ProtocolError) as exc:
             self._count("connection_error")
             raise _Retryable(_Failure(_connection_reason(exc), "connection_error", True)) from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             self._count("connection_error")
             raise _Retryable(
                 _Failure(f"request failed ({type(exc).__name__})", "connection_error", True)
             ) from None
-        with response:
-            status = response.status_code
-            if status == HTTPStatus.TOO_MANY_REQUESTS or status >= 500:
-                label = "rate_limited" if status == HTTPStatus.TOO_MANY_REQUESTS else "server_error"
-                self._count(label)
-                retry_after = retry_after_seconds(response.headers)
-                raise _Retryable(_Failure(_http_reason(status), label, True, retry_after))
-            if status != HTTPStatus.OK:
-                self._count("client_error")
-                raise EmbeddingError(self._client_error(response))
-            try:
-                vectors = self._vectors(response.json(), len(inputs))
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                self._count("invalid_response")
-                raise _Retryable(_Failure(f"invalid response ({exc})", "invalid_response", True)) from None
+        if status == HTTPStatus.TOO_MANY_REQUESTS or status >= 500:
+            label = "rate_limited" if status == HTTPStatus.TOO_MANY_REQUESTS else "server_error"
+            self._count(label)
+            retry_after = retry_after_seconds(response.headers)
+            raise _Retryable(_Failure(_http_reason(status), label, True, retry_after))
+        if status != HTTPStatus.OK:
+            self._count("client_error")
+            refused = EmbeddingInputError if status in _INPUT_REFUSED else EmbeddingError
+            raise refused(self._client_error(status, body))
+        try:
+            if not complete:
+                raise ValueError(f"larger than the {limit}-byte cap for {len(inputs)} inputs")
+            vectors = self._vectors(json.loads(body), len(inputs))
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            self._count("invalid_response")
+            raise _Retryable(_Failure(f"invalid response ({exc})", "invalid_response", True)) from None
         if expected_dim is not None and vectors.shape[1] != expected_dim:
             self._count("invalid_response")
             raise EmbeddingError(
@@ -395,32 +469,61 @@ class OpenAIEmbedder:
         )
         return vectors
 
+    def _read_body(self, response: requests.Response, limit: int, deadline: float) -> tuple[bytes, bool]:
+        """(the body, True), or (its first `limit` bytes, False) when it is longer.
+
+        Read a socket read at a time (`read1`), the deadline checked before each: one read
+        returns as soon as any bytes come, so a server trickling a byte a second is stopped
+        within a second of the deadline (one silent for longer, within api_timeout_seconds)."""
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit:
+            if time.monotonic() > deadline:
+                raise self._timed_out(deadline)
+            part = response.raw.read1(_READ_BYTES, decode_content=True)
+            if not part:
+                return b"".join(parts), True
+            parts.append(part)
+            size += len(part)
+        return b"".join(parts)[:limit], False
+
+    def _timed_out(self, deadline: float) -> _Retryable:
+        """The failure (counted) of an attempt that timed out: past its deadline, or silent
+        for longer than a read may wait."""
+        self._count("timeout")
+        config = self._config
+        if time.monotonic() >= deadline:
+            reason = f"no complete answer within {config.api_total_timeout_seconds:g}s"
+        else:
+            reason = f"timed out after {config.api_timeout_seconds:g}s"
+        return _Retryable(_Failure(reason, "timeout", True))
+
     @staticmethod
     def _vectors(body: dict, count: int) -> np.ndarray:
-        """The `data` rows in input order (servers may answer out of order: sort by `index`)."""
+        """The `data` rows in input order (servers may answer out of order: sort by `index`), in
+        float64: their values are checked where they are normalised (base.normalise_rows), one
+        row at a time, so that one text's unusable vector fails that text, not the request."""
         rows = sorted(body["data"], key=lambda row: row["index"])
         if [row["index"] for row in rows] != list(range(count)):
             raise ValueError(f"expected indices 0..{count - 1}, got {len(rows)} rows")
-        vectors = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
-        if vectors.ndim != 2 or not np.isfinite(vectors).all():
-            raise ValueError("embeddings are not equal-length finite numbers")
+        vectors = np.asarray([row["embedding"] for row in rows], dtype=np.float64)
+        if vectors.ndim != 2 or vectors.shape[1] == 0:
+            raise ValueError("embeddings are not equal-length lists of numbers")
         return vectors
 
-    def _client_error(self, response: requests.Response) -> str:
-        """A 4xx answer's reason, for people: the server's message, never the key."""
-        reason = _http_reason(response.status_code)
-        if response.status_code in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+    def _client_error(self, status: int, body: bytes) -> str:
+        """A 4xx answer's reason, for people: the server's message (`_post` cuts out the key)."""
+        reason = _http_reason(status)
+        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
             # OpenAI's message quotes the key it got; the body is not repeated at all.
             where = f"${self._config.api_key_env}" if self._config.api_key_env else "no key configured"
             return f"{reason}: the server refused the API key ({where})"
         try:
-            error = response.json().get("error")
+            error = json.loads(body).get("error")
             message = error.get("message") if isinstance(error, dict) else error
         except (ValueError, AttributeError):
-            message = response.text
+            message = body.decode("utf-8", "replace")
         message = " ".join(str(message or "").split())[:_ERROR_DETAIL_CHARS]
-        if self._auth is not None:
-            message = self._auth.redact(message)
         return f"{reason}: {message}" if message else reason
 
     @staticmethod

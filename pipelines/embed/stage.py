@@ -4,8 +4,10 @@ Runs on an actor pool so each actor loads the model once. Each distinct text is 
 once per batch (a short chunk's TL;DR is often the chunk itself), and not at all when the
 cache already holds its vector for this model. A backend failure (EmbeddingError) marks the
 batch's pages failed with the reason (nothing is half-written: the writer stores a page's
-chunks only with its vectors), and a later run retries them; any other exception is narrowed
-down to the page that causes it, which fails alone (pipelines.isolation).
+chunks only with its vectors), and a later run retries them; a failure of some of the texts
+(EmbeddingInputError: the server refused them, or their vectors have no direction) and any
+other exception are narrowed down to the page that causes them, which fails alone
+(pipelines.isolation).
 """
 
 from __future__ import annotations
@@ -21,12 +23,20 @@ import pyarrow.compute as pc
 from pipelines import ids, isolation, metrics, schema
 from pipelines.config import EmbedConfig
 from pipelines.embed import Embedder, EmbeddingError, make_embedder
+from pipelines.embed.base import EmbeddingInputError
 
 log = logging.getLogger(__name__)
 
 
 def _vectors_array(vectors: np.ndarray, dim: int) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
+
+
+def _has_direction(vector: np.ndarray) -> bool:
+    """False for a cached vector of length zero, inf or nan, which an older version stored for
+    texts whose model vector overflowed (base.normalise_rows): embedded again instead of reused."""
+    length = np.linalg.norm(np.asarray(vector, dtype=np.float64))
+    return bool(np.isfinite(length) and length > 0)
 
 
 class VectorCache(Protocol):
@@ -54,6 +64,7 @@ class EmbedStage:
         keys = [ids.text_key(text) for text in texts]
         text_of = dict(zip(keys, texts, strict=True))
         known = self.cache.lookup(self.embedder.model_id, list(text_of)) if self.cache else {}
+        known = {key: vector for key, vector in known.items() if _has_direction(vector)}
         missing = [key for key in text_of if key not in known]
         if missing:
             known.update(zip(missing, self._embed_passages([text_of[k] for k in missing]), strict=True))
@@ -92,9 +103,10 @@ class EmbedStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Embed the batch in one model call. When that call raises an EmbeddingError (the
-        backend is down, refused the batch), the batch's pages fail with the reason. Any other
-        exception is a page's fault until shown otherwise: the batch is bisected
-        (isolation.bisect) so that only the page whose texts make the model raise fails."""
+        backend is down, refused the key), the batch's pages fail with the reason. An
+        EmbeddingInputError (some texts refused or unusable) or any other exception is a page's
+        fault until shown otherwise: the batch is bisected (isolation.bisect) so that only the
+        page whose texts make the model raise fails."""
         started = time.perf_counter()
         out = isolation.bisect("embed", batch, self._embed_batch, self._failed)
         log.info(
@@ -112,18 +124,26 @@ class EmbedStage:
         texts = flat.field(schema.FULL_TEXT).to_pylist()
         try:
             vectors = self.embed(tldrs + texts)
+        except EmbeddingInputError as exc:
+            if batch.num_rows > 1:
+                raise  # for isolation.bisect to find the page whose texts these are
+            return self._embedding_failed(batch, exc)
         except EmbeddingError as exc:
-            log.warning("embed.failed pages=%d reason=%s", batch.num_rows, exc)
-            completed = batch.column(schema.STATUS).to_pylist()
-            reason = f"embedding failed: {exc}"
-            return self._output(
-                isolation.fail_rows(
-                    batch, [reason if s == schema.PageStatus.COMPLETED else None for s in completed]
-                ),
-                None,
-            )
+            return self._embedding_failed(batch, exc)
         return self._output(
             batch, self._with_vectors(chunk_lists, vectors[: len(tldrs)], vectors[len(tldrs) :])
+        )
+
+    def _embedding_failed(self, batch: pa.Table, exc: EmbeddingError) -> pa.Table:
+        """The batch's completed pages failed with the backend's reason."""
+        log.warning("embed.failed pages=%d reason=%s", batch.num_rows, exc)
+        completed = batch.column(schema.STATUS).to_pylist()
+        reason = f"embedding failed: {exc}"
+        return self._output(
+            isolation.fail_rows(
+                batch, [reason if s == schema.PageStatus.COMPLETED else None for s in completed]
+            ),
+            None,
         )
 
     def _failed(self, batch: pa.Table, reason: str) -> pa.Table:

@@ -2,7 +2,9 @@
 
 For tests and benchmarks of the openai backend, with the failures a real provider has:
 latency (fixed + per input), 429 with Retry-After, bursts of 5xx, requests that hang until
-the server stops, OpenAI's own limits (2048 inputs, 300 000 tokens per request) and, when
+the server stops, answers trickled a byte at a time or padded past any sensible size, texts
+whose vectors come back broken (3e38, zeros, nan: a model that overflowed), errors quoting
+the Authorization header, OpenAI's own limits (2048 inputs, 300 000 tokens per request) and, when
 asked, an account's rate limits (requests/min, tokens/min; OpenAI's tier 1 for embeddings
 is 3 000 and 1 000 000). Every request is recorded (arrival time, inputs, tokens,
 Authorization header, status answered); `usage()` sums what was served over a time window.
@@ -31,6 +33,8 @@ so a client that ignores `index` does too.
     server = FakeEmbeddingServer(dim=16, latency=0.05)
     base_url = server.start()          # http://127.0.0.1:PORT/v1
     server.fail_next(3, status=500)    # the next 3 requests answer 500
+    server.trickle_next(1, interval=1) # the next answer comes a byte a second
+    server.poison("some text", 0.0)    # every vector of "some text" is all zeros from now on
     ...
     server.stop()
 
@@ -48,7 +52,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import hashlib
+import json
 import math
 import socket
 import threading
@@ -132,9 +138,12 @@ class _Limit:
 
 @dataclass(frozen=True)
 class _Fault:
-    kind: str  # "status" | "hang"
+    kind: str  # "status" | "hang" | "trickle" | "pad"
     status: int = 0
     retry_after: str | None = None
+    echo_authorization: bool = False  # "status": the error message quotes the Authorization header
+    interval: float = 0.0  # "trickle": seconds between the answer's bytes
+    size: int = 0  # "pad": bytes of whitespace added inside the answer's JSON
 
 
 class FakeEmbeddingServer:
@@ -170,6 +179,7 @@ class FakeEmbeddingServer:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._faults: collections.deque[_Fault] = collections.deque()
+        self._poisoned: dict[str, float] = {}  # text → the value every component of its vector has
         now = time.monotonic()
         self.requests_per_minute, self.tokens_per_minute = requests_per_minute, tokens_per_minute
         self.limit_burst_seconds = limit_burst_seconds
@@ -192,10 +202,14 @@ class FakeEmbeddingServer:
 
     # -- scripting failures (from any thread) --------------------------------------------
 
-    def fail_next(self, count: int, status: int = 500, retry_after: str | None = None) -> None:
-        """The next `count` requests answer `status` (with a Retry-After header when given)."""
+    def fail_next(
+        self, count: int, status: int = 500, retry_after: str | None = None, echo_authorization: bool = False
+    ) -> None:
+        """The next `count` requests answer `status` (with a Retry-After header when given);
+        `echo_authorization`: the message quotes the Authorization header received, as gateways
+        and proxies that print the request in their errors do."""
         with self._lock:
-            self._faults.extend([_Fault("status", status, retry_after)] * count)
+            self._faults.extend([_Fault("status", status, retry_after, echo_authorization)] * count)
 
     def rate_limit_next(self, count: int, retry_after: str = "1") -> None:
         """The next `count` requests answer 429 with `Retry-After: retry_after` (seconds or HTTP date)."""
@@ -206,10 +220,29 @@ class FakeEmbeddingServer:
         with self._lock:
             self._faults.extend([_Fault("hang")] * count)
 
+    def trickle_next(self, count: int, interval: float = 1.0) -> None:
+        """The next `count` requests get their full answer, one byte every `interval` seconds:
+        a client's every per-read timeout holds while the answer takes as long as it is long."""
+        with self._lock:
+            self._faults.extend([_Fault("trickle", interval=interval)] * count)
+
+    def pad_next(self, count: int, size: int) -> None:
+        """The next `count` answers hold `size` bytes of whitespace inside their JSON (still
+        valid): an answer far larger than its vectors explain."""
+        with self._lock:
+            self._faults.extend([_Fault("pad", size=size)] * count)
+
+    def poison(self, text: str, value: float) -> None:
+        """From now on `text`'s vector has `value` in every component (3e38: huge but finite;
+        0.0: no direction; nan, sent as JSON's NaN extension the way Python servers write it)."""
+        with self._lock:
+            self._poisoned[text] = value
+
     def recover(self) -> None:
-        """Drop every scripted failure not yet used."""
+        """Drop every scripted failure not yet used, and every poisoned text."""
         with self._lock:
             self._faults.clear()
+            self._poisoned.clear()
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -272,7 +305,29 @@ class FakeEmbeddingServer:
             response = await self._answer(record, inputs, body, fault)
         response.headers.update(limit_headers)
         record.status = response.status
+        if fault is not None and fault.kind == "trickle":
+            return await self._trickle(request, response, fault.interval)
         return response
+
+    async def _trickle(
+        self, request: web.Request, answer: web.Response, interval: float
+    ) -> web.StreamResponse:
+        """`answer` sent one byte every `interval` seconds, until it is all sent, the client
+        goes away or the server stops."""
+        body = answer.body
+        stream = web.StreamResponse(status=answer.status, headers=answer.headers)
+        stream.content_length = len(body)
+        await stream.prepare(request)
+        try:
+            for offset in range(len(body)):
+                await stream.write(body[offset : offset + 1])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), interval)
+                if self._closing.is_set():
+                    break
+        except ConnectionResetError:  # the client gave up: what a total deadline is for
+            pass
+        return stream
 
     def _admit(self, tokens: int, now: float) -> web.Response | None:
         """Take one request and `tokens` from the buckets, or the 429 that refuses them (and
@@ -326,20 +381,35 @@ class FakeEmbeddingServer:
         if fault is not None and fault.kind == "hang":
             await self._closing.wait()
             return _error(503, "server shutting down")
-        if fault is not None:
+        if fault is not None and fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-            return _error(fault.status, "scripted failure", headers)
+            message = (
+                f"scripted failure (Authorization: {record.authorization})"
+                if fault.echo_authorization
+                else "scripted failure"
+            )
+            return _error(fault.status, message, headers)
         refusal = self._refusal(record, inputs)
         if refusal is not None:
             return refusal
         dim = int(body.get("dimensions") or self.dim)
+        with self._lock:
+            poisoned = dict(self._poisoned)
         data = [
-            {"object": "embedding", "index": index, "embedding": fake_vector(text, dim).tolist()}
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": [poisoned[text]] * dim if text in poisoned else fake_vector(text, dim).tolist(),
+            }
             for index, text in enumerate(inputs)
         ]
         data.reverse()  # clients must order by "index"
         usage = {"prompt_tokens": record.tokens, "total_tokens": record.tokens}
-        return web.json_response({"object": "list", "data": data, "model": record.model, "usage": usage})
+        answer = {"object": "list", "data": data, "model": record.model, "usage": usage}
+        if fault is not None and fault.kind == "pad":
+            text = json.dumps(answer)
+            return web.Response(text=text[:-1] + " " * fault.size + "}", content_type="application/json")
+        return web.json_response(answer)
 
     async def _on_shutdown(self, app: web.Application) -> None:
         self._closing.set()

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import requests
 
 from pipelines import metrics, schema
 from pipelines.config import ConfigError, EmbedConfig, build_config
@@ -188,6 +189,43 @@ def test_a_hung_server_times_out_is_retried_then_fails(fake_server):
     assert embedder.embed_passages(["a"]).shape == (1, 16)  # the next request is answered again
 
 
+def test_an_answer_trickled_past_the_total_deadline_is_retried_then_fails_its_pages(fake_server):
+    """A byte every 50 ms satisfies any per-read timeout; only the total deadline ends it."""
+    fake_server.trickle_next(2, interval=0.05)  # ~500 bytes of answer: ~25 s each, if let run
+    config = _config(fake_server, api_timeout_seconds=5.0, api_total_timeout_seconds=1.0, api_retries=1)
+    stage = EmbedStage(config)
+    timeouts = metrics.EMBEDDING_REQUESTS.value(backend="openai", status="timeout")
+    started = time.monotonic()
+    out = stage(chunked_table([chunked_page("t", "http://site/a", ["x"])])).to_pylist()
+    assert time.monotonic() - started < 4  # two attempts of 1 s, not two of ~25 s
+    assert out[0][schema.STATUS] == schema.PageStatus.FAILED
+    assert out[0][schema.ERROR] == "embedding failed: no complete answer within 1s (after 2 attempts)"
+    assert len(fake_server.requests) == 2
+    assert metrics.EMBEDDING_REQUESTS.value(backend="openai", status="timeout") == timeouts + 2
+    assert stage.embedder.embed_passages(["x"]).shape == (1, 16)  # and the next request goes through
+
+
+def test_a_server_silent_past_the_total_deadline_times_out_at_it(fake_server):
+    fake_server.hang_next(2)
+    config = _config(fake_server, api_timeout_seconds=5.0, api_total_timeout_seconds=0.5, api_retries=1)
+    started = time.monotonic()
+    with pytest.raises(EmbeddingError, match=r"^no complete answer within 0.5s \(after 2 attempts\)$"):
+        make_embedder(config).embed_passages(["a"])
+    assert time.monotonic() - started < 3  # two of 0.5 s, not of the 5 s per-read wait
+
+
+def test_an_answer_larger_than_its_vectors_explain_is_cut_off_and_retried(fake_server):
+    embedder = make_embedder(_config(fake_server, api_retries=1))
+    fake_server.pad_next(1, 1000)  # some whitespace: a valid answer still
+    assert embedder.embed_passages(["a"]).shape == (1, 16)
+    fake_server.pad_next(2, 4 * 1024 * 1024)  # one 16-float vector explains ~1 KB, the cap ~1 MB
+    with pytest.raises(
+        EmbeddingError, match=r"^invalid response \(larger than the \d+-byte cap for 1 inputs\)"
+    ):
+        embedder.embed_passages(["a"])
+    assert len(fake_server.requests) == 3
+
+
 def test_a_refused_connection_is_retried_then_fails():
     with socket.socket() as sock:  # a free port: once closed, nothing listens there
         sock.bind(("127.0.0.1", 0))
@@ -272,6 +310,60 @@ def test_the_key_is_sent_as_bearer_and_never_logged_or_repeated(make_server, mon
     assert API_KEY not in repr(embedder.__dict__)
 
 
+def test_a_key_read_from_a_file_is_sent_without_its_newline(make_server, monkeypatch, caplog):
+    monkeypatch.setenv("KB_TEST_EMBED_KEY", f"{API_KEY}\n")
+    server = make_server(api_key=API_KEY)
+    embedder = make_embedder(_config(server, api_key_env="KB_TEST_EMBED_KEY"))
+    assert embedder.embed_passages(["a"]).shape == (1, 16)
+    assert server.requests[0].authorization == f"Bearer {API_KEY}"
+
+
+def test_a_key_no_header_can_carry_stops_the_job_at_start_up_without_showing_it(fake_server, monkeypatch):
+    monkeypatch.setenv("KB_TEST_EMBED_KEY", "sk-te\x1bst")  # an environment variable cannot hold a NUL
+    with pytest.raises(ConfigError, match=r"\$KB_TEST_EMBED_KEY holds a control") as refused:
+        build_config(overrides=["embed.backend=openai", "embed.api_key_env=KB_TEST_EMBED_KEY"])
+    monkeypatch.setenv("KB_TEST_EMBED_KEY", API_KEY)
+    config = _config(fake_server, api_key_env="KB_TEST_EMBED_KEY")
+    monkeypatch.setenv(
+        "KB_TEST_EMBED_KEY", f"{API_KEY}\x1b"
+    )  # a worker's environment differs from the driver's
+    with pytest.raises(ConfigError, match=r"\$KB_TEST_EMBED_KEY holds a control") as refused_on_worker:
+        make_embedder(config)
+    for error in (refused, refused_on_worker):
+        assert "sk-te" not in str(error.value)
+    assert fake_server.requests == []
+
+
+def test_the_key_is_cut_from_every_error_that_quotes_it(make_server, monkeypatch, caplog):
+    """Gateways print the request in their errors; a library may quote the header it refused.
+    Neither reaches a page's error (tenants read it) or the log."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("KB_TEST_EMBED_KEY", API_KEY)
+    server = make_server(api_key=API_KEY)
+    config = _config(server, api_key_env="KB_TEST_EMBED_KEY")
+    batch = chunked_table([chunked_page("t", "http://site/a", ["x"])])
+    server.fail_next(1, status=400, echo_authorization=True)
+    echoed = EmbedStage(config)(batch).to_pylist()[0][schema.ERROR]
+    assert (
+        echoed
+        == "embedding failed: HTTP 400 Bad Request: scripted failure (Authorization: Bearer <redacted>)"
+    )
+
+    class QuotingSession(requests.Session):
+        """Refuses every request as http.client refused the unstripped key: quoting the header."""
+
+        def post(self, url, **kwargs):
+            header = self.prepare_request(requests.Request("POST", url, auth=kwargs["auth"])).headers
+            raise ValueError(f"Invalid header value {header['Authorization'].encode()!r}")
+
+    quoted = EmbedStage(config, embedder=OpenAIEmbedder(config, session=QuotingSession()))(batch).to_pylist()
+    assert quoted[0][schema.ERROR] == (
+        "internal error in embed: KeyRedactedError: ValueError: Invalid header value b'Bearer <redacted>'"
+    )
+    assert "embed.internal_error" in caplog.text  # logged with its traceback, which holds no key either
+    assert API_KEY not in caplog.text
+
+
 def test_a_missing_key_variable_sends_no_authorization_and_says_which_variable(
     fake_server, monkeypatch, caplog
 ):
@@ -295,6 +387,7 @@ def test_config_refuses_a_key_where_a_variable_name_belongs():
         ("embed.api_max_inputs_per_request=0", "must be > 0"),
         ("embed.api_retries=-1", "must be >= 0"),
         ("embed.breaker_failures=0", "must be > 0"),
+        ("embed.api_total_timeout_seconds=0", "must be > 0"),
         ("embed.api_request_dimensions=true", "needs embed.api_dim"),
     ],
 )
@@ -378,3 +471,16 @@ def test_stage_marks_pages_failed_while_the_circuit_is_open_then_completes_them(
     np.testing.assert_allclose(
         chunk[schema.FULL_EMBEDDING], _expected([chunk[schema.FULL_TEXT]])[0], rtol=1e-5
     )
+
+
+def test_a_text_the_server_refuses_fails_only_its_page(make_server):
+    server = make_server(max_tokens_per_request=1000)  # refuses a request over 1000 tokens, as OpenAI does
+    stage = EmbedStage(_config(server, api_max_tokens_per_request=1000, api_retries=0))
+    pages = [chunked_page("t", f"http://site/{n}", [f"chunk of page {n}"]) for n in range(4)]
+    pages.insert(2, chunked_page("t", "http://site/long", ["ب" * 1600]))  # 3200 bytes: 1067 tokens, alone
+    out = stage(chunked_table(pages)).to_pylist()
+    assert [p[schema.STATUS] for p in out] == ["completed", "completed", "failed", "completed", "completed"]
+    assert out[2][schema.ERROR] == (
+        "embedding failed: HTTP 400 Bad Request: Requested 1067 tokens, max 1000 tokens per request"
+    )
+    assert stage.embedder._breaker.state is BreakerState.CLOSED  # the service answered every time

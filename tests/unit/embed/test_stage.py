@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from pipelines import schema
+from pipelines import ids, schema
 from pipelines.config import EmbedConfig
 from pipelines.embed import EmbeddingError
+from pipelines.embed.base import EmbeddingInputError
 from pipelines.embed.stage import EmbedStage
 from tests.helpers import HashingEmbedder, chunked_page, chunked_table
 
@@ -73,3 +74,54 @@ def test_default_model_reads_persian():
     )
     query = embedder.embed_queries(["پایتخت ایران کجاست؟"])[0]
     assert passages[0] @ query > passages[1] @ query
+
+
+class RefusingEmbedder(HashingEmbedder):
+    """Stands for a service that works but cannot embed one text (a 400 for it, or a vector of
+    no direction): it refuses every call that includes the text."""
+
+    def __init__(self, refused: str) -> None:
+        self.refused = refused
+        self.calls = 0
+
+    def embed_passages(self, texts):
+        self.calls += 1
+        if self.refused in texts:
+            raise EmbeddingInputError(f"HTTP 400 Bad Request: cannot embed {self.refused!r}")
+        return super().embed_passages(texts)
+
+
+def test_a_refused_text_fails_only_its_page():
+    batch = chunked_table(
+        [chunked_page("t", f"http://site/{n}", [f"page {n} text"]) for n in range(6)]
+        + [chunked_page("t", "http://site/odd", ["ok text", "odd text"])]
+        + [chunked_page("t", f"http://site/{n}", [f"page {n} text"]) for n in range(6, 9)]
+    )
+    embedder = RefusingEmbedder("odd text")
+    out = EmbedStage(EmbedConfig(), embedder=embedder)(batch).to_pylist()
+    failed = [(p[schema.URL], p[schema.ERROR]) for p in out if p[schema.STATUS] == schema.PageStatus.FAILED]
+    assert failed == [("http://site/odd", "embedding failed: HTTP 400 Bad Request: cannot embed 'odd text'")]
+    assert [len(p[schema.CHUNKS]) for p in out] == [1] * 6 + [0] + [1] * 3
+    assert [p[schema.URL] for p in out] == [p[schema.URL] for p in batch.to_pylist()]  # order kept
+    assert embedder.calls <= 1 + 2 * 4  # bisected (10 pages: 4 levels), not page by page
+
+
+class DictCache:
+    """A VectorCache holding what an older version stored: a zero vector for one text."""
+
+    def __init__(self, vectors):
+        self.vectors = vectors
+
+    def lookup(self, model_id, keys):
+        return {key: self.vectors[key] for key in keys if key in self.vectors}
+
+
+def test_a_cached_vector_without_direction_is_embedded_again():
+    embedder = HashingEmbedder()
+    good = embedder.embed_passages(["cached text"])[0]
+    cache = DictCache(
+        {ids.text_key("zeroed text"): np.zeros(embedder.dim), ids.text_key("cached text"): good}
+    )
+    vectors = EmbedStage(EmbedConfig(), embedder=embedder, cache=cache).embed(["zeroed text", "cached text"])
+    np.testing.assert_allclose(vectors[0], embedder.embed_passages(["zeroed text"])[0], rtol=1e-6)
+    np.testing.assert_array_equal(vectors[1], good)
