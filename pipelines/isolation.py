@@ -12,7 +12,8 @@ therefore hands its per-page work to this module instead of writing its own try/
     raises is alone; that page is failed and every other page comes out as if nothing happened.
 
 What counts as a whole-batch outage (the database unreachable) is not a page's fault: the
-caller names those exceptions (`outage`) and they propagate as before. An error the stage
+caller says which exceptions are one (`outage`, a predicate: for the database,
+`db.is_outage`, which reads the SQLSTATE) and those propagate as before. An error the stage
 already expects from a page (clean's NoMainText) keeps its own message; anything else is an
 internal error, reported as "internal error in <stage>: <Type>: <message>" and logged with
 its traceback.
@@ -42,9 +43,10 @@ NOT_FAILED = (schema.PageStatus.COMPLETED, schema.PageStatus.UNCHANGED)
 def failure_reason(stage: str, exc: BaseException, expected: bool = False) -> str:
     """What a page's error column says about `exc`: the message of an error the stage expects
     from some pages, else "internal error in <stage>: <Type>: <message>". PostgreSQL text
-    holds no NUL, and the error column is stored, so a NUL in a message is spelled out."""
+    holds no NUL, and the error column is stored, so a NUL in a message is spelled out; the
+    reason is one line (PostgreSQL's messages add DETAIL and HINT lines)."""
     reason = str(exc) if expected else f"internal error in {stage}: {type(exc).__name__}: {exc}"
-    reason = reason.replace("\x00", "\\x00")
+    reason = " ".join(reason.replace("\x00", "\\x00").split())
     if len(reason) > MAX_REASON_CHARS:
         reason = reason[: MAX_REASON_CHARS - 1] + "…"
     return reason
@@ -93,12 +95,12 @@ def bisect(
     call: Callable[[pa.Table], pa.Table],
     fail: Callable[[pa.Table, str], pa.Table],
     *,
-    outage: tuple[type[Exception], ...] = (),
+    outage: Callable[[Exception], bool] = lambda exc: False,
 ) -> pa.Table:
-    """`call(batch)`; when it raises (an `outage` excepted: that propagates), the same for each
-    half of the batch, and so on down to single pages: a page that raises alone is handed to
-    `fail(page, reason)`, whose rows (same schema as `call`'s) stand for it in the output.
-    The output keeps the batch's row order.
+    """`call(batch)`; when it raises (an exception `outage` says is one excepted: that
+    propagates, unbisected), the same for each half of the batch, and so on down to single
+    pages: a page that raises alone is handed to `fail(page, reason)`, whose rows (same schema
+    as `call`'s) stand for it in the output. The output keeps the batch's row order.
 
     Bisecting rather than page by page: the batch call is the expensive unit (a model call, a
     transaction with locks, a staging table and a COPY), and one poison page among n costs
@@ -109,9 +111,9 @@ def bisect(
     """
     try:
         return call(batch)
-    except outage:
-        raise
     except Exception as exc:
+        if outage(exc):
+            raise
         if batch.num_rows <= 1:
             urls = batch.column(schema.URL).to_pylist()
             log.error("%s.internal_error url=%s", stage, urls[0] if urls else None, exc_info=True)

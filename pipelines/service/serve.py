@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from pipelines import metrics, pipeline
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, QueueConfig
 from pipelines.embed import Embedder
 from pipelines.placement import PoolCannotBePlaced
 from pipelines.service.credits import PageCredits
 from pipelines.service.feed import ClaimFeed
 from pipelines.service.held import HeldSources
 from pipelines.service.leases import LeaseKeeper
+from pipelines.store import db
 from pipelines.store.opening import open_store
 from pipelines.store.queue import CrawlQueue, Priority
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Retries past which a backoff's wait stops doubling: any base times 2**32 is past any cap, and
+# pipelines.retry.Backoff's float arithmetic overflows past 2**1023 (a failure a minute for 17
+# hours).
+_MAX_DOUBLINGS = 32
+# The least wait between two tries to reach the database: with queue.restart_backoff_seconds=0
+# (restart pipelines at once) a refused connection would otherwise be asked again in a tight loop.
+_MIN_DATABASE_WAIT_SECONDS = 0.2
 
 
 class PipelineKeepsFailing(RuntimeError):
@@ -37,7 +51,13 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
     crawled again. With `once`, queue.max_attempts failures in a row raise
     `PipelineKeepsFailing`. A pipeline the cluster can never place (`PoolCannotBePlaced`: its
     stages ask for more than a cluster that does not autoscale has) is a configuration error,
-    not a failure to retry: it hands the sources back and raises at once."""
+    not a failure to retry: it hands the sources back and raises at once.
+
+    The database may go away for as long as it likes (a restart, a failover, maintenance):
+    the pipeline's stages wait out a short outage themselves; a longer one fails the pipeline,
+    and the service then waits for the database (`_through_outage`) before it hands the
+    sources back and starts the next pipeline. The database must answer when it starts: a
+    URL that leads nowhere is more often a mistake than an outage."""
     database_url, _ = open_store(config, embedder)
     pipeline.init_ray(config)
     config = _page_by_page(config)
@@ -51,16 +71,17 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
         # Each pipeline holds its leases under its own name: a crawl actor of a failed pipeline
         # may still claim a site before it is stopped, and no one must renew that lease.
         queue = CrawlQueue(database_url, config.queue, owner=f"{service}:{run}")
-        _report_depth(queue, reported)
+        through_outage = functools.partial(_through_outage, config.queue, once, queue.owner)
+        through_outage("report_queue_depth", functools.partial(_report_depth, queue, reported))
         held = HeldSources(queue, database_url, config.crawl.progress_interval_seconds)
         try:
             _run_pipeline(config, database_url, queue, held, once, reported)
         except PoolCannotBePlaced:  # no restart can fix the settings: stop with the message
-            queue.release()
+            through_outage("hand_back_sources", queue.release)
             raise
         except Exception:  # the queue gets the sites back; they are crawled again
             log.exception("crawl.pipeline_failed owner=%s", queue.owner)
-            queue.release()
+            through_outage("hand_back_sources", queue.release)
             failures_in_a_row = 0 if held.finished else failures_in_a_row + 1
             if once and failures_in_a_row >= config.queue.max_attempts:
                 raise PipelineKeepsFailing(
@@ -73,14 +94,62 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
             finished += held.finished
             print(held.report.render(), flush=True)
         if once:
-            _report_depth(queue, reported)
+            through_outage("report_queue_depth", functools.partial(_report_depth, queue, reported))
             return finished
+
+
+def _through_outage(config: QueueConfig, once: bool, owner: str, what: str, call: Callable[[], T]) -> T:
+    """`call()`, again and again while the database is out of reach (db.is_outage; any
+    other error propagates at once), with a wait between tries that grows as
+    queue.restart_backoff does (from _MIN_DATABASE_WAIT_SECONDS up to
+    queue.restart_max_wait_seconds). Each try that fails logs `crawl.waiting_for_database`
+    with how long it has waited and what for (`what`), so an operator sees a service that
+    waits, not one that hangs.
+
+    `--serve` waits as long as it takes; `--once`, a run that must end by itself, waits a
+    lease's length (queue.lease_seconds), then raises DatabaseUnavailable in one line."""
+    started = time.monotonic()
+    tries = 0
+    while True:
+        try:
+            result = call()
+        except Exception as exc:
+            if not db.is_outage(exc):
+                raise
+            waited = time.monotonic() - started
+            reason = " ".join(str(exc).split())
+            if once and waited >= config.lease_seconds:
+                raise db.DatabaseUnavailable(
+                    f"the database has not answered for {waited:.0f} s ({reason}); the run stopped "
+                    "and the queue keeps its sources: run it again once the database is back"
+                ) from exc
+            wait = max(config.restart_backoff.wait(min(tries, _MAX_DOUBLINGS)), _MIN_DATABASE_WAIT_SECONDS)
+            log.warning(
+                "crawl.waiting_for_database waited_seconds=%.0f for=%s owner=%s next_try_seconds=%.1f "
+                "reason=%s",
+                waited,
+                what,
+                owner,
+                wait,
+                reason,
+            )
+            time.sleep(wait)
+            tries += 1
+            continue
+        if tries:
+            log.info(
+                "crawl.database_back waited_seconds=%.0f for=%s owner=%s",
+                time.monotonic() - started,
+                what,
+                owner,
+            )
+        return result
 
 
 def _wait_before_restart(config: PipelineConfig, failures_in_a_row: int) -> None:
     """Pipelines that keep failing (the database is down, the cluster lost its GPU node) are
     restarted ever more slowly, up to queue.restart_max_wait_seconds, not in a tight loop."""
-    wait = config.queue.restart_backoff.wait(failures_in_a_row)
+    wait = config.queue.restart_backoff.wait(min(failures_in_a_row, _MAX_DOUBLINGS))
     log.warning(
         "crawl.pipeline_restart failures_in_a_row=%d wait_seconds=%.1f (the failure is logged above)",
         failures_in_a_row,
@@ -151,6 +220,7 @@ def _run_pipeline(
                 held.add(batch.to_pydict())
         held.close_finished(pipeline_ended=True)
     finally:
+        feed.close()
         keeper.stop()
         if credits is not None:
             credits.close()

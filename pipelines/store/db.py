@@ -34,6 +34,32 @@ class DatabaseUnavailable(RuntimeError):
     """Neither DATABASE_URL nor the embedded server gave a usable database."""
 
 
+# SQLSTATEs (and classes: two characters) that say nothing about the data sent, only that the
+# server could not take it now: connection exceptions (08); shutdowns, crashes and a server
+# still starting (57P); a transaction that lost a serialization or deadlock race (40001,
+# 40P01: the same transaction again succeeds); a full disk or too many connections (53100,
+# 53300). Everything else (22 data, 23 constraints, 54 limits, 42 syntax...) is the data's or
+# the code's: psycopg's class for it proves nothing (ProgramLimitExceeded, an index row too
+# large, is an OperationalError too).
+_OUTAGE_SQLSTATES = ("08", "57P", "40001", "40P01", "53100", "53300")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` means the database is out of reach for now (wait and try the same again),
+    rather than that it refused what was sent (a page's data: that page fails).
+
+    An OperationalError without a SQLSTATE never reached the server's SQL: connection refused
+    or lost, a connect timeout, a pool with no connection to give (PoolTimeout). A
+    DatabaseUnavailable is an outage when what it wraps is one."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc.__cause__ is not None and is_outage(exc.__cause__)
+    if not isinstance(exc, psycopg.Error):
+        return False
+    if exc.sqlstate is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return exc.sqlstate.startswith(_OUTAGE_SQLSTATES)
+
+
 def start_embedded(data_dir: str | Path) -> str:
     """Start (or reuse) the embedded server whose data lives in `data_dir`; return its URL.
 

@@ -38,6 +38,11 @@ class Priority(IntEnum):
     RECRAWL = 1  # scheduled refresh
 
 
+# A row's priority as the queue reads it: the application writes the column and may write any
+# smallint, and -32768 must not put one tenant's sites before everyone's new ones.
+_PRIORITY = f"least(greatest(priority, {Priority.NEW_SITE:d}), {Priority.RECRAWL:d})"
+
+
 @dataclass(frozen=True)
 class ClaimedSource:
     id: str
@@ -55,7 +60,7 @@ _CLAIMABLE = f"(status = {_PENDING} OR (status = {_IN_PROGRESS} AND lease_expire
 _CLAIM = f"""
     WITH ranked AS (  -- a tenant's sites being crawled now come first in its ranking
         SELECT id, row_number() OVER (
-            PARTITION BY user_id ORDER BY coalesce({_CLAIMABLE}, false), priority, enqueued_at
+            PARTITION BY user_id ORDER BY coalesce({_CLAIMABLE}, false), {_PRIORITY}, enqueued_at
         ) AS tenant_rank
         FROM website_sources WHERE status IN ({_PENDING}, {_IN_PROGRESS})
     ),
@@ -63,7 +68,7 @@ _CLAIM = f"""
         SELECT s.id FROM website_sources s JOIN ranked USING (id)
         WHERE {_CLAIMABLE.replace("status", "s.status").replace("lease_expires_at", "s.lease_expires_at")}
           AND (s.attempts > 0) = %(retried)s
-        ORDER BY s.priority, ranked.tenant_rank, s.enqueued_at, s.id
+        ORDER BY {_PRIORITY.replace("priority", "s.priority")}, ranked.tenant_rank, s.enqueued_at, s.id
         LIMIT %(limit)s
         FOR UPDATE OF s SKIP LOCKED
     )
@@ -103,7 +108,9 @@ def enqueue(
     exclude: list[str] | None = None,
 ) -> str:
     """Queue a crawl of `url` for `tenant` (what the application does with an INSERT); a
-    source already queued or crawled is queued again. Returns the source id.
+    source already crawled is queued again. Returns the source id. A source still waiting or
+    being crawled keeps its place, its crawl and its attempts: were they reset, a site that
+    kills its crawls, queued again and again, would never run out of them.
 
     Raises InvalidSourceError, saying why on one line, for a request the crawl would refuse:
     a start URL that is not http(s), a pattern RE2 cannot run (backreferences, lookaround);
@@ -117,7 +124,8 @@ def enqueue(
                VALUES (%s, %s, {_PENDING}, %s, %s, %s)
                ON CONFLICT (user_id, url) DO UPDATE SET
                    status = CASE WHEN s.status = {_IN_PROGRESS} THEN s.status ELSE {_PENDING} END,
-                   priority = least(s.priority, EXCLUDED.priority), enqueued_at = now(), attempts = 0,
+                   priority = least(s.priority, EXCLUDED.priority), enqueued_at = now(),
+                   attempts = CASE WHEN s.status IN ({_PENDING}, {_IN_PROGRESS}) THEN s.attempts ELSE 0 END,
                    include_patterns = EXCLUDED.include_patterns, exclude_patterns = EXCLUDED.exclude_patterns
                RETURNING id::text""",
             (tenant, url, int(priority), include, exclude),
@@ -214,12 +222,14 @@ class CrawlQueue:
             )
 
     def release(self) -> None:
-        """Hand every source this service holds back at once (its pipeline failed): claimable
-        again now, not when the lease would have run out; the attempt still counts."""
+        """Hand every source this service holds back at once (its pipeline failed): pending
+        and claimable again now, not when the lease would have run out (nor in progress in the
+        tenant's eyes while nobody crawls it); the attempt still counts."""
         with db.connect(self.database_url) as conn:
             conn.execute(
                 f"""UPDATE website_sources
-                   SET lease_owner = NULL, lease_expires_at = now(), crawled_pages = NULL, updated_at = now()
+                   SET status = {_PENDING}, lease_owner = NULL, lease_expires_at = NULL, crawled_pages = NULL,
+                       updated_at = now()
                    WHERE lease_owner = %s AND status = {_IN_PROGRESS}""",
                 (self.owner,),
             )
@@ -236,9 +246,9 @@ class CrawlQueue:
             )
 
     def depth(self) -> dict[tuple[str, int], int]:
-        """Rows by (status, priority): what the queue_size metric shows."""
+        """Rows by (status, priority as claims read it): what the queue_size metric shows."""
         with db.connect(self.database_url) as conn:
             rows = conn.execute(
-                "SELECT status, priority, count(*) FROM website_sources GROUP BY status, priority"
+                f"SELECT status, {_PRIORITY}, count(*) FROM website_sources GROUP BY 1, 2"
             ).fetchall()
         return {(status, priority): count for status, priority, count in rows}

@@ -7,7 +7,6 @@ same index signature (embedding model + chunk settings).
 
 from __future__ import annotations
 
-import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -35,14 +34,14 @@ class SkipUnchanged:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """One query for the batch. Should it raise for anything but an unreachable database
-        (OperationalError), the batch is bisected (isolation.bisect) so that only the page that
+        (db.is_outage), the batch is bisected (isolation.bisect) so that only the page that
         makes it raise fails, with the reason."""
         return isolation.bisect(
             "skip-unchanged",
             batch,
             self._mark_unchanged,
             lambda page, reason: schema.conform(isolation.fail_rows(page, [reason]), schema.DOCUMENT),
-            outage=(psycopg.OperationalError,),
+            outage=db.is_outage,
         )
 
     def _mark_unchanged(self, batch: pa.Table) -> pa.Table:

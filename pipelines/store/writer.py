@@ -5,8 +5,8 @@ writers of the same page serialise and no two writers can deadlock), upsert thei
 rows, delete their old chunks, binary-COPY the new chunks into a staging table and move
 them over with one INSERT. A retried batch rewrites the same ids with the same content:
 running it twice leaves exactly one copy of every chunk. A page the database refuses (a
-transaction that raises for anything but a lost connection) is recorded failed on its own,
-and the rest of its batch is written (ChunkWriter.__call__).
+transaction that raises for anything but an outage, told apart by SQLSTATE: db.is_outage) is
+recorded failed on its own, and the rest of its batch is written (ChunkWriter.__call__).
 """
 
 from __future__ import annotations
@@ -237,18 +237,18 @@ class ChunkWriter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Write the batch in one transaction, again from the start if the connection breaks
-        (the database restarted, failed over, ended the session): the batch is idempotent.
+        (the database restarted, failed over, ended the session) or the transaction lost a
+        race (db.is_outage): the batch is idempotent.
 
-        A transaction that raises anything else is narrowed down to the page that makes it
+        A transaction that raises anything else (a NUL byte, an index row too large: the data's
+        fault, whatever psycopg class it comes as) is narrowed down to the page that makes it
         raise (isolation.bisect: halves of the batch in transactions of their own, so one bad
         page among n costs about 2·log2(n) transactions instead of n one by one): the other
         pages are written, and that page is recorded failed with the reason (_record_failed).
         """
         started = time.perf_counter()
         batch, _ = _latest_per_page(batch, ids.page_ids(batch))
-        results = isolation.bisect(
-            "write", batch, self._commit, self._record_failed, outage=(psycopg.OperationalError,)
-        )
+        results = isolation.bisect("write", batch, self._commit, self._record_failed, outage=db.is_outage)
         # Final outcomes, counted once committed (a retried transaction is not counted twice).
         for status, pages in collections.Counter(results.column(schema.STATUS).to_pylist()).items():
             metrics.PAGE_PROCESS.inc(pages, tags={"status": status})
@@ -261,8 +261,9 @@ class ChunkWriter:
         return results
 
     def _commit(self, batch: pa.Table) -> pa.Table:
-        """write_batch in a transaction of its own, from the start again after a lost
-        connection (up to config.write_retries times; then the OperationalError propagates)."""
+        """write_batch in a transaction of its own, from the start again after an outage
+        (up to config.write_retries times; then its error propagates). Any other error is
+        raised at once: the same data would be refused again."""
         page_ids = ids.page_ids(batch)
         attempt = 0
         while True:
@@ -272,8 +273,8 @@ class ChunkWriter:
                     results = self.write_batch(conn, batch, page_ids)
                 metrics.DB_WRITE_DURATION.observe(time.perf_counter() - transaction_started)
                 return results
-            except psycopg.OperationalError as exc:
-                if attempt == self.config.write_retries:
+            except Exception as exc:
+                if not db.is_outage(exc) or attempt == self.config.write_retries:
                     raise
                 wait = self.config.write_backoff.wait(attempt)
                 attempt += 1
@@ -288,9 +289,9 @@ class ChunkWriter:
         failed = _outcome_only(isolation.fail_rows(page, [reason] * page.num_rows))
         try:
             return self._commit(failed)
-        except psycopg.OperationalError:
-            raise
-        except Exception:
+        except Exception as exc:
+            if db.is_outage(exc):
+                raise
             log.error("write.unrecorded urls=%s", failed.column(schema.URL).to_pylist(), exc_info=True)
             pages = failed.drop_columns([schema.CHUNKS]).to_pylist()
             return self._results(pages, ids.page_ids(failed), [0] * failed.num_rows)

@@ -5,6 +5,7 @@ The poison is real, not mocked: PostgreSQL text cannot hold a NUL character, and
 whose text carries one (binary junk served as text/html) makes the write raise."""
 
 import contextlib
+import secrets
 
 import pyarrow as pa
 import pytest
@@ -118,3 +119,48 @@ def test_a_page_the_database_cannot_even_record_is_still_reported_failed(databas
         database_url, "SELECT url, status FROM website_pages WHERE user_id = %s ORDER BY url", tenant
     )
     assert stored == [("http://site/a", "completed"), ("http://site/c", "completed")]
+
+
+def test_data_and_limit_errors_fail_only_their_page_and_spend_no_retry(
+    database_url, embedder, tenant, caplog
+):
+    """A URL too long for the btree index on (source_id, url) makes PostgreSQL raise
+    ProgramLimitExceeded (SQLSTATE 54000), which psycopg files under OperationalError like a
+    lost connection; a NUL byte in a title is a DataError. Neither is an outage: no retry is
+    spent on them (a retry here would wait a minute), and only their page fails, with the
+    database's words as the reason. A 40 000-character title is in no btree index: it is stored."""
+    record_source(database_url, tenant, "http://site/", "in_progress")
+    too_long_url = f"http://site/{secrets.token_hex(2000)}"
+    pages = [chunked_page(tenant, f"http://site/{name}", [f"متن صفحهٔ {name}"]) for name in "abcde"]
+    pages[1] = chunked_page(tenant, too_long_url, ["متن صفحهٔ دراز"])
+    pages[2][schema.TITLE] = "عنوان\x00دودویی"
+    pages[3][schema.TITLE] = "عنوان " * 8000
+    config = StoreConfig(write_retry_backoff_seconds=60, write_retry_max_wait_seconds=60)
+
+    with (
+        caplog.at_level("WARNING", logger="pipelines.store.writer"),
+        contextlib.closing(ChunkWriter(config, database_url, SIGNATURE)) as writer,
+    ):
+        results = writer(EmbedStage(EmbedConfig(), embedder=embedder)(chunked_table(pages)))
+
+    assert not [r for r in caplog.records if "write.retry" in r.getMessage()], "no retry for the data's fault"
+    assert results.column(schema.STATUS).to_pylist() == [
+        "completed",
+        "failed",
+        "failed",
+        "completed",
+        "completed",
+    ]
+    errors = results.column(schema.ERROR).to_pylist()
+    assert "ProgramLimitExceeded: index row size" in errors[1] and "\n" not in errors[1]
+    assert "0x00" in errors[2]
+    stored = {
+        url: (status, error, title)
+        for url, status, error, title in _rows(
+            database_url, "SELECT url, status, error, title FROM website_pages WHERE user_id = %s", tenant
+        )
+    }
+    assert too_long_url not in stored, "its URL is what cannot be stored: the result alone says why"
+    assert stored["http://site/c"] == ("failed", errors[2], None)
+    assert stored["http://site/d"] == ("completed", None, "عنوان " * 8000)
+    assert {stored[f"http://site/{n}"][0] for n in "ae"} == {"completed"}
