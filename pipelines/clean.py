@@ -150,22 +150,16 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class Cleaner:
-    """Stage: PAGE rows → DOCUMENT rows (failed pages pass through with their reason; a page
-    without main text, or whose extraction raises, runs past its time or kills its process,
-    fails alone with its reason).
-
-    Each page is extracted in the stage's sandbox (pipelines.sandbox), a child process that
-    the stage keeps; `extract` itself is the plain function, tested without it."""
+class PageExtractor:
+    """What the clean stage runs in its sandbox: `extractor(html)` is one page's main text and
+    metadata, or NoMainText. An object of its own, holding nothing but the settings, because it
+    is pickled into the sandbox's child: the stage's instance is not picklable once Ray Data
+    wraps it (its concurrent-actor wrapper holds a thread pool)."""
 
     def __init__(self, config: CleanConfig) -> None:
         self.config = config
-        self._sandbox = PageSandbox(
-            self.extract, "clean", config.page_timeout_seconds, config.page_memory_mb, config.page_attempts
-        )
 
-    def extract(self, html: str) -> dict[str, object]:
-        """Main text and metadata of one page; raises NoMainText when there is none."""
+    def __call__(self, html: str) -> dict[str, object]:
         placeholder = _placeholder_for(html)
         protected = _ZWNJ_ENTITY.sub(placeholder, html).replace(ZWNJ, placeholder)
         try:
@@ -209,6 +203,25 @@ class Cleaner:
             schema.LANGUAGE: metadata["lang"] or detect_language(text),
             schema.CONTENT_HASH: content_hash(text),
         }
+
+
+class Cleaner:
+    """Stage: PAGE rows → DOCUMENT rows (failed pages pass through with their reason; a page
+    without main text, or whose extraction raises, runs past its time or kills its process,
+    fails alone with its reason).
+
+    Each page is extracted by `extractor` in the stage's sandbox (pipelines.sandbox), a child
+    process that the stage keeps; `extract` is the same extractor in this process, tested
+    without the sandbox."""
+
+    extractor: type[PageExtractor] = PageExtractor
+
+    def __init__(self, config: CleanConfig) -> None:
+        self.config = config
+        self.extract = self.extractor(config)
+        self._sandbox = PageSandbox(
+            self.extract, "clean", config.page_timeout_seconds, config.page_memory_mb, config.page_attempts
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: list[dict[str, object]] = []

@@ -91,3 +91,16 @@ def test_language_guess():
     assert detect_language("این یک متن فارسی است که گفته می‌شود") == "fa"
     assert detect_language("This is English documentation for the API") == "en"
     assert detect_language("12345") == "und"
+
+
+def test_the_stage_cleans_inside_ray_datas_concurrent_actor_wrapper():
+    """With more than one task per actor (the service's page-by-page pipeline), Ray Data
+    subclasses the stage with a thread pool set before the stage's own __init__: the sandbox
+    must not need the stage's instance to pickle."""
+    from ray.data._internal.execution.util import make_callable_class_single_threaded
+
+    stage = make_callable_class_single_threaded(Cleaner)(CleanConfig())
+    html = NORMALIZER_PAGE.read_text(encoding="utf-8")
+    out = stage(pa.Table.from_pylist([_page_row(html)], schema=schema.PAGE)).to_pylist()
+    assert out[0][schema.STATUS] == schema.PageStatus.COMPLETED, out[0][schema.ERROR]
+    assert "نرمال\u200cسازی" in out[0][schema.TEXT]

@@ -11,7 +11,7 @@ import pytest
 
 from pipelines import isolation, metrics, schema
 from pipelines.chunk import Chunker
-from pipelines.clean import Cleaner
+from pipelines.clean import Cleaner, PageExtractor
 from pipelines.config import ChunkConfig, CleanConfig, EmbedConfig
 from pipelines.embed.stage import EmbedStage
 from tests.helpers import HashingEmbedder, chunked_page, chunked_table
@@ -36,13 +36,17 @@ def _errors(table: pa.Table) -> list[str | None]:
 # -- clean ------------------------------------------------------------------------------
 
 
-class _PoisonedCleaner(Cleaner):
-    """A cleaner whose extraction breaks on one page, as a library bug on odd HTML would."""
+class _PoisonedExtractor(PageExtractor):
+    """An extraction breaks on one page, as a library bug on odd HTML would."""
 
-    def extract(self, html: str) -> dict[str, object]:
+    def __call__(self, html: str) -> dict[str, object]:
         if POISON in html:
             raise ValueError("lxml choked")
-        return super().extract(html)
+        return super().__call__(html)
+
+
+class _PoisonedCleaner(Cleaner):
+    extractor = _PoisonedExtractor
 
 
 def test_a_page_whose_cleaning_raises_fails_alone():

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from pipelines import pipeline
 from pipelines.chunk import Chunker
-from pipelines.clean import Cleaner
+from pipelines.clean import Cleaner, PageExtractor
 from pipelines.config import StoreConfig, build_config
 from pipelines.embed.stage import EmbedStage
 from pipelines.service import serve
@@ -37,11 +37,15 @@ def _poisoned(texts) -> str | None:
     return next((stage for stage in STAGES if _marker(stage) in joined), None)
 
 
-class PoisonedCleaner(Cleaner):
-    def extract(self, html: str) -> dict[str, object]:
+class PoisonedExtractor(PageExtractor):
+    def __call__(self, html: str) -> dict[str, object]:
         if _marker("clean") in html:
             raise ValueError("the parser choked")
-        return super().extract(html)
+        return super().__call__(html)
+
+
+class PoisonedCleaner(Cleaner):
+    extractor = PoisonedExtractor
 
 
 class PoisonedChunker(Chunker):
