@@ -12,20 +12,20 @@ multiprocessing's spawn, which re-imports the parent's `__main__`: a Ray worker'
 over a pipe it inherits; it caps its own address space (RLIMIT_AS), so a page that allocates
 too much gets MemoryError there, not the machine's OOM killer here.
 
-The work is a picklable callable (a stage's bound method; Ray's cloudpickle, so a class that
-Ray ships by value is shipped the same way), sent once per child; each call sends only its
-argument. A call costs a pipe round trip (~0.2 ms for a 100 KB page).
+The work is a picklable callable (an object of settings with a `__call__`, such as the clean
+stage's `PageExtractor`; Ray's cloudpickle, so a class that Ray ships by value is shipped the
+same way), sent once per child; each call sends only its argument. A call costs a pipe round
+trip (~0.2 ms for a 100 KB page). The child exits when the process that started it dies, even
+mid-page.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
 import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 # A fresh child imports the work's module (trafilatura: about a second); on a busy machine it
 # may take several. Past this, starting failed.
 START_SECONDS = 60.0
-_PR_SET_PDEATHSIG = 1
+# How often a child checks that the process that started it still lives.
+ORPHAN_CHECK_SECONDS = 0.5
 
 
 class PageOverranError(Exception):
@@ -55,7 +56,7 @@ class _Child:
     def __init__(self, work: bytes, memory_mb: int) -> None:
         ours, theirs = Pipe(duplex=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(theirs.fileno()), str(memory_mb)],
+            [sys.executable, "-m", __name__, str(theirs.fileno()), str(memory_mb), str(os.getpid())],
             pass_fds=(theirs.fileno(),),
             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
         )
@@ -101,6 +102,9 @@ class PageSandbox:
         weakref.finalize(self, _kill_all, self._child)
 
     def _started(self) -> _Child:
+        if self._child and self._child[0].process.poll() is not None:
+            # Died between pages (killed from outside): not the next page's fault.
+            log.warning("%s.sandbox.found_dead exit_status=%s", self._name, self._discard())
         if not self._child:
             started = time.monotonic()
             self._child.append(_Child(self._work, self._memory_mb))
@@ -155,10 +159,17 @@ def _kill_all(children: list[_Child]) -> None:
         child.kill()
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this child when its parent dies, even mid-page."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _exit_when_orphaned(parent: int) -> None:
+    """The child never outlives the process that started it, even mid-page. Not the kernel's
+    PR_SET_PDEATHSIG: that fires when the *thread* that started the child ends (a thread pool's
+    worker, a Ray actor's), and the stage's next page would find its child killed."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def _result(work: Callable[[Any], Any], arg: Any) -> tuple[bool, Any]:
@@ -172,8 +183,8 @@ def _result(work: Callable[[Any], Any], arg: Any) -> tuple[bool, Any]:
         return True, exc
 
 
-def _serve(fd: int, memory_mb: int) -> None:
-    _die_with_parent()
+def _serve(fd: int, memory_mb: int, parent: int) -> None:
+    _exit_when_orphaned(parent)
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     conn = Connection(fd)
@@ -188,4 +199,4 @@ def _serve(fd: int, memory_mb: int) -> None:
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]), int(sys.argv[2]))
+    _serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

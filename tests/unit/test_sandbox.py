@@ -1,12 +1,19 @@
 """The page sandbox: a page that hangs, crashes its process or allocates without bound fails
 alone, with its reason, and the next page runs on a fresh process."""
 
+import concurrent.futures
 import os
+import select
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from pipelines.sandbox import PageOverranError, PageSandbox
+from tests.conftest import REPO_ROOT
+from tests.helpers import poll
 
 
 def _work(arg):
@@ -60,3 +67,47 @@ def test_a_page_that_allocates_past_the_limit_gets_memory_error_there(sandbox):
     with pytest.raises(MemoryError):
         sandbox(("allocate", 4096))
     assert sandbox(("allocate", 16)) == 16 * 1024 * 1024
+
+
+def test_the_child_outlives_the_thread_that_started_it(sandbox):
+    """A stage's first page may come on a thread that then ends (a thread pool's worker): the
+    child must serve the next page, from another thread, and not be found killed."""
+    started = concurrent.futures.ThreadPoolExecutor(1)
+    first = started.submit(sandbox, ("pid", None)).result()
+    started.shutdown()
+    # A child tied to that thread is killed as the thread ends, a moment after this join.
+    exited = os.pidfd_open(first)
+    try:
+        assert not select.select([exited], [], [], 2.0)[0], "the child died with the thread"
+    finally:
+        os.close(exited)
+    assert sandbox(("pid", None)) == first
+
+
+def test_the_child_exits_when_the_process_that_started_it_dies_even_mid_page():
+    parent = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from tests.unit.test_sandbox import _work; "
+            "from pipelines.sandbox import PageSandbox; "
+            "box = PageSandbox(_work, 'test', 5.0, 1024, 1); "
+            "print(box(('pid', None)), flush=True); "
+            "import threading, time; threading.Thread(target=box, args=(('hang', None),)).start(); "
+            "time.sleep(0.5); os._exit(0)",  # mid-page: the child is in the hang
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    child = int(parent.stdout.strip())
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"  # exited, not yet reaped
+
+    poll(gone, timeout=30, interval=0.1)
