@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import re
+import signal
 import sys
 import threading
 import time
@@ -52,6 +53,11 @@ def init_ray(config: PipelineConfig) -> None:
     embedded database stops here on a multi-node cluster (see `db.refuse_embedded_on_cluster`)."""
     if ray.is_initialized():
         return
+    # ray.init replaces the process's SIGTERM handler with one that exits with status 15; the
+    # job's own (jobs/_common.py: 128 + 15, what service managers expect) is put back.
+    on_sigterm = (
+        signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    )
     context = ray.init(
         address=config.ray.address or None,
         num_cpus=config.ray.num_cpus or None,
@@ -59,6 +65,8 @@ def init_ray(config: PipelineConfig) -> None:
         logging_level=logging.WARNING,
         configure_logging=True,
     )
+    if callable(on_sigterm):
+        signal.signal(signal.SIGTERM, on_sigterm)
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", file=sys.stderr, flush=True)
     if not database_url_from_env(config.store):
@@ -211,7 +219,10 @@ def output_blocks(
     if say_what_it_waits_for:
         stages = ", ".join(p.stage for p in pools)
         threading.Thread(target=_say_what_it_waits_for, args=(first_block, stages), daemon=True).start()
-    blocks = iter(dataset.iter_batches(batch_format="pyarrow", batch_size=None))  # a generator
+    # No prefetch: with it, Ray Data hands a block on only once the next one has arrived, so a
+    # service's last page (the only one in flight, or the last of a quiet hour) would wait for
+    # a page that may never come, and its source would never finish.
+    blocks = iter(dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0))
     try:
         yield _noting_the_first(blocks, first_block)
     finally:

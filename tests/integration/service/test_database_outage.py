@@ -4,8 +4,8 @@ own (on the tests' Ray), a PostgreSQL of its own that the test stops and starts 
 The database goes away while a source is being crawled, and stays away well past what the
 pipeline's stages wait out, so the pipeline fails. The service then waits for the database,
 saying so in `crawl.waiting_for_database` lines, instead of exiting; once the database is back
-it hands the source back, starts a new pipeline and crawls the source again; and SIGTERM still
-stops it at once."""
+it hands the source back, starts a new pipeline and crawls the source again, then the sources
+enqueued after it; and SIGTERM still stops it at once, with the job's exit status."""
 
 import os
 import re
@@ -80,7 +80,7 @@ def _waits(log: Path) -> list[tuple[int, str]]:
     return [(int(seconds), what) for seconds, what in WAITING.findall(log.read_text(errors="replace"))]
 
 
-@pytest.mark.timeout(600)  # a Ray job's start, twice, on 2 cores
+@pytest.mark.timeout(300)  # a Ray job's start, twice, on 2 cores
 def test_serve_waits_out_a_long_database_outage_then_crawls_on_and_still_stops_at_sigterm(
     ray_local, embedder, tmp_path
 ):
@@ -125,6 +125,15 @@ def test_serve_waits_out_a_long_database_outage_then_crawls_on_and_still_stops_a
             assert service.poll() is None, log.read_text()
             assert _status(url, source) == "completed", log.read_text()[-20000:]
             assert "crawl.database_back" in log.read_text()
+
+            # and new work after the outage is crawled as before, by the same service
+            later = enqueue(url, "tenant-after-outage", site)
+            poll(
+                lambda: _status(url, later) in ("completed", "failed") or service.poll() is not None,
+                timeout=120,
+                interval=0.5,
+            )
+            assert _status(url, later) == "completed", log.read_text()[-20000:]
         finally:
             service.send_signal(signal.SIGTERM)
             try:
