@@ -159,7 +159,9 @@ def answers(draw, path: str) -> Answer:
     if path == "/sitemap.xml":
         locs = "".join(f"<url><loc>{loc}</loc></url>" for loc in draw(st.lists(hrefs, max_size=5)))
         body = f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{locs}</urlset>'
-        return Answer(status, (*headers, ("Content-Type", "application/xml")), body.encode())
+        return Answer(
+            status, (*headers, ("Content-Type", "application/xml")), body.encode(errors="surrogatepass")
+        )
     body, content_encoding = draw(encodings(draw(html_bodies())))
     headers.append(("Content-Type", draw(content_types)))
     if content_encoding is not None:
@@ -251,7 +253,7 @@ def stages(database_url, embedder):
             "total_timeout_seconds": 5,
             "source_deadline_seconds": 60,
         },
-        clean={"page_timeout_seconds": 3, "page_attempts": 1},
+        clean={"page_timeout_seconds": 10, "page_attempts": 1},
     )
     page_stages = PageStages(
         [(Cleaner, {"config": config.clean}), (Chunker, {"config": config.chunk, "embed": config.embed})]
@@ -308,8 +310,11 @@ def test_any_site_fails_only_itself_and_every_failure_says_why(generated, farm, 
         assert sorted(r[schema.URL] for r in mine) == sorted(
             farm.url(site).rstrip("/") + farm.farm.path_of(p) for p in range(NORMAL_PAGES)
         )
-        assert all(
-            r[schema.STATUS] == schema.PageStatus.COMPLETED and r[schema.CHUNKS_WRITTEN] > 0 for r in mine
+        short = [
+            r for r in mine if r[schema.STATUS] != schema.PageStatus.COMPLETED or not r[schema.CHUNKS_WRITTEN]
+        ]
+        assert not short, (
+            f"normal site {site} not indexed in full: {[(r[schema.URL], r[schema.ERROR]) for r in short]}"
         )
     with db.connect(database_url) as conn:
         stored = conn.execute(
