@@ -2,6 +2,7 @@
 
     python -m bench.loadtest --tenants 500 --pages-per-tenant N [--faults] [--services 2]
     python -m bench.loadtest --small          # CI: 20 tenants x 5 pages, faults on, ~2 min
+    python -m bench.loadtest --tenants 100 --pages-per-tenant 20 --hostile 20   # isolation, ~8 min
 
 Why: the old system failed at 500+ tenants (races, thundering herd, lock contention, lost
 work). This runs the real service (`jobs.crawl.serve(config, once=True)`, the code behind
@@ -103,6 +104,15 @@ at each `--old-workers` count (default one and eight per core), each over a stea
 embedding server enforce OpenAI's tier-1 limits for embeddings (3000 requests/min, 1M
 tokens/min, 429 with Retry-After past them) for both designs.
 
+`--hostile N` makes the last N generated sites odd, one way each (pipelines.testing.oddsites,
+the quirks in turn: a malformed link, a NUL byte, a 400 KB robots.txt, a NULL include pattern
+written by the application, ...), and runs the load test twice: first with every site an
+ordinary one (the baseline: the same tenants, pages and load), then with the N odd. The hostile
+tenants are kept out of every metric of the table and checked apart: each source finished
+(completed, or failed with its reason), every failed page with its reason. The last line
+compares the other tenants' page p95 beside the hostile ones with the baseline's (target:
+within 10 %): what odd input costs the others beyond the work of its pages.
+
 `--small` prints the two latency rows but does not fail on them ("not gated"): with 96
 pages, the pages that wait out a fault (the killed pipeline's restart, the database restart,
 the error burst) are more than 5 % of them, so the p95 measures the faults (1.8 / 6.5 s
@@ -116,9 +126,11 @@ pages) about 10 (see the README for the tables).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -152,9 +164,10 @@ from bench.loadtest_harness import (
     supervise,
 )
 from bench.loadtest_old import OldResult, OldSettings, run_old
-from bench.loadtest_report import checks, render, summary, throughput_line
+from bench.loadtest_report import checks, hostile_checks, hostile_line, render, summary, throughput_line
 
 if TYPE_CHECKING:
+    from pipelines.testing.oddsites import Quirk
     from pipelines.testing.sitefarm import SiteFarm
 
 log = logging.getLogger("bench.loadtest")
@@ -183,6 +196,17 @@ def run_service(overrides: list[str]) -> None:
 
 
 # -- what one run measured ----------------------------------------------------------------
+
+
+@dataclass
+class HostileOutcome:
+    """The hostile tenants' sources and pages (`--hostile`), kept out of every metric above."""
+
+    sources: int = 0
+    sources_unfinished: int = 0  # pending or in progress after the run: must be 0
+    pages_completed: int = 0
+    pages_failed: int = 0
+    failed_without_reason: int = 0  # must be 0
 
 
 @dataclass
@@ -227,6 +251,7 @@ class Outcome:
     api_requests_in_window: int
     api_429s: int
     old: list[OldResult]
+    hostile: HostileOutcome = field(default_factory=HostileOutcome)
 
     @property
     def pages_per_second(self) -> float:
@@ -269,6 +294,8 @@ class _Sites:
     expected_by_site: dict[int, set[str]]  # generated site → the paths a crawl should index
     failing_reached: set[tuple[int, str]]  # deliberately failing pages a reachable page links to
     expected_total: int
+    hostile: dict[int, Quirk] = field(default_factory=dict)  # tenant → the odd thing its site does
+    hostile_sites: set[int] = field(default_factory=set)  # their sites' numbers in the farm
     # What the farm recorded, filled in when it stops:
     served: dict[tuple[int, str], list[float]] = field(default_factory=dict)  # (site, path) → answered at
     fault_pages_served: dict[str, int] = field(default_factory=dict)
@@ -298,7 +325,7 @@ class _Stored:
     pages: list[tuple]  # website_pages: url, status, error, chunk_count, updated_at (epoch)
     duplicate_chunks: int
     mismatches: int
-    sources_not_completed: int
+    sources: list[tuple[str, str]]  # website_sources: url, status
     reclaims: int
 
 
@@ -365,6 +392,7 @@ def _crawl_the_farm(plan: Plan, workdir: Path, url: str, embed_url: str, pg_serv
         static_sites=[HAZM_SITE] * len(statics),
         record_served=True,
         words_per_page=plan.words_per_page,
+        quirks=_hostile_sites(plan, generated),
     ) as farm_server:
         sites = _expectations(plan, farm_server, statics, generated)
         drive = _drive(plan, workdir, url, embed_url, pg_server, embed_server, sites)
@@ -379,27 +407,47 @@ def _crawl_the_farm(plan: Plan, workdir: Path, url: str, embed_url: str, pg_serv
     return sites, drive
 
 
+def _hostile_sites(plan: Plan, generated: int) -> dict[int, Quirk]:
+    """The last `plan.hostile` generated sites, each doing one odd thing (the quirks in turn)."""
+    from pipelines.testing.oddsites import QUIRKS
+
+    quirks = list(QUIRKS.values())
+    first = generated - plan.hostile
+    return {first + n: quirks[n % len(quirks)] for n in range(plan.hostile)}
+
+
 def _expectations(plan: Plan, farm_server, statics: list[int], generated: int) -> _Sites:
-    """Which site is whose, and what a crawl of each should index."""
+    """Which site is whose, and what a crawl of each should index (the hostile sites' pages are
+    not counted: they are checked apart, in `_hostile_outcome`)."""
     from pipelines.testing.sitefarm import DELIBERATE_FAILURES
 
     farm = farm_server.farm
     # Tenant t's site: generated sites in order, a static copy for every 50th tenant.
-    generated_urls = iter(farm_server.base_urls[: farm.sites])
-    static_urls = iter(farm_server.base_urls[farm.sites :])
-    site_urls = [next(static_urls) if t in statics else next(generated_urls) for t in range(plan.tenants)]
-    expected_by_site = {
-        site: {farm.path_of(p) for p in farm.reachable_pages(site)} for site in range(generated)
-    }
+    generated_urls = iter(enumerate(farm_server.base_urls[: farm.sites]))
+    static_urls = iter(enumerate(farm_server.base_urls[farm.sites :], start=farm.sites))
+    site_of_tenant = [
+        next(static_urls) if t in statics else next(generated_urls) for t in range(plan.tenants)
+    ]
+    quirks = farm_server.quirks
+    normal = [site for site in range(generated) if site not in quirks]
+    expected_by_site = {site: {farm.path_of(p) for p in farm.reachable_pages(site)} for site in normal}
     failing_reached = {  # deliberately failing pages a reachable page links to
         (site, farm.path_of(linked))
-        for site in range(generated)
+        for site in normal
         for page in farm.reachable_pages(site)
         for linked in farm.links_of(page)
         if farm.fault_of(site, linked) in DELIBERATE_FAILURES
     }
     expected_total = sum(len(p) for p in expected_by_site.values()) + 40 * len(statics)
-    return _Sites(farm, site_urls, expected_by_site, failing_reached, expected_total)
+    return _Sites(
+        farm,
+        [site_url for _, site_url in site_of_tenant],
+        expected_by_site,
+        failing_reached,
+        expected_total,
+        hostile={t: quirks[site] for t, (site, _) in enumerate(site_of_tenant) if site in quirks},
+        hostile_sites=set(quirks),
+    )
 
 
 def _drive(
@@ -423,7 +471,11 @@ def _drive(
         monitor = Monitor(url)
         monitor.sample()
         started = time.time()
-        enqueue_all(url, sites.site_urls)
+        enqueue_all(
+            url,
+            dict(enumerate(sites.site_urls)),
+            {t: list(q.include_patterns) for t, q in sites.hostile.items() if q.include_patterns},
+        )
         monitor.start()
         injector = FaultInjector(plan, pg_server, embed_server, started)
         finished, services_started, drained, timed_out = supervise(
@@ -488,11 +540,9 @@ def _read_database(url: str) -> _Stored:
                       ON k.document_id = p.id
                WHERE p.status = 'completed' AND coalesce(k.n, 0) <> p.chunk_count"""
         ).fetchone()[0]
-        sources_not_completed, reclaims = conn.execute(
-            "SELECT count(*) FILTER (WHERE status <> 'completed'), coalesce(sum(attempts - 1), 0) "
-            "FROM website_sources"
-        ).fetchone()
-    return _Stored(pages, duplicates, int(mismatches), int(sources_not_completed), int(reclaims))
+        sources = conn.execute("SELECT url, status FROM website_sources").fetchall()
+        reclaims = conn.execute("SELECT coalesce(sum(attempts - 1), 0) FROM website_sources").fetchone()[0]
+    return _Stored(pages, duplicates, int(mismatches), sources, int(reclaims))
 
 
 # -- from what was recorded to the figures ------------------------------------------------
@@ -524,7 +574,10 @@ def _sort_pages(sites: _Sites, stored: _Stored) -> _Pages:
     rows: dict[tuple[int, str], tuple[str, str | None, float]] = {}
     for page_url, status, error, _chunk_count, updated in stored.pages:
         parts = urlsplit(page_url)
-        rows[(sites.site_of_port.get(parts.port, -1), parts.path or "/")] = (status, error, updated)
+        site = sites.site_of_port.get(parts.port, -1)
+        if site not in sites.hostile_sites:
+            rows[(site, parts.path or "/")] = (status, error, updated)
+    served = {key: times for key, times in served.items() if key[0] not in sites.hostile_sites}
     expected = {(site, path) for site, paths in sites.expected_by_site.items() for path in paths}
     expected |= {key for key in served if key[0] >= farm.sites}  # copied real sites: what was served
     served_ok = {key for key in served if not deliberate(*key)}
@@ -533,6 +586,24 @@ def _sort_pages(sites: _Sites, stored: _Stored) -> _Pages:
     lost = sorted(f"site {site} {path}" for site, path in (expected | served_ok) - completed)
     deliberate_rows = [key for key in rows if deliberate(*key)]
     return _Pages(rows, expected, attempted, completed, lost, deliberate_rows)
+
+
+def _site_of(sites: _Sites, url: str) -> int:
+    return sites.site_of_port.get(urlsplit(url).port, -1)
+
+
+def _hostile_outcome(sites: _Sites, stored: _Stored) -> HostileOutcome:
+    """What became of the hostile tenants: each source finished (completed, or failed as its
+    quirk says), every page stored with a status, every failed one with its reason."""
+    pages = [row for row in stored.pages if _site_of(sites, row[0]) in sites.hostile_sites]
+    sources = [status for url, status in stored.sources if _site_of(sites, url) in sites.hostile_sites]
+    return HostileOutcome(
+        sources=len(sources),
+        sources_unfinished=sum(1 for status in sources if status not in ("completed", "failed")),
+        pages_completed=sum(1 for _, status, *_ in pages if status == "completed"),
+        pages_failed=sum(1 for _, status, *_ in pages if status == "failed"),
+        failed_without_reason=sum(1 for _, status, error, *_ in pages if status == "failed" and not error),
+    )
 
 
 def _page_seconds(pages: _Pages, served: dict[tuple[int, str], list[float]]) -> list[float]:
@@ -585,6 +656,10 @@ def _outcome(
     plan: Plan, workdir: Path, sites: _Sites, drive: _Drive, stored: _Stored, cpu: CpuMeter, embed_server
 ) -> Outcome:
     pages = _sort_pages(sites, stored)
+    hostile = _hostile_outcome(sites, stored)
+    normal_sources = [
+        status for site_url, status in stored.sources if _site_of(sites, site_url) not in sites.hostile_sites
+    ]
     page_seconds = _page_seconds(pages, sites.served)
     _dump_pages(workdir, pages, sites.served)
     chunk_seconds = _chunk_seconds(workdir)
@@ -632,7 +707,8 @@ def _outcome(
         duplicate_chunks=stored.duplicate_chunks,
         chunk_count_mismatches=stored.mismatches,
         lost_pages=pages.lost,
-        sources_not_completed=stored.sources_not_completed,
+        sources_not_completed=sum(1 for status in normal_sources if status != "completed"),
+        hostile=hostile,
         services_started=drive.services_started,
         service_failures=service_failures(drive.finished),
         faults=drive.faults,
@@ -695,6 +771,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the embedding server enforces OpenAI's tier-1 limits (3000 requests/min, 1M tokens/min)",
     )
     parser.add_argument("--words-per-page", type=int, default=300, help="text of a generated page")
+    parser.add_argument(
+        "--hostile",
+        type=int,
+        default=0,
+        help="this many tenants' sites do one odd thing each (pipelines.testing.oddsites); runs twice, "
+        "without those tenants and with them, and compares the other tenants' page p95",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (service logs)")
     parser.add_argument(
         "--set",
@@ -742,18 +825,28 @@ def main(argv: list[str] | None = None) -> int:
         compare_old=args.compare_old,
         old_workers=_old_workers(args.old_workers),
         old_window_seconds=args.old_window,
+        hostile=args.hostile,
     )
+    if args.hostile:  # the baseline first: the same tenants, every site an ordinary one
+        without = _run(dataclasses.replace(plan, hostile=0, compare_old=False), args.keep)
+        with_them = _run(plan, args.keep)
+        print(hostile_line(with_them, without), flush=True)
+        met = [*checks(without).values(), *checks(with_them).values()]
+        return 0 if all(met) and all(hostile_checks(with_them, without).values()) else 1
+    return 0 if all(checks(_run(plan, args.keep)).values()) else 1
+
+
+def _run(plan: Plan, keep: bool) -> Outcome:
+    """One load test in a work folder of its own, its table printed."""
     workdir = Path(tempfile.mkdtemp(prefix="kb-loadtest-"))
     log.info("loadtest.start workdir=%s plan=%s", workdir, json.dumps(plan.__dict__))
     outcome = measure(plan, workdir)
     print(render(outcome))
     print(summary(outcome))
     print(throughput_line(outcome), flush=True)
-    if not args.keep:
-        import shutil
-
+    if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if all(checks(outcome).values()) else 1
+    return outcome
 
 
 if __name__ == "__main__":

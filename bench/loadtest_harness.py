@@ -279,6 +279,7 @@ class Plan:
     compare_old: bool = False  # then run the old design on the same pages (bench/loadtest_old.py)
     old_workers: tuple[int, ...] = ()  # its worker counts (prefork processes), each run apart
     old_window_seconds: float = 150.0  # its steady window, from the first page it writes
+    hostile: int = 0  # tenants whose sites are odd (pipelines.testing.oddsites), one quirk each
 
 
 @dataclass
@@ -499,16 +500,27 @@ def create_database(admin_url: str) -> str:
     return conninfo.make_conninfo(admin_url, dbname=name)
 
 
-def enqueue_all(url: str, base_urls: list[str]) -> None:
-    """Every tenant adds its site at the same moment (16 at a time, as many web requests would)."""
+def enqueue_all(url: str, sites: dict[int, str], written_by_the_app: dict[int, list] | None = None) -> None:
+    """Every tenant adds its site at the same moment (16 at a time, as many web requests would).
+    The tenants of `written_by_the_app` have their row written as the application writes it,
+    unchecked, with those include patterns (a NULL among them, say)."""
+    from pipelines.store import db
     from pipelines.store.queue import Priority, enqueue
 
-    def add(tenant_site: tuple[int, str]) -> str:
+    def add(tenant_site: tuple[int, str]) -> None:
         tenant, site_url = tenant_site
-        return enqueue(url, f"tenant-{tenant:04d}", site_url, Priority.NEW_SITE)
+        if tenant not in (written_by_the_app or {}):
+            enqueue(url, f"tenant-{tenant:04d}", site_url, Priority.NEW_SITE)
+            return
+        with db.connect(url) as conn:
+            conn.execute(
+                "INSERT INTO website_sources (user_id, url, status, include_patterns) "
+                "VALUES (%s, %s, 'pending', %s)",
+                (f"tenant-{tenant:04d}", site_url, written_by_the_app[tenant]),
+            )
 
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(add, enumerate(base_urls)))
+        list(pool.map(add, sites.items()))
 
 
 def supervise(plan: Plan, url: str, overrides: list[str], workdir: Path, monitor, injector, expected):

@@ -18,6 +18,9 @@ TARGET_SUCCESS_RATE = 0.99
 TARGET_PAGE_P95_SECONDS = 5.0
 TARGET_CHUNK_P95_SECONDS = 10.0
 TARGET_API_ERROR_RATE = 0.005
+# Issue "one tenant's odd input": with hostile tenants beside them, the normal tenants' page p95
+# stays within 10 % of a run without them.
+TARGET_HOSTILE_P95_RATIO = 1.10
 
 _MARK = {True: "yes", False: "NO", None: "not gated"}
 
@@ -51,7 +54,44 @@ def checks(o: Outcome) -> dict[str, bool]:
         met["no double work"] = o.reclaims == 0 and o.pages_fetched_again == 0
     if o.plan.faults:
         met["every fault injected"] = len(o.faults.injected) == len(FAULT_AT)
+    if o.plan.hostile:
+        h = o.hostile
+        met["hostile tenants finished, each failure with its reason"] = (
+            h.sources == o.plan.hostile and h.sources_unfinished == 0 and h.failed_without_reason == 0
+        )
     return met
+
+
+def hostile_checks(with_them: Outcome, without: Outcome) -> dict[str, bool]:
+    """`--hostile`: the other tenants fare as well beside the hostile ones as beside ordinary sites."""
+    ratio = _p95_ratio(with_them, without)
+    return {
+        "normal tenants fully indexed beside the hostile ones": with_them.lost == 0,
+        "normal tenants' page p95 within 10 % of the run with ordinary sites only": (
+            ratio <= TARGET_HOSTILE_P95_RATIO
+        ),
+    }
+
+
+def _p95_ratio(with_them: Outcome, without: Outcome) -> float:
+    return percentile(with_them.page_seconds, 95) / percentile(without.page_seconds, 95)
+
+
+def hostile_line(with_them: Outcome, without: Outcome) -> str:
+    h = with_them.hostile
+    missed = [name for name, ok in hostile_checks(with_them, without).items() if not ok]
+    return (
+        f"hostile: {with_them.plan.hostile} of {with_them.plan.tenants} tenants odd "
+        f"({h.sources_unfinished} of their sources unfinished, {h.pages_completed} pages indexed, "
+        f"{h.pages_failed} failed, {h.failed_without_reason} without a reason); the other tenants: "
+        f"page p95 {percentile(with_them.page_seconds, 95):.2f} s beside them vs "
+        f"{percentile(without.page_seconds, 95):.2f} s with ordinary sites only = "
+        f"{_p95_ratio(with_them, without):.2f}x "
+        f"(target <= {TARGET_HOSTILE_P95_RATIO:.2f}x), p50 {percentile(with_them.page_seconds, 50):.2f} vs "
+        f"{percentile(without.page_seconds, 50):.2f} s, {with_them.pages_per_second:.2f} vs "
+        f"{without.pages_per_second:.2f} pages/s, lost {with_them.lost} vs {without.lost}: "
+        + ("all targets met" if not missed else "MISSED: " + ", ".join(missed))
+    )
 
 
 def render(o: Outcome) -> str:
@@ -238,6 +278,13 @@ def _details(o: Outcome) -> list[str]:
                 lines.append(f"fault {name} at {o.faults.at[name]:.0f} s: {o.faults.injected[name]}")
             else:
                 lines.append(f"fault {name}: NOT injected")
+    if o.plan.hostile:
+        h = o.hostile
+        lines.append(
+            f"hostile tenants (kept out of every row above): {h.sources} sources, {h.sources_unfinished} "
+            f"unfinished; pages {h.pages_completed} indexed, {h.pages_failed} failed "
+            f"({h.failed_without_reason} without a reason)"
+        )
     if o.lost_pages:
         lines.append("lost: " + ", ".join(o.lost_pages[:10]) + (" …" if len(o.lost_pages) > 10 else ""))
     return lines
