@@ -89,7 +89,7 @@ class CrawlConfig:
     # Re-crawls send If-None-Match / If-Modified-Since; a 304 page skips download, chunk and embed.
     # Off when store.skip_unchanged is false (a forced re-index fetches everything).
     conditional_requests: bool = True
-    progress_interval_seconds: float = 2.0  # how often a job writes website_sources.crawl_progress
+    progress_interval_seconds: float = 2.0  # how often a job writes website_sources.crawl_details
 
     def __post_init__(self) -> None:
         _positive(self, "max_pages", "concurrency_per_site", "total_timeout_seconds", "pages_per_block")

@@ -18,6 +18,7 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 from psycopg import conninfo
+from psycopg.types.json import Jsonb
 
 from pipelines import ids, schema
 
@@ -54,6 +55,19 @@ class RecordingDataset:
     def map_batches(self, fn, **kwargs):
         self.calls.append({"fn": fn, **kwargs})
         return self
+
+
+def previous_version_source(url: str, tenant: str, start_url: str, counts: dict | None = None) -> str:
+    """A source row as a version before migration 10 wrote it (its counts in crawl_progress),
+    for tests that fill an older schema before migrating it; returns its id."""
+    source = ids.source_id(tenant, start_url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO website_sources (id, user_id, url, status, crawl_progress) "
+            "VALUES (%s, %s, %s, 'in_progress', %s)",
+            (source, tenant, start_url, Jsonb(counts or {})),
+        )
+    return source
 
 
 def chunk(index: int, text: str) -> dict:

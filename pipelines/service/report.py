@@ -1,7 +1,7 @@
 """What a crawl did, per source and in all: summed from the writer's per-page results.
 
 The same report serves a one-shot crawl (printed at the end), a service (each source's
-progress written to website_sources.crawl_progress while it runs) and the evaluation job.
+progress written to website_sources.crawl_details while it runs) and the evaluation job.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ FAILURE_REASONS_SHOWN = 10
 
 @dataclass
 class SourceProgress:
-    """One source's crawl so far: what `website_sources.crawl_progress` shows while it runs
+    """One source's crawl so far: what `website_sources.crawl_details` shows while it runs
     (the application reads these keys)."""
 
     pages_found: int = 0  # URLs queued for fetching (grows as links are discovered)
@@ -119,7 +119,7 @@ class RunReport:
         )
 
     def progress_by_source(self) -> dict[str, dict[str, int]]:
-        """What `record_progress` writes: each running source's crawl_progress."""
+        """What `record_progress` writes: each running source's crawl_details."""
         return {source: progress.as_dict() for source, progress in self.sources.items()}
 
     def render(self) -> str:

@@ -10,6 +10,7 @@ from psycopg_pool import ConnectionPool
 
 from pipelines.crawl.contracts import Validators
 from pipelines.store import db
+from pipelines.store.unchanged import CHUNKS_STORED
 
 
 class StoredPageHistory:
@@ -36,9 +37,9 @@ class StoredPageHistory:
     def validators(self, source_id: str) -> dict[str, Validators]:
         with self._connection() as conn:
             rows = conn.execute(
-                """SELECT url, etag, last_modified FROM website_pages
+                f"""SELECT url, etag, last_modified FROM website_pages AS p
                    WHERE source_id = %s AND status = 'completed' AND index_signature = %s
-                     AND (etag IS NOT NULL OR last_modified IS NOT NULL)""",
+                     AND (etag IS NOT NULL OR last_modified IS NOT NULL) AND {CHUNKS_STORED}""",
                 (source_id, self.index_signature),
             ).fetchall()
         return {url: Validators(etag, last_modified) for url, etag, last_modified in rows}

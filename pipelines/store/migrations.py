@@ -142,7 +142,7 @@ def _finish_concurrently(url: str, wanted: list[Migration]) -> None:
     for it: a deadlock. So runs only try the lock.
     """
     indexes = [index for m in wanted for index in m.indexes]
-    backfills = [m for m in wanted if m.backfill]
+    backfills = [m for m in wanted if m.backfills]
     if not indexes and not backfills:
         return
     with psycopg.connect(url, **db.connect_options(url)) as holder:
@@ -162,8 +162,9 @@ def backfill_in_batches(url: str, migration: Migration) -> None:
     no row: readers and writers are never held up by more than one batch's row locks."""
     started, rows = time.perf_counter(), 0
     with psycopg.connect(url, autocommit=True, **db.connect_options(url)) as conn:
-        while updated := conn.execute(migration.backfill).rowcount:
-            rows += updated
+        for statement in migration.backfills:
+            while updated := conn.execute(statement).rowcount:
+                rows += updated
     if rows:
         log.info(
             "db.backfilled version=%s rows=%d seconds=%.1f",

@@ -214,11 +214,12 @@ class CrawlQueue:
     def finish(self, source_id: str, status: str, progress: dict, error: str | None = None) -> None:
         with db.connect(self.database_url) as conn:
             conn.execute(
-                """UPDATE website_sources SET status = %s, crawl_progress = %s, error = %s,
+                """UPDATE website_sources SET status = %s, crawl_details = %s,
+                       crawl_progress = kb_crawl_percent(%s, %s), error = %s,
                        lease_owner = NULL, lease_expires_at = NULL,
                        last_crawled_at = now(), updated_at = now()
                    WHERE id = %s AND lease_owner = %s""",
-                (status, Jsonb(progress), error, source_id, self.owner),
+                (status, Jsonb(progress), Jsonb(progress), status, error, source_id, self.owner),
             )
 
     def release(self) -> None:

@@ -41,11 +41,15 @@ class Migration:
     # Indexes on tables that already hold data: "name ON table USING method (...)", built
     # CONCURRENTLY after the migration commits, so reads and writes go on while they build.
     indexes: tuple[str, ...] = ()
-    # Fills a new column on rows that already exist: an UPDATE of a bounded batch of rows (which
-    # locks only rows no one else holds: FOR UPDATE SKIP LOCKED), run in short transactions
-    # after the indexes, until it updates none; run on every migrate, like the indexes, so an
-    # interrupted fill is finished by the next run.
-    backfill: str = ""
+    # Fills new columns on rows that already exist: each an UPDATE of a bounded batch of rows
+    # (which locks only rows no one else holds: FOR UPDATE SKIP LOCKED), run in short
+    # transactions after the indexes, until it updates none; run on every migrate, like the
+    # indexes, so an interrupted fill is finished by the next run.
+    backfill: str | tuple[str, ...] = ""
+
+    @property
+    def backfills(self) -> tuple[str, ...]:
+        return (self.backfill,) if isinstance(self.backfill, str) and self.backfill else tuple(self.backfill)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -425,5 +429,138 @@ MIGRATIONS: tuple[Migration, ...] = (
               LIMIT 500 FOR UPDATE SKIP LOCKED) AS filled
         WHERE tk.id = filled.id
         """,
+    ),
+    Migration(
+        10,
+        "the old Django app's fields: page statuses, source_id as the page, crawl_progress as a percentage",
+        # What the old application reads (README "Pointing the Django app at the knowledge
+        # base"), added beside what this pipeline keeps, expand-only:
+        # - website_pages.processing_status and chunking_status, in the old vocabulary
+        #   (not_started / in_progress / completed / failed), follow `status` and `chunk_count`
+        #   through a trigger, so every writer, of this version or the previous one, keeps them
+        #   right; existing rows are filled in batches. A page's chunks are written in the same
+        #   transaction as its row, so the old app never sees a completed page without them.
+        # - tenant_knowledge.source_id is the page's id (website_pages.id, as the old code
+        #   stores it), no longer the website source's; the source stays one join away
+        #   (website_pages.source_id). Existing website chunks are moved over in batches.
+        # - website_sources.crawl_progress, which the old progress bar reads as a number, holds
+        #   the percentage done (a JSON number: its type stays jsonb, a catalogue-only change);
+        #   the per-source counts it held move to crawl_details. kb_crawl_percent is the one
+        #   definition, used by every write of either.
+        # - The tenant column stays text (any application's user ids); `=` between text and an
+        #   integer (both ways, int4 and int8) lets an application whose users have Django's
+        #   integer key filter and join on it as it always did (user_id = 42). The operators'
+        #   SQL functions are inlined by the planner, so the comparison is text = '42' and the
+        #   tenant indexes serve it.
+        # - kb_platform: the role of the old application, which serves every tenant (kb_app is
+        #   one tenant's): it reads all rows (a policy of its own beside tenant_isolation) and
+        #   writes what the old application still writes (the progress bar, its own page
+        #   statuses, deleting a page's chunks, enqueueing a site); not chunks: those are the
+        #   pipeline's, and an old chunker left running fails loudly instead of doubling them.
+        """
+        CREATE OR REPLACE FUNCTION kb_page_processing_status(status text) RETURNS text
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE
+        RETURN CASE status WHEN 'completed' THEN 'completed' WHEN 'failed' THEN 'failed'
+                           ELSE 'not_started' END;
+
+        -- A failed re-crawl keeps the last good version's chunks: those count as chunked.
+        CREATE OR REPLACE FUNCTION kb_page_chunking_status(status text, chunk_count integer) RETURNS text
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE
+        RETURN CASE WHEN status = 'completed' OR chunk_count > 0 THEN 'completed'
+                    WHEN status = 'failed' THEN 'failed' ELSE 'not_started' END;
+
+        ALTER TABLE website_pages
+            ADD COLUMN IF NOT EXISTS processing_status text,
+            ADD COLUMN IF NOT EXISTS chunking_status text;
+
+        CREATE OR REPLACE FUNCTION website_pages_fill_old_statuses() RETURNS trigger
+        LANGUAGE plpgsql AS $fn$
+        BEGIN
+            NEW.processing_status := kb_page_processing_status(NEW.status);
+            NEW.chunking_status := kb_page_chunking_status(NEW.status, NEW.chunk_count);
+            RETURN NEW;
+        END
+        $fn$;
+        CREATE OR REPLACE TRIGGER website_pages_old_statuses
+            BEFORE INSERT OR UPDATE OF status, chunk_count ON website_pages
+            FOR EACH ROW EXECUTE FUNCTION website_pages_fill_old_statuses();
+
+        -- Done (completed or failed) is 100; while it runs, the share of the pages found so far
+        -- that are crawled. Not the old formula (saved pages / max_pages), which stops at 3 %
+        -- for a 6-page site crawled with max_pages 200.
+        CREATE OR REPLACE FUNCTION kb_crawl_percent(details jsonb, status text) RETURNS jsonb
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE
+        RETURN to_jsonb(CASE
+            WHEN status IN ('completed', 'failed') THEN 100
+            WHEN coalesce((details ->> 'pages_found')::numeric, 0) <= 0 THEN 0
+            ELSE least(100, round(100 * coalesce((details ->> 'pages_crawled')::numeric, 0)
+                                      / (details ->> 'pages_found')::numeric, 1))
+        END);
+
+        ALTER TABLE website_sources
+            ADD COLUMN IF NOT EXISTS crawl_details jsonb,
+            ALTER COLUMN crawl_progress SET DEFAULT '0'::jsonb;
+
+        CREATE OR REPLACE FUNCTION kb_text_eq_int(text, bigint) RETURNS boolean
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE RETURN $1 = $2::text;
+        CREATE OR REPLACE FUNCTION kb_int_eq_text(bigint, text) RETURNS boolean
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE RETURN $1::text = $2;
+        CREATE OR REPLACE FUNCTION kb_text_eq_int(text, integer) RETURNS boolean
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE RETURN $1 = $2::text;
+        CREATE OR REPLACE FUNCTION kb_int_eq_text(integer, text) RETURNS boolean
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE RETURN $1::text = $2;
+        CREATE OPERATOR = (LEFTARG = text, RIGHTARG = bigint, FUNCTION = kb_text_eq_int,
+                           COMMUTATOR = =);
+        CREATE OPERATOR = (LEFTARG = text, RIGHTARG = integer, FUNCTION = kb_text_eq_int,
+                           COMMUTATOR = =);
+        CREATE OPERATOR = (LEFTARG = bigint, RIGHTARG = text, FUNCTION = kb_int_eq_text,
+                           COMMUTATOR = =);
+        CREATE OPERATOR = (LEFTARG = integer, RIGHTARG = text, FUNCTION = kb_int_eq_text,
+                           COMMUTATOR = =);
+
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'kb_platform') THEN
+                CREATE ROLE kb_platform NOLOGIN NOBYPASSRLS;
+            END IF;
+        END $$;
+        GRANT USAGE ON SCHEMA public TO kb_platform;
+        GRANT SELECT ON tenant_knowledge, website_pages, website_sources, kb_settings TO kb_platform;
+        GRANT DELETE ON tenant_knowledge TO kb_platform;
+        GRANT UPDATE (processing_status, chunking_status, updated_at) ON website_pages TO kb_platform;
+        GRANT UPDATE (crawl_progress, updated_at) ON website_sources TO kb_platform;
+        GRANT INSERT (user_id, url, priority, include_patterns, exclude_patterns)
+            ON website_sources TO kb_platform;
+        CREATE POLICY platform_all ON tenant_knowledge TO kb_platform USING (true);
+        CREATE POLICY platform_all ON website_pages TO kb_platform USING (true);
+        CREATE POLICY platform_all ON website_sources TO kb_platform USING (true) WITH CHECK (true);
+        """,
+        indexes=(
+            "website_pages_old_statuses_unfilled ON website_pages (id) WHERE processing_status IS NULL",
+            "tenant_knowledge_source_not_page ON tenant_knowledge (id) "
+            "WHERE chunk_type = 'website' AND source_id IS DISTINCT FROM document_id",
+        ),
+        backfill=(
+            """
+            UPDATE website_pages
+            SET processing_status = kb_page_processing_status(status),
+                chunking_status = kb_page_chunking_status(status, chunk_count)
+            WHERE id IN (SELECT id FROM website_pages WHERE processing_status IS NULL
+                         LIMIT 500 FOR UPDATE SKIP LOCKED)
+            """,
+            """
+            UPDATE tenant_knowledge SET source_id = document_id
+            WHERE id IN (SELECT id FROM tenant_knowledge
+                         WHERE chunk_type = 'website' AND source_id IS DISTINCT FROM document_id
+                         LIMIT 500 FOR UPDATE SKIP LOCKED)
+            """,
+            # website_sources has no index to find these rows by: it holds one row per site.
+            """
+            UPDATE website_sources
+            SET crawl_details = crawl_progress, crawl_progress = kb_crawl_percent(crawl_progress, status)
+            WHERE id IN (SELECT id FROM website_sources WHERE jsonb_typeof(crawl_progress) = 'object'
+                         LIMIT 500 FOR UPDATE SKIP LOCKED)
+            """,
+        ),
     ),
 )

@@ -2,7 +2,7 @@
 
 Embedding is the expensive stage, and most pages of a re-crawled site have not changed.
 A page is unchanged when its stored row is `completed` with the same content hash and the
-same index signature (embedding model + chunk settings).
+same index signature (embedding model + chunk settings), and its chunks are stored.
 """
 
 from __future__ import annotations
@@ -14,11 +14,17 @@ from pipelines import ids, isolation, schema
 from pipelines.config import StoreConfig
 from pipelines.store import db
 
-_INDEXED = """
+# A page row `p` whose chunks are still stored: the old application deletes a page's chunks
+# to redo them, and such a page must be indexed again, not skipped as unchanged (nor fetched
+# conditionally: pipelines/store/history.py).
+CHUNKS_STORED = "(p.chunk_count = 0 OR EXISTS (SELECT FROM tenant_knowledge AS k WHERE k.document_id = p.id))"
+
+_INDEXED = f"""
     SELECT p.id::text
     FROM website_pages AS p
     JOIN unnest(%s::uuid[], %s::text[]) AS fetched (id, content_hash) USING (id)
     WHERE p.status = 'completed' AND p.content_hash = fetched.content_hash AND p.index_signature = %s
+      AND {CHUNKS_STORED}
 """
 
 

@@ -185,7 +185,7 @@ def chunk_row(page: dict, page_id: str, chunk: dict, total_chunks: int, tldr_vec
         uuid.UUID(ids.chunk_id(page_id, page[schema.CONTENT_HASH], chunk[schema.CHUNK_INDEX])),
         page[schema.TENANT],
         page[schema.CHUNK_TYPE],
-        uuid.UUID(page[schema.SOURCE]),
+        uuid.UUID(page_id),  # source_id: the page, as the old application stores it (migration 10)
         uuid.UUID(page_id),
         chunk[schema.FULL_TEXT],
         chunk[schema.TLDR],

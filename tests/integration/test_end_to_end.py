@@ -75,9 +75,10 @@ def test_crawl_twice_gives_the_same_chunks_and_search_finds_persian_answers(
     assert hits[0].score >= hits[1].score >= hits[2].score
     with db.connect(database_url) as conn:
         progress = conn.execute(
-            "SELECT status, crawl_progress FROM website_sources WHERE user_id = %s", (tenant,)
+            "SELECT status, crawl_details, crawl_progress FROM website_sources WHERE user_id = %s", (tenant,)
         ).fetchone()
     assert progress[0] == "completed" and progress[1]["chunks"] == first.chunks
+    assert progress[2] == 100, "the old progress bar's percentage: done"
 
 
 def test_search_job_prints_json_lines(ray_local, database_url, embedder, tenant, hazm_site, capsys):

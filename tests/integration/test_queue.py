@@ -117,7 +117,7 @@ def test_once_drains_the_queue_and_records_each_source(ray_local, queue_url, emb
             conn.execute("SELECT user_id, count(*) FROM tenant_knowledge GROUP BY user_id").fetchall()
         )
         progress = conn.execute(
-            "SELECT crawl_progress FROM website_sources WHERE id = %s", (sources[0],)
+            "SELECT crawl_details FROM website_sources WHERE id = %s", (sources[0],)
         ).fetchone()
     assert set(per_tenant) == {"tenant-q1", "tenant-q2"} and min(per_tenant.values()) > 0
     assert progress[0]["pages_crawled"] == 2
@@ -137,7 +137,7 @@ def test_once_with_far_fewer_credits_than_pages_still_drains(ray_local, queue_ur
         assert serve(config, once=True, embedder=embedder) == 2
     with db.connect(queue_url) as conn:
         rows = conn.execute(
-            "SELECT status, crawl_progress FROM website_sources WHERE id = ANY(%s::uuid[])", (sources,)
+            "SELECT status, crawl_details FROM website_sources WHERE id = ANY(%s::uuid[])", (sources,)
         ).fetchall()
     assert [(status, progress["pages_crawled"]) for status, progress in rows] == [("completed", 6)] * 2
 

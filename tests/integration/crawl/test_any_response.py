@@ -318,7 +318,8 @@ def test_any_site_fails_only_itself_and_every_failure_says_why(generated, farm, 
         )
     with db.connect(database_url) as conn:
         stored = conn.execute(
-            "SELECT count(*) FROM tenant_knowledge WHERE user_id = %s AND source_id = ANY(%s)",
+            "SELECT count(*) FROM tenant_knowledge k JOIN website_pages p ON p.id = k.document_id "
+            "WHERE k.user_id = %s AND p.source_id = ANY(%s)",
             (tenant, sources[:2]),
         ).fetchone()[0]
     assert stored == sum(

@@ -123,7 +123,7 @@ def test_recrawl_skips_unchanged_pages_reindexes_changed_ones_and_drops_gone_one
             (tenant, f"{base_url}c"),
         ).fetchone()
         progress = conn.execute(
-            "SELECT status, crawl_progress FROM website_sources WHERE user_id = %s", (tenant,)
+            "SELECT status, crawl_details FROM website_sources WHERE user_id = %s", (tenant,)
         ).fetchone()
     assert gone == ("failed", "HTTP 404 Not Found", 0, None)
     assert progress[0] == "completed"

@@ -20,7 +20,7 @@ from pipelines.store import db, migrations
 from pipelines.store.search import hybrid_search, score_fusion, search, search_text, text_search
 from pipelines.store.sources import record_source
 from pipelines.store.writer import ChunkWriter
-from tests.helpers import chunked_page, chunked_table
+from tests.helpers import chunked_page, chunked_table, previous_version_source
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +43,13 @@ PAGES = {
 }
 
 
-def _write(database_url: str, embedder, tenant: str, pages: dict[str, str]) -> None:
-    record_source(database_url, tenant, "http://site/", "in_progress")
+def _write(
+    database_url: str, embedder, tenant: str, pages: dict[str, str], older_schema: bool = False
+) -> None:
+    if older_schema:  # before migration 10: a source row as the versions of then wrote it
+        previous_version_source(database_url, tenant, "http://site/")
+    else:
+        record_source(database_url, tenant, "http://site/", "in_progress")
     writer = ChunkWriter(StoreConfig(database_url=database_url), database_url, "sig")
     batch = chunked_table([chunked_page(tenant, url, [text]) for url, text in pages.items()])
     writer(EmbedStage(EmbedConfig(), embedder)(batch))
@@ -263,7 +268,7 @@ def test_migration_fills_rows_written_before_it_and_hybrid_waits_for_it_on_vecto
 ):
     url = fresh_database_url
     migrations.migrate(url, embedder.dim, StoreConfig(), embedder.model_id, up_to=4)
-    _write(url, embedder, tenant, PAGES)
+    _write(url, embedder, tenant, PAGES, older_schema=True)
     embedders = {embedder.model_id: embedder}
     with db.connect(url) as conn, caplog.at_level(logging.WARNING, logger="pipelines.store.search"):
         _, before = search_text(conn, tenant, "كيك", embedders, k=3)

@@ -9,9 +9,8 @@ from pipelines.config import EmbedConfig, StoreConfig
 from pipelines.embed.stage import EmbedStage
 from pipelines.store import db, migrations
 from pipelines.store.search import search_text
-from pipelines.store.sources import record_source
 from pipelines.store.writer import ChunkWriter
-from tests.helpers import chunked_page, chunked_table
+from tests.helpers import chunked_page, chunked_table, previous_version_source
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +45,11 @@ class Loop(threading.Thread):
 def test_migrating_the_previous_schema_while_it_is_read_and_written(fresh_database_url, embedder, tenant):
     url = fresh_database_url
     assert migrations.migrate(url, embedder.dim, StoreConfig(), embedder.model_id, up_to=PREVIOUS_SCHEMA)
-    record_source(url, tenant, "http://site/", "in_progress")
+    source = previous_version_source(url, tenant, "http://site/", {"pages_found": 8, "pages_crawled": 2})
     writer = ChunkWriter(StoreConfig(database_url=url), url, "sig")
     writer(_batch(tenant, 0, embedder))
+    with db.connect(url) as conn:  # and its chunks' source_id as it wrote it: the website source
+        conn.execute("UPDATE tenant_knowledge SET source_id = %s", (source,))
     versions = iter(range(1, 10_000))
     search_conn = db.connect(url)
     reader = Loop(lambda: search_text(search_conn, tenant, "صفحه", {embedder.model_id: embedder}, k=3))
@@ -80,4 +81,14 @@ def test_migrating_the_previous_schema_while_it_is_read_and_written(fresh_databa
         ).fetchone()
         invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()
     assert pages == (PAGES, PAGES * 3) and chunks == (PAGES * 3,), "nothing lost, nothing doubled"
+    with db.connect(url) as conn:  # the backfills of migration 10 (the old application's fields)
+        assert conn.execute(
+            "SELECT DISTINCT processing_status, chunking_status FROM website_pages"
+        ).fetchall() == [("completed", "completed")]
+        assert conn.execute(
+            "SELECT count(*) FROM tenant_knowledge WHERE source_id <> document_id"
+        ).fetchone() == (0,)
+        assert conn.execute("SELECT crawl_progress, crawl_details FROM website_sources").fetchall() == [
+            (25, {"pages_found": 8, "pages_crawled": 2})
+        ]
     assert invalid == (0,), "every concurrently built index is valid"

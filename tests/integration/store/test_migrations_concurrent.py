@@ -12,9 +12,8 @@ import pytest
 from pipelines.config import EmbedConfig, StoreConfig
 from pipelines.embed.stage import EmbedStage
 from pipelines.store import db, migrations
-from pipelines.store.sources import record_source
 from pipelines.store.writer import ChunkWriter
-from tests.helpers import HashingEmbedder, chunked_page, chunked_table
+from tests.helpers import HashingEmbedder, chunked_page, chunked_table, previous_version_source
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +83,7 @@ def test_migrators_racing_to_build_the_same_indexes_build_each_once(fresh_databa
     previous = 4  # before the migrations that bring concurrently built indexes and a backfill
     embedder = HashingEmbedder()
     migrations.migrate(url, embedder.dim, StoreConfig(), embedder.model_id, up_to=previous)
-    record_source(url, tenant, "http://site/", "in_progress")
+    previous_version_source(url, tenant, "http://site/")
     writer = ChunkWriter(StoreConfig(database_url=url), url, "sig")
     pages = [
         chunked_page(tenant, f"http://site/p{n}", [f"صفحهٔ {n} بخش {i}" for i in range(5)]) for n in range(40)
