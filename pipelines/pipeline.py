@@ -204,7 +204,7 @@ WAIT_LOG_SECONDS = 30.0
 
 @contextlib.contextmanager
 def output_blocks(
-    dataset: ray.data.Dataset, say_what_it_waits_for: bool = True
+    dataset: ray.data.Dataset, say_what_it_waits_for: bool = True, open_ended: bool = False
 ) -> Iterator[Iterator[pa.Table]]:
     """Run `dataset`, handing its output on block by block as it streams out. However the
     consumer leaves (the end, an error, Ctrl-C), the run is shut down and its actors let go
@@ -213,16 +213,21 @@ def output_blocks(
 
     Until the first block comes out, a line every WAIT_LOG_SECONDS says what the run waits
     for (Ray Data waits for actors it cannot place without a word); off for the queue-fed
-    service, which waits for work by design."""
+    service, which waits for work by design.
+
+    `open_ended`: the stream has no end in sight (the service's), so each block is handed on
+    as soon as it comes out. Ray Data's prefetch hands a block on only once the next one has
+    arrived: a service's last page in flight (the only one, or the last of a quiet hour) would
+    wait for a page that may never come, and its source would never finish. A stream that
+    ends (a one-shot crawl) keeps the prefetch: its last block comes out with the end."""
     pools = _check_placement(dataset)  # before any actor starts: nothing to release if it raises
     first_block = threading.Event()
     if say_what_it_waits_for:
         stages = ", ".join(p.stage for p in pools)
         threading.Thread(target=_say_what_it_waits_for, args=(first_block, stages), daemon=True).start()
-    # No prefetch: with it, Ray Data hands a block on only once the next one has arrived, so a
-    # service's last page (the only one in flight, or the last of a quiet hour) would wait for
-    # a page that may never come, and its source would never finish.
-    blocks = iter(dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0))
+    blocks = iter(
+        dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0 if open_ended else 1)
+    )
     try:
         yield _noting_the_first(blocks, first_block)
     finally:

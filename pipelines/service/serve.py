@@ -213,7 +213,7 @@ def _run_pipeline(
     try:
         pages = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url))
         results = pipeline.index_pages(pages, config, database_url)
-        with pipeline.output_blocks(results, say_what_it_waits_for=False) as blocks:
+        with pipeline.output_blocks(results, say_what_it_waits_for=False, open_ended=True) as blocks:
             for batch in blocks:
                 if credits is not None:
                     credits.give_back(batch.num_rows)
