@@ -31,9 +31,11 @@ Tokens are estimated, not counted: this backend has no tokenizer for a remote mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +48,8 @@ import requests
 import requests.adapters
 import requests.auth
 import urllib3
+import urllib3.connection
+import urllib3.connectionpool
 
 from pipelines import metrics
 from pipelines.config import EmbedConfig
@@ -192,6 +196,59 @@ def _connection_reason(exc: requests.ConnectionError | urllib3.exceptions.Protoc
     return f"connection failed ({type(exc).__name__})"
 
 
+# The deadline of the request this thread has in flight (time.monotonic()), for its head's read.
+_head_deadline = threading.local()
+
+
+class _HeadDeadline:
+    """Ends the wait for an answer's head at the request's deadline: urllib3's timeouts cap
+    each read, so a server sending its status line and headers a byte a second is never timed
+    out by them. At the deadline the socket is shut down, which ends the blocked read at once
+    (`_attempt` then reports the timeout); the body has its own check (`_read_body`)."""
+
+    def getresponse(self, *args, **kwargs):
+        deadline = getattr(_head_deadline, "at", None)
+        if deadline is None:
+            return super().getresponse(*args, **kwargs)
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), self._cut_off)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return super().getresponse(*args, **kwargs)
+        finally:
+            watchdog.cancel()
+
+    def _cut_off(self) -> None:
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile: nothing left to stop
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPConnection(_HeadDeadline, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_HeadDeadline, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _HeadDeadlineAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter over connections whose head read ends at the request's deadline."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 class OpenAIEmbedder:
     """The Embedder for an OpenAI-compatible endpoint.
 
@@ -305,7 +362,7 @@ class OpenAIEmbedder:
         session = getattr(self._sessions, "session", None)
         if session is None:
             session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
+            adapter = _HeadDeadlineAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             self._sessions.session = session
@@ -407,15 +464,15 @@ class OpenAIEmbedder:
         metrics.EMBEDDING_BATCH_SIZE.observe(len(inputs), tags={"backend": BACKEND})
         started = time.perf_counter()
         deadline = time.monotonic() + config.api_total_timeout_seconds
+        _head_deadline.at = deadline
         try:
             with self._http().post(
                 self._url,
                 json=payload,
                 auth=self._auth,
-                # urllib3's `total` caps the connect and the wait for the answer's first bytes
-                # (a head sent a byte at a time it does not stop: no public handle reaches the
-                # socket before the head is in); the body, streamed, is read in `_read_body`
-                # under the same deadline.
+                # urllib3's `total` caps the connect and each wait for bytes; a head sent a byte
+                # at a time is ended at the deadline by `_HeadDeadline`, and the body, streamed,
+                # is read in `_read_body` under the same deadline.
                 timeout=urllib3.Timeout(
                     connect=config.api_connect_timeout_seconds,
                     read=config.api_timeout_seconds,
@@ -431,6 +488,8 @@ class OpenAIEmbedder:
         except (requests.Timeout, urllib3.exceptions.TimeoutError):
             raise self._timed_out(deadline) from None
         except (requests.ConnectionError, urllib3.exceptions.ProtocolError) as exc:
+            if time.monotonic() >= deadline:  # the head's read, cut off at the deadline
+                raise self._timed_out(deadline) from None
             self._count("connection_error")
             raise _Retryable(_Failure(_connection_reason(exc), "connection_error", True)) from None
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
@@ -438,6 +497,8 @@ class OpenAIEmbedder:
             raise _Retryable(
                 _Failure(f"request failed ({type(exc).__name__})", "connection_error", True)
             ) from None
+        finally:
+            _head_deadline.at = None
         if status == HTTPStatus.TOO_MANY_REQUESTS or status >= 500:
             label = "rate_limited" if status == HTTPStatus.TOO_MANY_REQUESTS else "server_error"
             self._count(label)

@@ -19,6 +19,14 @@ from pipelines.store import db
 
 log = logging.getLogger(__name__)
 
+# How a writer adds a text's vector already cached: the first one stays (the same text, the same
+# model), except a vector of length zero, cached by a version before base.normalise_rows
+# refused them, which the embed stage skips and this replaces.
+ON_CONFLICT = """
+    ON CONFLICT (model_id, text_hash) DO UPDATE SET embedding = EXCLUDED.embedding
+    WHERE vector_norm(embedding_cache.embedding) = 0
+"""
+
 
 class StoredVectorCache:
     """`VectorCache` over the embedding_cache table. Picklable until first used, so Ray can

@@ -29,7 +29,7 @@ from psycopg import sql
 
 from pipelines import schema
 from pipelines.config import StoreConfig
-from pipelines.store import db, migrations
+from pipelines.store import cache, db, migrations
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,8 @@ _FILL_NEXT = """
     SET tldr_embedding_next = s.tldr, full_embedding_next = s.full_text, embedding_model_next = %s
     FROM reembed_staging AS s WHERE tk.id = s.id
 """
-_CACHE_NEXT = """
+_CACHE_NEXT = (
+    """
     INSERT INTO embedding_cache (model_id, text_hash, embedding)
     SELECT DISTINCT ON (text_hash) %s, text_hash, embedding
     FROM (SELECT sha256(convert_to(tk.full_text, 'UTF8')), s.full_text
@@ -273,8 +274,9 @@ _CACHE_NEXT = """
           FROM reembed_staging s JOIN tenant_knowledge tk USING (id))
          AS fresh (text_hash, embedding)
     ORDER BY text_hash
-    ON CONFLICT DO NOTHING
-"""
+    """
+    + cache.ON_CONFLICT
+)
 
 
 class NextVectorWriter:

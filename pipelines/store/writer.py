@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from pipelines import ids, isolation, metrics, schema
 from pipelines.config import StoreConfig
-from pipelines.store import db
+from pipelines.store import cache, db
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ _TOUCH_UNCHANGED = """
 
 # Every text's vector, for the embed stage's cache. Sorted, so that two writers caching the
 # same texts take their index locks in the same order and cannot deadlock.
-_CACHE_VECTORS = """
+_CACHE_VECTORS = (
+    """
     INSERT INTO embedding_cache (model_id, text_hash, embedding)
     SELECT DISTINCT ON (model_id, text_hash) model_id, text_hash, embedding
     FROM (SELECT embedding_model, sha256(convert_to(full_text, 'UTF8')), full_embedding FROM kb_staging
@@ -120,8 +121,9 @@ _CACHE_VECTORS = """
           SELECT embedding_model, sha256(convert_to(tldr, 'UTF8')), tldr_embedding FROM kb_staging)
          AS fresh (model_id, text_hash, embedding)
     ORDER BY model_id, text_hash
-    ON CONFLICT DO NOTHING
-"""
+    """
+    + cache.ON_CONFLICT
+)
 
 # 404/410: the page is gone from the site, so is everything indexed from it.
 _FORGET_GONE = """

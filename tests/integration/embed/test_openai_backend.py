@@ -7,10 +7,13 @@ server's own record of arrival times.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import SimpleNamespace
@@ -203,6 +206,39 @@ def test_an_answer_trickled_past_the_total_deadline_is_retried_then_fails_its_pa
     assert len(fake_server.requests) == 2
     assert metrics.EMBEDDING_REQUESTS.value(backend="openai", status="timeout") == timeouts + 2
     assert stage.embedder.embed_passages(["x"]).shape == (1, 16)  # and the next request goes through
+
+
+@pytest.fixture
+def head_trickler() -> Iterator[SimpleNamespace]:
+    """A loopback server that answers every connection with an endless head, one header byte
+    every 50 ms: no read ever waits long enough for a per-read timeout."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+            while not stop.wait(0.05):
+                conn.sendall(b"a")
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield SimpleNamespace(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", dim=16)
+    stop.set()
+    listener.close()
+
+
+def test_a_head_trickled_past_the_total_deadline_times_out_at_it(head_trickler):
+    config = _config(head_trickler, api_timeout_seconds=5.0, api_total_timeout_seconds=0.5, api_retries=1)
+    started = time.monotonic()
+    with pytest.raises(EmbeddingError, match=r"^no complete answer within 0.5s \(after 2 attempts\)$"):
+        make_embedder(config).embed_passages(["a"])
+    assert time.monotonic() - started < 3  # two of 0.5 s; without the deadline on the head, never
 
 
 def test_a_server_silent_past_the_total_deadline_times_out_at_it(fake_server):
