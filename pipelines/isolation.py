@@ -96,11 +96,13 @@ def bisect(
     fail: Callable[[pa.Table, str], pa.Table],
     *,
     outage: Callable[[Exception], bool] = lambda exc: False,
+    label: str = schema.URL,
 ) -> pa.Table:
     """`call(batch)`; when it raises (an exception `outage` says is one excepted: that
     propagates, unbisected), the same for each half of the batch, and so on down to single
     pages: a page that raises alone is handed to `fail(page, reason)`, whose rows (same schema
-    as `call`'s) stand for it in the output. The output keeps the batch's row order.
+    as `call`'s) stand for it in the output. The output keeps the batch's row order. `label`
+    names the column that says which row it was, in the log.
 
     Bisecting rather than page by page: the batch call is the expensive unit (a model call, a
     transaction with locks, a staging table and a COPY), and one poison page among n costs
@@ -115,10 +117,10 @@ def bisect(
         if outage(exc):
             raise
         if batch.num_rows <= 1:
-            urls = batch.column(schema.URL).to_pylist()
-            log.error("%s.internal_error url=%s", stage, urls[0] if urls else None, exc_info=True)
+            names = batch.column(label).to_pylist()
+            log.error("%s.internal_error %s=%s", stage, label, names[0] if names else None, exc_info=True)
             return fail(batch, failure_reason(stage, exc))
         log.warning("%s.bisect pages=%d reason=%s", stage, batch.num_rows, failure_reason(stage, exc))
     middle = batch.num_rows // 2
     halves = (batch.slice(0, middle), batch.slice(middle))
-    return pa.concat_tables([bisect(stage, half, call, fail, outage=outage) for half in halves])
+    return pa.concat_tables([bisect(stage, half, call, fail, outage=outage, label=label) for half in halves])

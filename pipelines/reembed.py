@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pipelines import pipeline
+from pipelines import pipeline, schema
 from pipelines.config import PipelineConfig
 from pipelines.embed import Embedder, make_embedder
 from pipelines.store import db
@@ -30,25 +30,31 @@ class ReembedReport:
     previous_model: str | None
     model: str
     chunks: int = 0
+    refused: int = 0  # chunks whose texts the new model refused: kept without vectors
     switched: bool = False
     seconds: float = 0.0
 
     def render(self) -> str:
         if not self.switched:
             return f"nothing to do: every vector is already {self.model}"
+        refused = (
+            f" ({self.refused} refused by the new model: kept without vectors, found by their words "
+            "only; `reembed.chunk_refused` in the log names them)"
+            if self.refused
+            else ""
+        )
         return (
-            f"switched from {self.previous_model} to {self.model}: {self.chunks} chunks re-embedded "
+            f"switched from {self.previous_model} to {self.model}: {self.chunks} chunks re-embedded{refused} "
             f"in {self.seconds:.1f} s; search used {self.previous_model} until the switch"
         )
 
 
-def _fill(config: PipelineConfig, url: str, target: Target) -> int:
-    written = 0
+def _fill(config: PipelineConfig, url: str, target: Target, report: ReembedReport) -> None:
     with pipeline.output_blocks(pipeline.reembed_chunks(config, url, target)) as blocks:
         for batch in blocks:
-            written += batch.num_rows
-            log.info("reembed.progress chunks=%d", written)
-    return written
+            report.chunks += batch.num_rows
+            report.refused += batch.column(schema.VECTORS_WRITTEN).to_pylist().count(0)
+            log.info("reembed.progress chunks=%d refused=%d", report.chunks, report.refused)
 
 
 def run_reembed(config: PipelineConfig, embedder: Embedder | None = None) -> ReembedReport:
@@ -67,7 +73,7 @@ def run_reembed(config: PipelineConfig, embedder: Embedder | None = None) -> Ree
     switch.expand()
     pipeline.init_ray(config)
     for _ in range(SWITCH_ATTEMPTS):
-        report.chunks += _fill(config, url, target)
+        _fill(config, url, target, report)
         switch.build_indexes()
         if switch.switch():
             report.switched = True

@@ -165,8 +165,11 @@ class EmbedStage:
 
 class ChunkTextEmbedder:
     """Stage for re-embedding: schema.CHUNK_TEXTS → schema.chunk_vectors(dim), with the same
-    de-duplication and cache as the pipeline's embed stage. An EmbeddingError stops the run
-    (nothing was written for the block; the next run resumes there)."""
+    de-duplication and cache as the pipeline's embed stage. A chunk whose texts the new model
+    refuses (EmbeddingInputError; the block is bisected to find it) is handed on without
+    vectors and logged (`reembed.chunk_refused`): it stays searchable by its words, and the
+    switch is not held up by it. Any other EmbeddingError stops the run (nothing was written
+    for the block; the next run resumes there)."""
 
     def __init__(
         self, config: EmbedConfig, embedder: Embedder | None = None, cache: VectorCache | None = None
@@ -175,15 +178,29 @@ class ChunkTextEmbedder:
         self.output_schema = schema.chunk_vectors(self._stage.embedder.dim)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        return isolation.bisect(
+            "reembed",
+            batch,
+            self._embed,
+            self._refused,
+            outage=lambda exc: not isinstance(exc, EmbeddingInputError),
+            label=schema.CHUNK_ID,
+        )
+
+    def _embed(self, batch: pa.Table) -> pa.Table:
         tldrs = batch.column(schema.TLDR).to_pylist()
         texts = batch.column(schema.FULL_TEXT).to_pylist()
         vectors = self._stage.embed(tldrs + texts)
         dim = self._stage.embedder.dim
-        return pa.Table.from_arrays(
-            [
-                batch.column(schema.CHUNK_ID),
-                _vectors_array(vectors[: len(tldrs)], dim),
-                _vectors_array(vectors[len(tldrs) :], dim),
-            ],
-            schema=self.output_schema,
+        return self._output(
+            batch, _vectors_array(vectors[: len(tldrs)], dim), _vectors_array(vectors[len(tldrs) :], dim)
         )
+
+    def _refused(self, batch: pa.Table, reason: str) -> pa.Table:
+        for chunk_id in batch.column(schema.CHUNK_ID).to_pylist():
+            log.warning("reembed.chunk_refused chunk=%s reason=%s: kept without vectors", chunk_id, reason)
+        no_vectors = pa.nulls(batch.num_rows, self.output_schema.field(schema.FULL_EMBEDDING).type)
+        return self._output(batch, no_vectors, no_vectors)
+
+    def _output(self, batch: pa.Table, tldr: pa.Array, full: pa.Array) -> pa.Table:
+        return pa.Table.from_arrays([batch.column(schema.CHUNK_ID), tldr, full], schema=self.output_schema)

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 from psycopg import sql
 
@@ -273,6 +274,7 @@ _CACHE_NEXT = (
           SELECT sha256(convert_to(tk.tldr, 'UTF8')), s.tldr
           FROM reembed_staging s JOIN tenant_knowledge tk USING (id))
          AS fresh (text_hash, embedding)
+    WHERE embedding IS NOT NULL  -- a chunk the new model refused
     ORDER BY text_hash
     """
     + cache.ON_CONFLICT
@@ -288,9 +290,8 @@ class NextVectorWriter:
         self._pool = db.pool(database_url, "reembed-writer")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        dim = self.target.dim
         tldr, full = (
-            batch.column(name).combine_chunks().flatten().to_numpy().reshape(-1, dim)
+            _vector_rows(batch.column(name), self.target.dim)
             for name in (schema.TLDR_EMBEDDING, schema.FULL_EMBEDDING)
         )
         chunk_ids = batch.column(schema.CHUNK_ID).to_pylist()
@@ -302,4 +303,14 @@ class NextVectorWriter:
                     copy.write_row((uuid.UUID(chunk_id), tldr_vector, full_vector))
             conn.execute(_FILL_NEXT, (self.target.model_id,))
             conn.execute(_CACHE_NEXT, (self.target.model_id,))
-        return pa.table({schema.CHUNK_ID: chunk_ids})
+        written = [0 if vector is None else 2 for vector in full]
+        return pa.table({schema.CHUNK_ID: chunk_ids, schema.VECTORS_WRITTEN: written})
+
+
+def _vector_rows(column: pa.ChunkedArray, dim: int) -> list[np.ndarray | None]:
+    """Each row's vector, None where the new model refused the chunk's texts."""
+    vectors = column.combine_chunks()
+    values = vectors.values.slice(vectors.offset * dim, len(vectors) * dim)
+    rows = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    valid = vectors.is_valid().to_numpy(zero_copy_only=False)
+    return [row if ok else None for row, ok in zip(rows, valid, strict=True)]

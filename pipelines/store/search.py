@@ -77,6 +77,7 @@ def _nearest_sql(column: str) -> str:
         SELECT id, {column} <=> %(query)s AS distance
         FROM tenant_knowledge
         WHERE user_id = %(tenant)s AND embedding_model = %(model)s
+          AND {column} IS NOT NULL  -- a chunk the model refused in a re-embedding (pipelines.reembed)
         ORDER BY {column} <=> %(query)s
         LIMIT %(k)s
     """

@@ -3,14 +3,16 @@ database: MiniLM → multilingual-e5 through Ray, and an 8 → 16 dimension chan
 
 import threading
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from pipelines import schema
 from pipelines.config import EmbedConfig, StoreConfig, build_config
 from pipelines.embed import make_embedder
+from pipelines.embed.base import EmbeddingInputError
 from pipelines.embed.stage import ChunkTextEmbedder, EmbedStage
-from pipelines.reembed import run_reembed
+from pipelines.reembed import ReembedReport, run_reembed
 from pipelines.store import db, migrations
 from pipelines.store.model_switch import ChunkReader, ModelSwitch, NextVectorWriter, Target, shards
 from pipelines.store.search import search_text
@@ -148,3 +150,53 @@ def test_a_switch_can_change_the_dimension(fresh_database_url, tenant):
     assert model == new.model_id and len(hits) == 2
     with pytest.raises(migrations.SchemaMismatch, match=r"16 dimensions .* jobs\.reembed"):
         migrations.migrate(url, old.dim, StoreConfig(), old.model_id)
+
+
+class RefusesPoison(Hashing16):
+    """A model that refuses any text naming poison, as an API refuses an input (HTTP 400)."""
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        if any("poison" in text for text in texts):
+            raise EmbeddingInputError("the server refused the input (HTTP 400 Bad Request)")
+        return super().embed_passages(texts)
+
+
+def test_a_chunk_the_new_model_refuses_is_kept_without_vectors_and_the_switch_goes_on(
+    fresh_database_url, tenant
+):
+    url = fresh_database_url
+    old, new = HashingEmbedder(), RefusesPoison()
+    migrations.migrate(url, old.dim, StoreConfig(), old.model_id)
+    _index(url, tenant, old, {**PASSAGES, "poison": ["a poison text the new model refuses"]})
+    target = Target(new.model_id, new.dim)
+    switch = ModelSwitch(url, StoreConfig(database_url=url), target)
+    switch.expand()
+    embed = ChunkTextEmbedder(EmbedConfig(), embedder=new)
+    writer = NextVectorWriter(url, target)
+    written = [
+        count
+        for block in ChunkReader(url, target, rows_per_block=4)(pa.Table.from_pylist(shards(1)))
+        for count in writer(embed(block)).column(schema.VECTORS_WRITTEN).to_pylist()
+    ]
+    assert sorted(written) == [0] + [2] * 8, "one chunk refused, the 8 others embedded"
+    assert switch.pending() == 0, "the refused chunk does not hold up the switch"
+    switch.build_indexes()
+    assert switch.switch()
+    switch.contract()
+    with db.connect(url) as conn:
+        embedded = dict(
+            conn.execute(
+                "SELECT full_text, num_nonnulls(full_embedding, tldr_embedding) = 2 FROM tenant_knowledge"
+            ).fetchall()
+        )
+        _, hits = search_text(conn, tenant, "poison", {new.model_id: new}, k=20, mode="vector")
+        _, found_by_words = search_text(conn, tenant, "poison", {new.model_id: new}, k=3, mode="text")
+    assert embedded.pop("a poison text the new model refuses") is False
+    assert all(embedded.values()) and len(embedded) == 8
+    assert len(hits) == 8, "the refused chunk is not among the vector hits (it has no vector)"
+    assert [hit.text for hit in found_by_words] == ["a poison text the new model refuses"]
+
+
+def test_the_report_says_how_many_chunks_the_new_model_refused():
+    report = ReembedReport("old", "new", chunks=9, refused=1, switched=True, seconds=1.0)
+    assert "9 chunks re-embedded (1 refused by the new model: kept without vectors" in report.render()
