@@ -3,8 +3,8 @@ it holds a lease while it runs, and an interrupted crawl records why."""
 
 from __future__ import annotations
 
-import _thread
 import asyncio
+import signal
 import threading
 
 import pytest
@@ -63,8 +63,12 @@ def test_an_interrupted_crawl_holds_a_lease_then_records_why(
         try:
             seen_running.append(poll(leased_in_progress, timeout=60))
         finally:
-            _thread.interrupt_main()
+            # Ctrl-C as a terminal sends it: a signal to the main thread, which also ends a
+            # blocking call it is in (`_thread.interrupt_main` only sets a flag, which a main
+            # thread blocked in a C-level wait inside Ray may not look at before the crawl ends).
+            signal.pthread_kill(main_thread, signal.SIGINT)
 
+    main_thread = threading.main_thread().ident
     threading.Thread(target=interrupt_once_running, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         run_crawl(tenant, [stalled_site], config, embedder)
