@@ -190,7 +190,12 @@ class ChunkTextEmbedder:
     def _embed(self, batch: pa.Table) -> pa.Table:
         tldrs = batch.column(schema.TLDR).to_pylist()
         texts = batch.column(schema.FULL_TEXT).to_pylist()
-        vectors = self._stage.embed(tldrs + texts)
+        try:
+            vectors = self._stage.embed(tldrs + texts)
+        except EmbeddingInputError as exc:
+            if batch.num_rows > 1:
+                raise  # for isolation.bisect to find the chunk whose texts these are
+            return self._refused(batch, isolation.failure_reason("reembed", exc, expected=True))
         dim = self._stage.embedder.dim
         return self._output(
             batch, _vectors_array(vectors[: len(tldrs)], dim), _vectors_array(vectors[len(tldrs) :], dim)
