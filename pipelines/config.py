@@ -383,11 +383,26 @@ class QueueConfig:
     # in a row that finished no source, up to restart_max_wait_seconds.
     restart_backoff_seconds: float = 1.0
     restart_max_wait_seconds: float = 60.0
+    # Scheduled re-crawls (--serve): a source crawled this long ago is queued again, after every
+    # new site; the application may set its own interval per source
+    # (website_sources.recrawl_after_seconds), never below min_recrawl_after_seconds.
+    recrawl_after_seconds: float = 7 * 86400.0
+    min_recrawl_after_seconds: float = 3600.0
+    recrawl_check_seconds: float = 60.0  # how often a service looks for sources due
+    # A re-crawl that reached every page of a site removes the stored pages it did not find,
+    # unless they are more than this share of the site's pages (then the site is more likely
+    # broken than shrunk, and nothing is removed).
+    max_removed_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         _positive(self, "lease_seconds", "max_attempts", "poll_seconds", "retry_max_wait_seconds")
-        _positive(self, "restart_max_wait_seconds")
+        _positive(self, "restart_max_wait_seconds", "recrawl_check_seconds")
         _not_negative("queue", self, "pages_in_flight", "retry_backoff_seconds", "restart_backoff_seconds")
+        _not_negative("queue", self, "recrawl_after_seconds", "min_recrawl_after_seconds")
+        if not 0 <= self.max_removed_fraction <= 1:
+            raise ConfigError(
+                f"queue.max_removed_fraction must be in [0, 1], got {self.max_removed_fraction!r}"
+            )
 
     @property
     def backoff(self) -> Backoff:

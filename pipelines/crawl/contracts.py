@@ -54,8 +54,10 @@ class SourceFeed(Protocol):
         """More crawl requests, given `running` sites are being crawled; [] for none now (the
         feed has paused if need be), None for none ever again."""
 
-    async def crawled(self, request: dict, pages: int) -> None:
-        """The site of `request` is crawled: `pages` page rows were emitted for it."""
+    async def crawled(self, request: dict, pages: int, reached_all: bool) -> None:
+        """The site of `request` is crawled: `pages` page rows were emitted for it, and
+        `reached_all` says whether the crawl reached every page it could find
+        (SourceCrawl.reached_all)."""
 
     async def admit_page(self) -> None:
         """Wait until the pipeline has room for one more page: called before each fetch."""

@@ -38,7 +38,7 @@ class _FixedSites:
         requests, self._requests = self._requests, None
         return requests
 
-    async def crawled(self, request: dict, pages: int) -> None:
+    async def crawled(self, request: dict, pages: int, reached_all: bool) -> None:
         return None
 
     async def admit_page(self) -> None:
@@ -130,7 +130,9 @@ class Crawler:
                 )
                 for task in done:
                     request, crawl = running.pop(task)
-                    await feed.crawled(request, _pages_emitted(task, request, crawl))
+                    await feed.crawled(
+                        request, _pages_emitted(task, request, crawl), _reached_all(task, crawl)
+                    )
         finally:
             for task in running:
                 task.cancel()
@@ -150,6 +152,11 @@ def _pages_emitted(task: asyncio.Task, request: dict, crawl: SourceCrawl) -> int
         exc_info=task.exception(),
     )
     return crawl.emitted
+
+
+def _reached_all(task: asyncio.Task, crawl: SourceCrawl) -> bool:
+    """A crawl that crashed may have missed anything."""
+    return task.exception() is None and crawl.reached_all
 
 
 async def _blocks(

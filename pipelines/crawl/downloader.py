@@ -71,6 +71,17 @@ class Response:
     def not_modified(self) -> bool:
         return self.http_status == HTTPStatus.NOT_MODIFIED
 
+    @property
+    def no_page_here(self) -> bool:
+        """A failure that is the site's own answer: the URL is no page of it (4xx, a redirect
+        refused, not HTML). Asking again gets the same, and no links of the site hide behind
+        it, unlike a timeout, a 5xx or a body cut off at the size cap."""
+        if self.error is None or self.transient or self.http_status is None:
+            return False
+        if 300 <= self.http_status < 500:
+            return True
+        return 200 <= self.http_status < 300 and self.content_type not in _HTML_CONTENT_TYPES
+
 
 @dataclass(frozen=True)
 class Robots:

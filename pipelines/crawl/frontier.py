@@ -111,11 +111,23 @@ class SourceCrawl:
         self._outcomes: Counter[str] = Counter()
         self._deadline = float("inf")  # event-loop time; set when the crawl starts
         self._cut: Counter[str] = Counter()  # what the bounds cut: links, sitemap URLs, seen set, deadline
+        # Pages or sitemaps that failed in a way that may hide others (a timeout, a 5xx, a
+        # surprise), and links not followed past crawl.max_depth: either way the crawl may not
+        # have reached every page of the site.
+        self._unreached = 0
 
     @property
     def emitted(self) -> int:
         """Page rows emitted for this site so far."""
         return sum(self._outcomes.values())
+
+    @property
+    def reached_all(self) -> bool:
+        """Whether the crawl reached every page of the site it could find: no bound cut it
+        (max_pages, max_depth, the seen set, links or sitemap entries dropped, the deadline)
+        and every failure was the site's own answer (a 404, robots.txt). Only then is a page
+        stored before and not seen now gone from the site (pipelines.store.queue removes it)."""
+        return not (self._unreached or self._over_budget or sum(self._cut.values()))
 
     async def run(self) -> int:
         """Crawl the site; returns the number of page rows emitted for it."""
@@ -130,6 +142,7 @@ class SourceCrawl:
             except _DeadlinePassed:
                 self._skip_past_deadline(url)
             except Exception as exc:  # a source step's surprise fails this source, not its actor
+                self._unreached += 1
                 source = self._request[schema.SOURCE]
                 log.error("crawl.source.internal_error source=%s url=%s", source, url, exc_info=True)
                 if not self.emitted:
@@ -178,7 +191,7 @@ class SourceCrawl:
         self._seen.add(start)
         refusal = await asyncio.to_thread(self._robots.refusal, start)
         if refusal is not None:
-            await self._emit(start, 0, error=refusal)
+            await self._emit(start, 0, error=refusal, site_said=True)
             return
         await self._load_validators()
         self._admitted = 1
@@ -216,6 +229,7 @@ class SourceCrawl:
         except _DeadlinePassed:
             raise
         except Exception:
+            self._unreached += 1
             log.error("crawl.sitemap.internal_error source=%s", self._request[schema.SOURCE], exc_info=True)
 
     async def _work(self) -> None:
@@ -313,6 +327,8 @@ class SourceCrawl:
         if depth < self._config.max_depth:
             for link in links:
                 await self._admit(link, depth + 1)
+        else:
+            self._unreached += sum(link not in self._seen for link in links)
 
     def _read_page(self, response: Response) -> tuple[str, str | None, int, list[str], int]:
         """In a thread: (the page's text, its canonical URL if ours to crawl, distinct links
@@ -410,7 +426,7 @@ class SourceCrawl:
         self._admitted += 1
         refusal = await asyncio.to_thread(self._robots.refusal, url)
         if refusal is not None:
-            await self._emit(url, depth, error=refusal)
+            await self._emit(url, depth, error=refusal, site_said=True)
             return
         self._frontier.put_nowait((url, depth))
 
@@ -437,6 +453,7 @@ class SourceCrawl:
                 self._downloader.fetch, url, html_only=False, check_hop=self._downloader.check_safety
             )
             if response.error is not None or response.body is None:
+                self._unreached += not response.no_page_here
                 log.debug("crawl.sitemap url=%s skipped=%s", url, response.error)
                 continue
             is_index, entries, targets, dropped = await asyncio.to_thread(
@@ -483,10 +500,14 @@ class SourceCrawl:
         response: Response | None = None,
         html: str | None = None,
         links: list[str] | None = None,
+        site_said: bool = False,
     ) -> None:
-        """Record one page's outcome: its row, counted, logged and passed on."""
+        """Record one page's outcome: its row, counted, logged and passed on. `site_said`: the
+        failure is the site's own rule (robots.txt), like a response's `no_page_here`."""
         row = page_row(self._request, url, depth, error, self._admitted, response, html, links)
         self._outcomes[row[schema.STATUS]] += 1
+        if error is not None and not site_said and not (response is not None and response.no_page_here):
+            self._unreached += 1
         level = logging.DEBUG if row[schema.ERROR] is None else logging.INFO
         log.log(
             level,

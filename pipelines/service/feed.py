@@ -92,13 +92,13 @@ class ClaimFeed:
         await asyncio.sleep(self.poll_seconds)  # an idle service looks for work again
         return []
 
-    async def crawled(self, request: dict, pages: int) -> None:
+    async def crawled(self, request: dict, pages: int, reached_all: bool) -> None:
         config = self._queue.config
         deadline = time.monotonic() + config.lease_seconds
         retry = 0
         while True:
             try:
-                await asyncio.to_thread(self._queue.crawled, request[schema.SOURCE], pages)
+                await asyncio.to_thread(self._queue.crawled, request[schema.SOURCE], pages, reached_all)
                 return
             except (psycopg.Error, db.DatabaseUnavailable) as exc:
                 if time.monotonic() > deadline:

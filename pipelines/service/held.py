@@ -8,6 +8,7 @@ import time
 
 import psycopg
 
+from pipelines.schema import SourceStatus
 from pipelines.service.report import RunReport, SourceProgress
 from pipelines.store.db import DatabaseUnavailable
 from pipelines.store.queue import CrawlQueue
@@ -46,25 +47,34 @@ class HeldSources:
         whose crawl ended (its pages can no longer arrive: a shortfall is logged)."""
         with self._lock:
             self._checked = time.monotonic()
-            for source, crawled in self._queue.crawl_ended().items():
+            for source, ended in self._queue.crawl_ended().items():
                 progress = self.report.sources.get(source, SourceProgress())
                 written = progress.as_dict()["pages_crawled"]
-                if written < crawled and not pipeline_ended:
+                if written < ended.pages and not pipeline_ended:
                     continue
-                if written < crawled:
+                if written < ended.pages:
                     log.warning(
-                        "crawl.source.short source=%s crawled=%d written=%d", source, crawled, written
+                        "crawl.source.short source=%s crawled=%d written=%d", source, ended.pages, written
                     )
-                self._finish(source, progress)
+                # Pages not seen are gone only if the crawl saw all there was and wrote all it saw.
+                self._finish(source, progress, remove_absent=ended.reached_all and written >= ended.pages)
             record_progress(self._database_url, self.report.progress_by_source())
 
-    def _finish(self, source: str, progress: SourceProgress) -> None:
-        self._queue.finish(source, progress.outcome, progress.as_dict(), progress.error)
-        log.info(
-            "crawl.source.finished source=%s outcome=%s pages=%d",
+    def _finish(self, source: str, progress: SourceProgress, remove_absent: bool) -> None:
+        outcome = progress.outcome
+        removed = self._queue.finish(
             source,
-            progress.outcome,
+            outcome,
+            progress.as_dict(),
+            progress.error,
+            remove_absent=remove_absent and outcome == SourceStatus.COMPLETED,
+        )
+        log.info(
+            "crawl.source.finished source=%s outcome=%s pages=%d removed=%d",
+            source,
+            outcome,
             progress.as_dict()["pages_crawled"],
+            removed,
         )
         self.report.retire(source)
         self.finished += 1

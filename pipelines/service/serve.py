@@ -43,7 +43,9 @@ class PipelineKeepsFailing(RuntimeError):
 def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) -> int:
     """Crawl what the queue holds in one long-lived pipeline whose crawl actors claim sites as
     they have room; with `once`, stop when the queue is empty. Returns the number of sources
-    finished. Several services may run at once: they never claim the same site.
+    finished. Several services may run at once: they never claim the same site. Sources due
+    for a re-crawl (queue.recrawl_after_seconds) are queued again when a pipeline starts and,
+    while it runs, every queue.recrawl_check_seconds.
 
     A failed pipeline (a worker died, the database went away) hands its sources back to the
     queue at once and a new pipeline starts, after a jittered wait that grows while failures
@@ -72,6 +74,7 @@ def serve(config: PipelineConfig, once: bool, embedder: Embedder | None = None) 
         # may still claim a site before it is stopped, and no one must renew that lease.
         queue = CrawlQueue(database_url, config.queue, owner=f"{service}:{run}")
         through_outage = functools.partial(_through_outage, config.queue, once, queue.owner)
+        through_outage("schedule_recrawls", queue.schedule_recrawls)
         through_outage("report_queue_depth", functools.partial(_report_depth, queue, reported))
         held = HeldSources(queue, database_url, config.crawl.progress_interval_seconds)
         try:
@@ -199,10 +202,16 @@ def _run_pipeline(
     reported: set[str],
 ) -> None:
     """One pipeline, its crawl actors claiming under `queue`'s name, until its feed ends (with
-    `once`); raises when it fails."""
+    `once`); raises when it fails. A long-lived one (not `once`) queues the sources due for a
+    re-crawl every queue.recrawl_check_seconds."""
+    recrawls_checked = time.monotonic()
 
     def tick() -> None:
+        nonlocal recrawls_checked
         held.close_finished()
+        if not once and time.monotonic() - recrawls_checked >= config.queue.recrawl_check_seconds:
+            recrawls_checked = time.monotonic()
+            queue.schedule_recrawls()
         _report_depth(queue, reported)
 
     keeper = LeaseKeeper(queue, on_tick=tick)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from psycopg.types.json import Jsonb
 
@@ -41,6 +42,14 @@ class Priority(IntEnum):
 # A row's priority as the queue reads it: the application writes the column and may write any
 # smallint, and -32768 must not put one tenant's sites before everyone's new ones.
 _PRIORITY = f"least(greatest(priority, {Priority.NEW_SITE:d}), {Priority.RECRAWL:d})"
+
+
+class CrawlEnd(NamedTuple):
+    """A held source's crawl has ended: the page rows it emitted, and whether it reached every
+    page of the site it could find (pipelines.crawl.frontier.SourceCrawl.reached_all)."""
+
+    pages: int
+    reached_all: bool
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ _CLAIM = f"""
     )
     UPDATE website_sources AS s
     SET status = {_IN_PROGRESS}, lease_owner = %(owner)s, attempts = s.attempts + 1, crawled_pages = NULL,
+        crawl_reached_all = NULL, crawl_started_at = now(),
         lease_expires_at = now() + make_interval(secs => %(lease)s), updated_at = now()
     FROM chosen WHERE s.id = chosen.id
     RETURNING s.id::text, s.user_id, s.url, coalesce(s.include_patterns, '{{}}'),
@@ -96,6 +106,32 @@ _GIVE_UP = f"""
         error = 'crawl did not finish after ' || attempts
                 || ' attempts (the worker died or was killed each time)'
     WHERE {_CLAIMABLE} AND attempts >= %s
+"""
+
+
+# A source's re-crawl interval as the queue reads it: the application may write any number
+# (NaN and infinities included) into recrawl_after_seconds; least/greatest bound it (NaN sorts
+# above every number in PostgreSQL, so it reads as the longest).
+_LONGEST_RECRAWL_SECONDS = 10 * 365 * 86400
+_RECRAWL_AFTER = f"""
+    least(greatest(coalesce(recrawl_after_seconds, %(default)s), %(least)s), {_LONGEST_RECRAWL_SECONDS})
+"""
+
+# Crawled (or failed: a site that was down at its last re-crawl is tried again) long enough
+# ago: back in the queue, after every new site.
+_SCHEDULE_RECRAWLS = f"""
+    UPDATE website_sources
+    SET status = {_PENDING}, priority = {Priority.RECRAWL:d}, attempts = 0, enqueued_at = now(),
+        updated_at = now()
+    WHERE status IN ('{SourceStatus.COMPLETED}', '{SourceStatus.FAILED}')
+      AND last_crawled_at < now() - make_interval(secs => {_RECRAWL_AFTER})
+"""
+
+# The pages of a finishing source, and those its crawl did not write: absent from the site.
+_ABSENT_PAGES = """
+    SELECT count(*), coalesce(array_agg(p.id) FILTER (WHERE p.updated_at < s.crawl_started_at), '{}')
+    FROM website_sources s JOIN website_pages p ON p.source_id = s.id
+    WHERE s.id = %s AND s.lease_owner = %s AND s.crawl_started_at IS NOT NULL
 """
 
 
@@ -191,28 +227,57 @@ class CrawlQueue:
                 (self.config.lease_seconds, self.owner),
             ).rowcount
 
-    def crawled(self, source_id: str, pages: int) -> None:
+    def crawled(self, source_id: str, pages: int, reached_all: bool = False) -> None:
         """The crawl of a held source has ended, having emitted `pages` page rows: the source is
         finished once that many pages are written (see `crawl_ended`)."""
         with db.connect(self.database_url) as conn:
             conn.execute(
-                f"""UPDATE website_sources SET crawled_pages = %s, updated_at = now()
+                f"""UPDATE website_sources SET crawled_pages = %s, crawl_reached_all = %s, updated_at = now()
                    WHERE id = %s AND lease_owner = %s AND status = {_IN_PROGRESS}""",
-                (pages, source_id, self.owner),
+                (pages, reached_all, source_id, self.owner),
             )
 
-    def crawl_ended(self) -> dict[str, int]:
-        """Held sources whose crawl has ended → the number of pages it emitted."""
+    def crawl_ended(self) -> dict[str, CrawlEnd]:
+        """Held sources whose crawl has ended → what it emitted and reached."""
         with db.connect(self.database_url) as conn:
             rows = conn.execute(
-                f"""SELECT id::text, crawled_pages FROM website_sources
+                f"""SELECT id::text, crawled_pages, coalesce(crawl_reached_all, false) FROM website_sources
                    WHERE lease_owner = %s AND status = {_IN_PROGRESS} AND crawled_pages IS NOT NULL""",
                 (self.owner,),
             ).fetchall()
-        return dict(rows)
+        return {source: CrawlEnd(pages, reached_all) for source, pages, reached_all in rows}
 
-    def finish(self, source_id: str, status: str, progress: dict, error: str | None = None) -> None:
+    def schedule_recrawls(self) -> int:
+        """Queue again, at re-crawl priority, every source last crawled longer ago than its
+        interval (website_sources.recrawl_after_seconds, else queue.recrawl_after_seconds; never
+        less than queue.min_recrawl_after_seconds, whatever the application wrote). Returns how
+        many."""
+        params = {
+            "default": self.config.recrawl_after_seconds,
+            "least": self.config.min_recrawl_after_seconds,
+        }
         with db.connect(self.database_url) as conn:
+            scheduled = conn.execute(_SCHEDULE_RECRAWLS, params).rowcount
+        if scheduled:
+            log.info("queue.recrawls_scheduled sources=%d", scheduled)
+        return scheduled
+
+    def finish(
+        self,
+        source_id: str,
+        status: str,
+        progress: dict,
+        error: str | None = None,
+        remove_absent: bool = False,
+    ) -> int:
+        """Record a held source's outcome. With `remove_absent` (its crawl reached every page
+        it could find, and every page it found is written), the source's stored pages this
+        crawl did not write are gone from the site: they are deleted with their chunks, in the
+        same transaction. Returns how many pages were removed."""
+        with db.connect(self.database_url) as conn, conn.transaction():
+            removed = self._remove_absent(conn, source_id) if remove_absent else 0
+            if remove_absent:
+                progress = {**progress, "pages_removed": removed}
             conn.execute(
                 """UPDATE website_sources SET status = %s, crawl_details = %s,
                        crawl_progress = kb_crawl_percent(%s, %s), error = %s,
@@ -221,6 +286,30 @@ class CrawlQueue:
                    WHERE id = %s AND lease_owner = %s""",
                 (status, Jsonb(progress), Jsonb(progress), status, error, source_id, self.owner),
             )
+        return removed
+
+    def _remove_absent(self, conn, source_id: str) -> int:
+        """Delete the pages of `source_id` its crawl did not write, unless they are more than
+        queue.max_removed_fraction of its pages: a site that answers with a stub or an empty
+        home page one day must not empty the tenant's knowledge base (nothing is removed then,
+        and the log says so)."""
+        total, absent = conn.execute(_ABSENT_PAGES, (source_id, self.owner)).fetchone()
+        if not absent:
+            return 0
+        if len(absent) > self.config.max_removed_fraction * total:
+            log.warning(
+                "crawl.source.removal_refused source=%s absent=%d pages=%d max_removed_fraction=%g: "
+                "kept (a site that lost that much at once is more likely broken than shrunk)",
+                source_id,
+                len(absent),
+                total,
+                self.config.max_removed_fraction,
+            )
+            return 0
+        chunks = conn.execute("DELETE FROM tenant_knowledge WHERE document_id = ANY(%s)", (absent,)).rowcount
+        conn.execute("DELETE FROM website_pages WHERE id = ANY(%s)", (absent,))
+        log.info("crawl.source.removed_absent source=%s pages=%d chunks=%d", source_id, len(absent), chunks)
+        return len(absent)
 
     def release(self) -> None:
         """Hand every source this service holds back at once (its pipeline failed): pending
@@ -230,7 +319,7 @@ class CrawlQueue:
             conn.execute(
                 f"""UPDATE website_sources
                    SET status = {_PENDING}, lease_owner = NULL, lease_expires_at = NULL, crawled_pages = NULL,
-                       updated_at = now()
+                       crawl_reached_all = NULL, updated_at = now()
                    WHERE lease_owner = %s AND status = {_IN_PROGRESS}""",
                 (self.owner,),
             )

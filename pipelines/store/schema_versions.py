@@ -563,4 +563,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        11,
+        "scheduled re-crawls: a per-source interval, and what a crawl started and reached",
+        # recrawl_after_seconds: the application's choice for one source (NULL: the service's
+        # queue.recrawl_after_seconds). crawl_started_at: when the current crawl was claimed; a
+        # page the crawl did not write since is absent from the site. crawl_reached_all: the
+        # crawl was cut by no bound and every page it found answered, so absence means removal.
+        """
+        ALTER TABLE website_sources
+            ADD COLUMN IF NOT EXISTS recrawl_after_seconds double precision,
+            ADD COLUMN IF NOT EXISTS crawl_started_at      timestamptz,
+            ADD COLUMN IF NOT EXISTS crawl_reached_all     boolean;
+        GRANT INSERT (recrawl_after_seconds) ON website_sources TO kb_app, kb_platform;
+        GRANT UPDATE (recrawl_after_seconds) ON website_sources TO kb_platform;
+        """,
+    ),
 )

@@ -4,6 +4,7 @@ between tenants, leases that expire when a service dies, and `jobs.crawl --once`
 import asyncio
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -88,13 +89,15 @@ def test_a_dead_services_sources_return_to_the_queue_and_fail_after_max_attempts
 
 def test_a_renewed_lease_keeps_the_source(queue_url):
     source = enqueue(queue_url, "tenant", "https://slow.example/")
-    config = QueueConfig(lease_seconds=0.3)
+    # Renewed every third of a lease: long enough that a machine busy with other work still
+    # renews in time (0.3 s failed under a load average of 5), short enough to outlive a few.
+    config = QueueConfig(lease_seconds=1.0)
     working = CrawlQueue(queue_url, config, owner="working")
     working.claim(1)
     keeper = LeaseKeeper(working)
     keeper.start()
     other = CrawlQueue(queue_url, config, owner="other")
-    deadline = time.monotonic() + 1.5  # five leases long
+    deadline = time.monotonic() + 3.0  # three leases long
     while time.monotonic() < deadline:
         assert other.claim(1) == []
         time.sleep(0.05)  # the poll interval
@@ -187,8 +190,8 @@ def test_a_source_reports_its_crawled_pages_to_its_owner_only(queue_url):
     assert owner.crawl_ended() == {}
     CrawlQueue(queue_url, QueueConfig(), owner="stranger").crawled(source, 9)
     assert owner.crawl_ended() == {}, "only the lease holder records a crawl's end"
-    owner.crawled(source, 4)
-    assert owner.crawl_ended() == {source: 4}
+    owner.crawled(source, 4, reached_all=True)
+    assert owner.crawl_ended() == {source: (4, True)}
     owner.finish(source, "completed", {"pages_crawled": 4})
     assert owner.crawl_ended() == {}
 
@@ -262,3 +265,127 @@ def test_a_pipeline_that_keeps_failing_is_restarted_ever_more_slowly_then_given_
         serve(config, once=True, embedder=embedder)
     restarts = [r.getMessage() for r in caplog.records if "crawl.pipeline_restart" in r.getMessage()]
     assert [m.split()[1] for m in restarts] == ["failures_in_a_row=1", "failures_in_a_row=2"]
+
+
+def _crawled_ago(url: str, source_id: str, status: str, ago: str | None, interval: str | None = None) -> None:
+    """Backdate a source as an earlier crawl left it: `status`, last crawled `ago` (an SQL
+    interval; None: never), with the application's own re-crawl interval if any."""
+    with db.connect(url) as conn:
+        conn.execute(
+            "UPDATE website_sources SET status = %s, last_crawled_at = now() - %s::interval, "
+            "recrawl_after_seconds = %s::double precision WHERE id = %s",
+            (status, ago, interval, source_id),
+        )
+
+
+def test_sources_due_for_a_recrawl_go_back_to_the_queue_after_every_new_site(queue_url):
+    config = QueueConfig(recrawl_after_seconds=3600, min_recrawl_after_seconds=60)
+    cases = {  # name: (status, last crawled, the application's interval, due)
+        "stale": ("completed", "2 hours", None, True),
+        "fresh": ("completed", "10 minutes", None, False),
+        "failed-last-time": ("failed", "2 hours", None, True),
+        "own-short-interval": ("completed", "10 minutes", "300", True),
+        "own-long-interval": ("completed", "2 hours", "86400", False),
+        "zero-interval": ("completed", "30 seconds", "0", False),  # held to the least interval
+        "nan-interval": ("completed", "2 hours", "NaN", False),  # read as the longest
+        "minus-infinity": ("completed", "30 seconds", "-Infinity", False),
+        "infinity": ("completed", "2 hours", "Infinity", False),
+        "never-crawled": ("completed", None, None, False),
+        "being-crawled": ("in_progress", "2 hours", None, False),
+    }
+    sources = {}
+    for name, (status, ago, interval, _) in cases.items():
+        sources[name] = enqueue(queue_url, f"tenant-{name}", f"https://{name}.example/")
+        _crawled_ago(queue_url, sources[name], status, ago, interval)
+    queue = CrawlQueue(queue_url, config, owner="service")
+
+    assert queue.schedule_recrawls() == 3
+    due = {name for name, case in cases.items() if case[3]}
+    with db.connect(queue_url) as conn:
+        rows = conn.execute(
+            "SELECT id::text, status, priority, attempts FROM website_sources WHERE status = 'pending'"
+        ).fetchall()
+    assert {row[0] for row in rows} == {sources[name] for name in due}
+    assert {row[1:] for row in rows} == {("pending", Priority.RECRAWL, 0)}
+    assert queue.schedule_recrawls() == 0, "queued once"
+
+    new_site = enqueue(queue_url, "tenant-new", "https://new.example/")
+    assert queue.claim(1)[0].id == new_site, "a tenant waiting for its new site goes first"
+
+
+def _pages_written(url: str, source_id: str, tenant: str, paths: list[str], ago: str) -> dict[str, str]:
+    """Pages of a source with one chunk each, written `ago` (an SQL interval): path → page id."""
+    pages = {}
+    with db.connect(url) as conn:
+        for path in paths:
+            page = str(uuid.uuid4())
+            conn.execute(
+                "INSERT INTO website_pages (id, source_id, user_id, url, status, updated_at) "
+                "VALUES (%s, %s, %s, %s, 'completed', now() - %s::interval)",
+                (page, source_id, tenant, f"https://site.example{path}", ago),
+            )
+            conn.execute(
+                "INSERT INTO tenant_knowledge (id, user_id, chunk_type, source_id, document_id, full_text, "
+                "tldr, word_count, embedding_model, content_hash) "
+                "VALUES (gen_random_uuid(), %s, 'website', %s, %s, 'متن', 'متن', 1, 'm', 'h')",
+                (tenant, page, page),
+            )
+            pages[path] = page
+    return pages
+
+
+def _stored(url: str, source_id: str) -> tuple[set[str], int]:
+    with db.connect(url) as conn:
+        paths = {
+            row[0].removeprefix("https://site.example")
+            for row in conn.execute("SELECT url FROM website_pages WHERE source_id = %s", (source_id,))
+        }
+        chunks = conn.execute(
+            "SELECT count(*) FROM tenant_knowledge k JOIN website_pages p ON p.id = k.document_id "
+            "WHERE p.source_id = %s",
+            (source_id,),
+        ).fetchone()[0]
+    return paths, chunks
+
+
+@pytest.mark.parametrize(
+    ("found_again", "kept"),
+    [
+        (["/", "/a", "/b"], {"/", "/a", "/b"}),  # /c is gone from the site: it goes, with its chunk
+        (["/"], {"/", "/a", "/b", "/c"}),  # three of four gone at once: a broken site, nothing goes
+    ],
+)
+def test_a_recrawl_that_reached_everything_removes_what_it_did_not_find(queue_url, caplog, found_again, kept):
+    source = enqueue(queue_url, "tenant", "https://site.example/")
+    _crawled_ago(queue_url, source, "completed", "8 days")
+    pages = _pages_written(queue_url, source, "tenant", ["/", "/a", "/b", "/c"], "8 days")
+    queue = CrawlQueue(queue_url, QueueConfig(max_removed_fraction=0.5), owner="service")
+    assert queue.schedule_recrawls() == 1
+    assert [s.id for s in queue.claim(1)] == [source]
+    with db.connect(queue_url) as conn:  # what the re-crawl wrote (the writer sets updated_at)
+        conn.execute(
+            "UPDATE website_pages SET updated_at = now() WHERE id = ANY(%s::uuid[])",
+            ([pages[path] for path in found_again],),
+        )
+
+    with caplog.at_level("INFO", logger="pipelines.store.queue"):
+        removed = queue.finish(source, "completed", {"pages_crawled": len(found_again)}, remove_absent=True)
+
+    assert removed == 4 - len(kept)
+    assert _stored(queue_url, source) == (kept, len(kept))
+    with db.connect(queue_url) as conn:
+        details = conn.execute(
+            "SELECT crawl_details FROM website_sources WHERE id = %s", (source,)
+        ).fetchone()[0]
+    assert details["pages_removed"] == removed
+    if removed == 0:
+        assert "crawl.source.removal_refused" in caplog.text
+
+
+def test_a_crawl_that_did_not_reach_everything_removes_nothing(queue_url):
+    source = enqueue(queue_url, "tenant", "https://site.example/")
+    _pages_written(queue_url, source, "tenant", ["/", "/a"], "8 days")
+    queue = CrawlQueue(queue_url, QueueConfig(), owner="service")
+    queue.claim(1)
+    assert queue.finish(source, "completed", {"pages_crawled": 0}) == 0
+    assert _stored(queue_url, source) == ({"/", "/a"}, 2)

@@ -537,7 +537,7 @@ class CountingFeed:
         requests, self.requests = self.requests, None
         return requests
 
-    async def crawled(self, request, pages):
+    async def crawled(self, request, pages, reached_all):
         return None
 
     async def admit_page(self):

@@ -1,6 +1,7 @@
 """Re-crawls on the whole path (loopback site → Ray → embedded PostgreSQL): conditional
-requests, unchanged pages skipping chunk and embed, changed pages re-indexed, and pages gone
-from the site (404) taking their chunks with them."""
+requests, unchanged pages skipping chunk and embed, changed pages re-indexed, pages gone
+from the site (404) taking their chunks with them, and the service's scheduled re-crawls
+removing the pages a complete re-crawl no longer finds."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import threading
 import pytest
 from aiohttp import web
 
-from pipelines.config import build_config
-from pipelines.service import run_crawl
-from pipelines.store import db
+from pipelines.config import StoreConfig, build_config
+from pipelines.service import run_crawl, serve
+from pipelines.store import db, migrations
+from pipelines.store.queue import Priority, enqueue
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +137,44 @@ def test_recrawl_skips_unchanged_pages_reindexes_changed_ones_and_drops_gone_one
         "pages_unchanged": 3,
         "pages_failed": 1,
     }
+
+
+def test_the_service_recrawls_a_site_when_due_and_removes_what_is_gone_from_it(
+    ray_local, fresh_database_url, embedder, serve_app
+):
+    """`jobs.crawl --once` (as a cron job would run it) twice: the second run finds the source
+    due, re-crawls it at re-crawl priority, re-indexes the changed page, drops the chunks of
+    the page that now answers 404, and removes the page no longer linked from anywhere."""
+    migrations.migrate(fresh_database_url, embedder.dim, StoreConfig(), embedder.model_id)
+    site = MutableSite()
+    _, base_url = serve_app(site.app())
+    source = enqueue(fresh_database_url, "tenant-fresh", base_url)
+    config = build_config(
+        store={"database_url": fresh_database_url},
+        crawl={"allow_private_network": True, "use_sitemap": False, "retries": 0},
+        queue={"recrawl_after_seconds": 0, "min_recrawl_after_seconds": 0},
+    )
+    assert serve(config, once=True, embedder=embedder) == 1
+    assert set(_chunks(fresh_database_url, "tenant-fresh")) == {base_url + p.lstrip("/") for p in site.pages}
+
+    site.pages["/a"] = article("الف")  # /d is linked from nowhere now
+    site.pages["/b"] = article("ب تازه")
+    del site.pages["/c"]
+    assert serve(config, once=True, embedder=embedder) == 1
+
+    after = _chunks(fresh_database_url, "tenant-fresh")
+    assert set(after) == {base_url, f"{base_url}a", f"{base_url}b"}
+    assert all("ب تازه" in text for _, text, _ in after[f"{base_url}b"])
+    with db.connect(fresh_database_url) as conn:
+        pages = dict(conn.execute("SELECT url, status FROM website_pages").fetchall())
+        row = conn.execute(
+            "SELECT status, priority, crawl_details FROM website_sources WHERE id = %s", (source,)
+        ).fetchone()
+    assert pages == {
+        base_url: "completed",
+        f"{base_url}a": "completed",
+        f"{base_url}b": "completed",
+        f"{base_url}c": "failed",  # kept as a record of why it is missing: HTTP 404
+    }
+    assert row[:2] == ("completed", Priority.RECRAWL)
+    assert row[2]["pages_removed"] == 1

@@ -158,7 +158,7 @@ def test_queue_claims_and_leases_through_pgbouncer(kb):
     queue = CrawlQueue(kb, QueueConfig(), owner=owner)
     done, handed_back = held[0], held[1:]
     queue.crawled(done, 3)
-    assert queue.crawl_ended() == {done: 3}
+    assert queue.crawl_ended() == {done: (3, False)}
     queue.finish(done, "completed", {"pages_crawled": 3})
     queue.release()
     assert queue.renew() == 0
