@@ -52,6 +52,10 @@ class CrawlConfig:
     total_timeout_seconds: float = 30.0  # whole request, body included
     max_redirects: int = 5
     max_response_bytes: int = 5_000_000  # larger bodies are cut off and the page marked failed
+    # PDF and DOCX files the site links (told by their bytes, not their URL) are indexed like
+    # pages, up to this size each (catalogues and price lists run to megabytes).
+    documents: bool = True
+    max_document_bytes: int = 20_000_000
     max_connections: int = 64  # open requests per crawl worker, all sites together; shared fairly
     # Sites one crawl actor crawls at once (asyncio, fair shares); a service's actors claim
     # another from the queue as soon as one ends.
@@ -90,13 +94,17 @@ class CrawlConfig:
     # Off when store.skip_unchanged is false (a forced re-index fetches everything).
     conditional_requests: bool = True
     progress_interval_seconds: float = 2.0  # how often a job writes website_sources.crawl_details
+    # How often a crawl actor asks whether its pipeline run still lives; once it does not (the
+    # run was interrupted or failed), the crawl stops (pipelines/service/run.py).
+    run_check_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         _positive(self, "max_pages", "concurrency_per_site", "total_timeout_seconds", "pages_per_block")
         _positive(self, "block_seconds", "max_connections", "sites_in_flight", "max_url_length")
         _positive(self, "progress_interval_seconds", "max_links_per_page", "max_stored_links_bytes")
+        _positive(self, "run_check_seconds")
         _positive(self, "max_sitemap_urls", "source_deadline_seconds", "max_robots_bytes")
-        _positive(self, "connect_timeout_seconds", "max_response_bytes")
+        _positive(self, "connect_timeout_seconds", "max_response_bytes", "max_document_bytes")
         if self.max_seen_urls < self.max_pages:
             raise ConfigError(
                 f"crawl.max_seen_urls must be >= crawl.max_pages ({self.max_pages}), got {self.max_seen_urls}"
@@ -139,10 +147,14 @@ class CleanConfig:
     # at most max_list_items headings of each level and keywords (a site can send megabytes).
     max_title_chars: int = 500
     max_list_items: int = 200
+    # A document (PDF, DOCX) is read in a child process of its own under this time limit (and
+    # page_memory_mb); a PDF's first max_document_pages pages are indexed, the rest logged as cut.
+    document_timeout_seconds: float = 120.0
+    max_document_pages: int = 200
 
     def __post_init__(self) -> None:
         _positive(self, "min_text_chars", "page_timeout_seconds", "page_memory_mb", "page_attempts")
-        _positive(self, "max_title_chars", "max_list_items")
+        _positive(self, "max_title_chars", "max_list_items", "document_timeout_seconds", "max_document_pages")
 
 
 @dataclass(frozen=True)

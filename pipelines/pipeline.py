@@ -30,7 +30,7 @@ from pipelines.chunk import CHUNKER_VERSION, Chunker
 from pipelines.clean import Cleaner
 from pipelines.config import PipelineConfig, database_url_from_env
 from pipelines.crawl import Crawler
-from pipelines.crawl.contracts import PageHistory, SourceFeed
+from pipelines.crawl.contracts import PageHistory, RunLife, SourceFeed
 from pipelines.embed import model_id
 from pipelines.embed.stage import ChunkTextEmbedder, EmbedStage
 from pipelines.page_stages import PageStages
@@ -274,12 +274,16 @@ def _index_signature(config: PipelineConfig) -> str:
 
 
 def crawl_pages(
-    requests: list[dict], config: PipelineConfig, history: PageHistory | None = None
+    requests: list[dict],
+    config: PipelineConfig,
+    history: PageHistory | None = None,
+    run: RunLife | None = None,
 ) -> ray.data.Dataset:
     """Crawl requests (schema.CRAWL_REQUEST rows) → fetched pages (schema.PAGE).
 
     Sites are dealt to the crawl actors in batches; an actor crawls its batch's sites at once,
     sharing its connections fairly between them, and streams their pages out as they come.
+    With a `run` (pipelines.service.run), the crawl stops once that run has ended.
     """
     _configure_ray_data(config)
     sites_per_batch = config.crawl.sites_in_flight
@@ -291,11 +295,15 @@ def crawl_pages(
         batch_size=sites_per_batch,
         concurrency=min(config.ray.crawl_concurrency, batches),
         history=history,
+        run=run,
     )
 
 
 def crawl_feed(
-    feed: SourceFeed, config: PipelineConfig, history: PageHistory | None = None
+    feed: SourceFeed,
+    config: PipelineConfig,
+    history: PageHistory | None = None,
+    run: RunLife | None = None,
 ) -> ray.data.Dataset:
     """Sites from `feed` (the crawl queue) → fetched pages, in one pipeline that lives as long
     as the feed: each crawl actor takes sites from it as it has room, so no site waits for
@@ -304,7 +312,14 @@ def crawl_feed(
     actors = config.ray.crawl_concurrency
     starts = ray.data.from_items([{"crawl_actor": n} for n in range(actors)], override_num_blocks=actors)
     return _crawl(
-        starts, config, batch_size=1, concurrency=actors, history=history, feed=feed, one_task_per_actor=True
+        starts,
+        config,
+        batch_size=1,
+        concurrency=actors,
+        history=history,
+        feed=feed,
+        run=run,
+        one_task_per_actor=True,
     )
 
 

@@ -9,15 +9,18 @@ store code, and tests pass plain objects.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 
 @dataclass(frozen=True)
 class Validators:
-    """What the last fetch of a page said about its version, for a conditional request."""
+    """What the last fetch of a page said about its version, for a conditional request, and
+    when that was (a sitemap <lastmod> before it: no request needed)."""
 
     etag: str | None = None
     last_modified: str | None = None
+    fetched_at: datetime | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {}
@@ -35,7 +38,8 @@ class PageHistory(Protocol):
     """
 
     def validators(self, source_id: str) -> dict[str, Validators]:
-        """Validators of the source's indexed pages, by URL."""
+        """Validators of the source's indexed pages, by URL (every indexed page has one, with
+        the time of its last fetch, whether or not its server sent an ETag or Last-Modified)."""
         ...
 
     def links(self, source_id: str, url: str) -> list[str]:
@@ -64,3 +68,10 @@ class SourceFeed(Protocol):
 
     async def page_skipped(self) -> None:
         """An admitted fetch emitted no row (a redirect to a page already seen): its room goes back."""
+
+
+class RunLife(Protocol):
+    """Whether the pipeline run a crawl belongs to has ended (pipelines.service.run): a crawl
+    actor outlives its run when the run ends early, and must stop then."""
+
+    async def ended(self) -> bool: ...

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from pipelines import schema
 from pipelines.config import CrawlConfig
-from pipelines.crawl.contracts import PageHistory, SourceFeed
+from pipelines.crawl.contracts import PageHistory, RunLife, SourceFeed
 from pipelines.crawl.downloader import Downloader
 from pipelines.crawl.frontier import SourceCrawl
 from pipelines.crawl.safety import SafeResolver
@@ -58,15 +58,22 @@ class Crawler:
     thread (a Ray worker, a test).
 
     With a `feed` the sites come from the feed instead: the input rows only set the crawl going,
-    one row per crawl actor, and it runs until the feed has no more.
+    one row per crawl actor, and it runs until the feed has no more. With a `run`, the crawl
+    stops (its fetches cut, nothing more emitted) once that pipeline run has ended: the actor
+    outlives a run that ended early (pipelines.service.run).
     """
 
     def __init__(
-        self, config: CrawlConfig, history: PageHistory | None = None, feed: SourceFeed | None = None
+        self,
+        config: CrawlConfig,
+        history: PageHistory | None = None,
+        feed: SourceFeed | None = None,
+        run: RunLife | None = None,
     ) -> None:
         self._config = config
         self._history = history  # without it every fetch is unconditional
         self._feed = feed
+        self._run = run
 
     def __call__(self, requests: pa.Table) -> Iterator[pa.Table]:
         if self._feed is not None:
@@ -104,13 +111,28 @@ class Crawler:
         ) as http:
             downloader = Downloader(config, http)
             sites = asyncio.create_task(self._crawl_sites(feed, downloader, rows))
+            watch = asyncio.create_task(self._stop_when_the_run_ends(sites))
             try:
                 async for block in _blocks(rows, sites, config.pages_per_block, config.block_seconds):
                     yield block
-                await sites  # surfaces a crash of the feed or of a source's crawl
+                if not watch.done() or not watch.result():
+                    await sites  # surfaces a crash of the feed or of a source's crawl
             finally:
+                for task in (sites, watch):
+                    task.cancel()
+                await asyncio.gather(sites, watch, return_exceptions=True)
+
+    async def _stop_when_the_run_ends(self, sites: asyncio.Task) -> bool:
+        """Cancel `sites` once the pipeline run has ended; whether it did."""
+        if self._run is None:
+            return False
+        while not sites.done():
+            if await self._run.ended():
+                log.warning("crawl.stopped: its pipeline run has ended, the sites in flight are dropped")
                 sites.cancel()
-                await asyncio.gather(sites, return_exceptions=True)
+                return True
+            await asyncio.wait({sites}, timeout=self._config.run_check_seconds)
+        return False
 
     async def _crawl_sites(self, feed: SourceFeed, downloader: Downloader, rows: asyncio.Queue) -> None:
         """Crawl the feed's sites at once, asking it for more as they end."""

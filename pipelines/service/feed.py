@@ -7,23 +7,14 @@ import logging
 import time
 
 import psycopg
-import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipelines import schema
 from pipelines.service.credits import PageCredits
+from pipelines.service.run import PipelineRun
 from pipelines.store import db
 from pipelines.store.queue import ClaimedSource, CrawlQueue
 
 log = logging.getLogger(__name__)
-
-
-@ray.remote(num_cpus=0)
-class _Pipeline:
-    """Alive exactly as long as one pipeline run of the service (ClaimFeed.close kills it)."""
-
-    def alive(self) -> bool:
-        return True
 
 
 class ClaimFeed:
@@ -36,44 +27,30 @@ class ClaimFeed:
     recording a crawl's end keeps trying for a lease's length, then fails the crawl (the
     service hands its sources back and they are crawled again).
 
-    A pipeline that failed lets go of its crawl actors without stopping them (Ray Data drops
-    its handles; an actor lives until its task ends, and a service's crawl task ends only when
-    its feed does). Such an actor would go on claiming sites under the dead pipeline's name,
-    sites that no one finishes and whose attempts run out. So the feed asks before each claim
-    whether its pipeline run still lives (a `_Pipeline` actor the service kills when the run
-    ends, on the service's node), and ends once it does not."""
+    A pipeline that failed lets go of its crawl actors without stopping them (pipelines.service.run):
+    such an actor would go on claiming sites under the dead pipeline's name, sites that no one
+    finishes and whose attempts run out. So the feed asks `run` before each claim whether the
+    pipeline run still lives, and ends once it does not."""
 
     def __init__(
-        self, queue: CrawlQueue, sites_in_flight: int, once: bool, credits: PageCredits | None
+        self,
+        queue: CrawlQueue,
+        sites_in_flight: int,
+        once: bool,
+        credits: PageCredits | None,
+        run: PipelineRun,
     ) -> None:
         self.poll_seconds = queue.config.poll_seconds
         self._queue = queue
         self._sites_in_flight = sites_in_flight
         self._once = once
         self._credits = credits
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self._pipeline = _Pipeline.options(scheduling_strategy=here).remote()
-        self._ended = False
-
-    def close(self) -> None:
-        """The pipeline run has ended: its crawl actors, wherever they still run, claim no more."""
-        ray.kill(self._pipeline)
-
-    async def _pipeline_ended(self) -> bool:
-        if not self._ended:
-            try:
-                await self._pipeline.alive.remote()
-            except ray.exceptions.RayActorError:
-                self._ended = True
-                log.warning(
-                    "queue.feed_ended owner=%s: its pipeline has ended, no more claims", self._queue.owner
-                )
-        return self._ended
+        self._run = run
 
     async def take(self, running: int) -> list[dict] | None:
         claimed: list[ClaimedSource] = []
         room = self._sites_in_flight - running
-        if room > 0 and await self._pipeline_ended():
+        if room > 0 and await self._run.ended():
             return None
         if room > 0:
             try:

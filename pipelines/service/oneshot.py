@@ -13,6 +13,7 @@ from pipelines.config import PipelineConfig
 from pipelines.embed import Embedder
 from pipelines.service.leases import LeaseKeeper
 from pipelines.service.report import RunReport, SourceProgress, collect
+from pipelines.service.run import PipelineRun
 from pipelines.store.opening import open_store
 from pipelines.store.queue import CrawlQueue
 from pipelines.store.sources import record_progress, record_source
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 def index_sources(requests: list[dict], config: PipelineConfig, database_url: str, label: str) -> RunReport:
     """Crawl and index the sources of `requests` (any tenants) in one streaming run."""
     started = time.perf_counter()
-    pages = pipeline.crawl_pages(requests, config, pipeline.page_history(config, database_url))
+    run = PipelineRun(label)
+    pages = pipeline.crawl_pages(requests, config, pipeline.page_history(config, database_url), run)
     results = pipeline.index_pages(pages, config, database_url)
 
     labels = {r[schema.SOURCE]: f"tenant={r[schema.TENANT]} url={r[schema.URL]}" for r in requests}
@@ -38,7 +40,10 @@ def index_sources(requests: list[dict], config: PipelineConfig, database_url: st
             for source, label in labels.items():
                 log.info("crawl.%s", report.progress_line(source, label, elapsed))
 
-    report = collect(results, label, started, write_progress, config.crawl.progress_interval_seconds)
+    try:
+        report = collect(results, label, started, write_progress, config.crawl.progress_interval_seconds)
+    finally:  # however it ends (Ctrl-C included), its crawl actors stop fetching
+        run.end()
     totals = " ".join(f"{k}={v}" for k, v in report.totals.as_dict().items())
     log.info("crawl.done %s sources=%d %s", label, len(requests), totals)
     return report

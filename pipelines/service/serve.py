@@ -19,6 +19,7 @@ from pipelines.service.credits import PageCredits
 from pipelines.service.feed import ClaimFeed
 from pipelines.service.held import HeldSources
 from pipelines.service.leases import LeaseKeeper
+from pipelines.service.run import PipelineRun
 from pipelines.store import db
 from pipelines.store.opening import open_store
 from pipelines.store.queue import CrawlQueue, Priority
@@ -217,10 +218,11 @@ def _run_pipeline(
     keeper = LeaseKeeper(queue, on_tick=tick)
     keeper.start()
     credits = PageCredits(config.queue.pages_in_flight) if config.queue.pages_in_flight else None
-    feed = ClaimFeed(queue, config.crawl.sites_in_flight, once, credits)
+    run = PipelineRun(queue.owner)
+    feed = ClaimFeed(queue, config.crawl.sites_in_flight, once, credits, run)
     started = time.perf_counter()
     try:
-        pages = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url))
+        pages = pipeline.crawl_feed(feed, config, pipeline.page_history(config, database_url), run)
         results = pipeline.index_pages(pages, config, database_url)
         with pipeline.output_blocks(results, say_what_it_waits_for=False, open_ended=True) as blocks:
             for batch in blocks:
@@ -229,7 +231,7 @@ def _run_pipeline(
                 held.add(batch.to_pydict())
         held.close_finished(pipeline_ended=True)
     finally:
-        feed.close()
+        run.end()  # its crawl actors, wherever they still run, claim and fetch no more
         keeper.stop()
         if credits is not None:
             credits.close()

@@ -151,12 +151,12 @@ def test_a_failed_pipeline_hands_its_sites_back_and_the_next_one_crawls_them(
     real_crawl_feed = pipeline.crawl_feed
     runs: list[str] = []
 
-    def crawl_feed_failing_once(feed, config, history=None):
+    def crawl_feed_failing_once(feed, config, history=None, run=None):
         runs.append(feed._queue.owner)
         if len(runs) == 1:  # this run's actors had claimed both sites when a worker died
             assert len(asyncio.run(feed.take(0))) == 2
             raise RuntimeError("a crawl worker died")
-        return real_crawl_feed(feed, config, history)
+        return real_crawl_feed(feed, config, history, run)
 
     monkeypatch.setattr(pipeline, "crawl_feed", crawl_feed_failing_once)
     with serve_directory(HAZM_SITE) as site:
@@ -249,7 +249,7 @@ def test_a_service_takes_no_new_sources_while_a_retried_one_waits(queue_url):
 def test_a_pipeline_that_keeps_failing_is_restarted_ever_more_slowly_then_given_up(
     ray_local, queue_url, embedder, monkeypatch, caplog
 ):
-    def crawl_feed_failing(feed, config, history=None):
+    def crawl_feed_failing(feed, config, history=None, run=None):
         raise RuntimeError("the GPU node is gone")
 
     monkeypatch.setattr(pipeline, "crawl_feed", crawl_feed_failing)
