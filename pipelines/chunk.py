@@ -234,6 +234,7 @@ class Chunker:
                     {
                         schema.CHUNK_INDEX: len(chunks),
                         schema.SECTION_TITLE: section_title,
+                        schema.PAGE_NUMBER: section.get("page"),
                         schema.FULL_TEXT: chunk_text,
                         schema.TLDR: self.tldr([text[u.start : u.end] for u in units]),
                         schema.KEYWORDS: persian.keywords(chunk_text, self.config.keywords_per_chunk),

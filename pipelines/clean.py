@@ -20,7 +20,7 @@ import lxml.html
 import pyarrow as pa
 import trafilatura
 
-from pipelines import isolation, metrics, schema
+from pipelines import documents, isolation, metrics, schema
 from pipelines.config import CleanConfig
 from pipelines.sandbox import PageOverranError, PageSandbox
 
@@ -212,15 +212,46 @@ class Cleaner:
 
     Each page is extracted by `extractor` in the stage's sandbox (pipelines.sandbox), a child
     process that the stage keeps; `extract` is the same extractor in this process, tested
-    without the sandbox."""
+    without the sandbox. A document (PDF, DOCX: pipelines.documents) is read the same way in a
+    sandbox of its own, started when the first one comes, under clean.document_timeout_seconds."""
 
     extractor: type[PageExtractor] = PageExtractor
 
     def __init__(self, config: CleanConfig) -> None:
         self.config = config
         self.extract = self.extractor(config)
+        self.extract_document = documents.DocumentExtractor(config)
         self._sandbox = PageSandbox(
             self.extract, "clean", config.page_timeout_seconds, config.page_memory_mb, config.page_attempts
+        )
+        self._document_sandbox = PageSandbox(
+            self.extract_document,
+            "clean.document",
+            config.document_timeout_seconds,
+            config.page_memory_mb,
+            config.page_attempts,
+        )
+
+    def _extract(self, page: dict) -> tuple[dict | None, str | None]:
+        """One page's extraction in its sandbox: (its DOCUMENT columns, None) or (None, why not)."""
+        if page[schema.CONTENT_TYPE] in documents.TYPES and page[schema.BODY] is not None:
+            extracted, reason = isolation.run_page(
+                "clean",
+                page[schema.URL],
+                self._document_sandbox,
+                (page[schema.CONTENT_TYPE], page[schema.BODY]),
+                expected=(documents.DocumentError, PageOverranError),
+            )
+            if extracted is not None:
+                text = extracted[schema.TEXT]
+                extracted |= {schema.LANGUAGE: detect_language(text), schema.CONTENT_HASH: content_hash(text)}
+            return extracted, reason
+        return isolation.run_page(
+            "clean",
+            page[schema.URL],
+            self._sandbox,
+            page[schema.HTML] or "",
+            expected=(NoMainText, PageOverranError),
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -230,13 +261,7 @@ class Cleaner:
             row[schema.CHUNK_TYPE] = CHUNK_TYPE_WEBSITE
             if page[schema.STATUS] == schema.PageStatus.COMPLETED:
                 started = time.perf_counter()
-                extracted, reason = isolation.run_page(
-                    "clean",
-                    page[schema.URL],
-                    self._sandbox,
-                    page[schema.HTML] or "",
-                    expected=(NoMainText, PageOverranError),
-                )
+                extracted, reason = self._extract(page)
                 if reason is None:
                     row.update(extracted)
                 else:

@@ -59,7 +59,8 @@ HTTP_STATUS = "http_status"
 # A failed page with one of these HTTP statuses is gone from its site: the writer removes its chunks.
 GONE_HTTP_STATUSES = frozenset({404, 410})
 CONTENT_TYPE = "content_type"
-HTML = "html"
+HTML = "html"  # a web page's text, decoded
+BODY = "body"  # a document's bytes (PDF, DOCX: pipelines.documents); HTML pages travel in HTML
 FETCHED_AT = "fetched_at"
 DEPTH = "depth"
 
@@ -81,6 +82,7 @@ EMBEDDING_MODEL = "embedding_model"
 # Fields of one chunk (a struct inside the CHUNKS list).
 CHUNK_INDEX = "chunk_index"
 SECTION_TITLE = "section_title"
+PAGE_NUMBER = "page_number"  # of a PDF, where the chunk's text is (null for web pages)
 FULL_TEXT = "full_text"
 TLDR = "tldr"
 WORD_COUNT = "word_count"
@@ -136,12 +138,15 @@ PAGE = pa.schema(
         *_PAGE_OUTCOME,
         pa.field(CONTENT_TYPE, pa.string()),
         pa.field(HTML, pa.large_string()),
+        pa.field(BODY, pa.large_binary()),
         pa.field(DEPTH, pa.int32()),
         pa.field(FETCHED_AT, pa.timestamp("us", tz="UTC")),
     ]
 )
 
-SECTION_TYPE = pa.struct([pa.field("title", pa.string()), pa.field("text", pa.string())])
+SECTION_TYPE = pa.struct(
+    [pa.field("title", pa.string()), pa.field("text", pa.string()), pa.field("page", pa.int32())]
+)
 
 DOCUMENT = pa.schema(
     [
@@ -162,6 +167,7 @@ CHUNK_TYPE_STRUCT = pa.struct(
     [
         pa.field(CHUNK_INDEX, pa.int32()),
         pa.field(SECTION_TITLE, pa.string()),
+        pa.field(PAGE_NUMBER, pa.int32()),
         pa.field(FULL_TEXT, pa.string()),
         pa.field(TLDR, pa.string()),
         pa.field(KEYWORDS, pa.list_(pa.string())),

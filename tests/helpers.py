@@ -22,6 +22,9 @@ from psycopg.types.json import Jsonb
 
 from pipelines import ids, schema
 
+# Real documents, made the way real ones are (tests/fixtures/documents/make.sh).
+DOCUMENTS = Path(__file__).parent / "fixtures" / "documents"
+
 
 class HashingEmbedder:
     """A tiny deterministic embedder for unit tests of the stages around the model.

@@ -12,6 +12,7 @@ import logging
 import re
 import zlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import charset_normalizer
 import lxml.etree
@@ -116,7 +117,14 @@ def parse_links(html: str, page_url: str, max_links: int | None = None) -> PageL
 
 
 def sitemap_locs(body: bytes, max_bytes: int) -> tuple[bool, list[str]]:
-    """(whether it is a sitemap index, its <loc> values); (False, []) when it is not XML.
+    """(whether it is a sitemap index, its <loc> values); (False, []) when it is not XML."""
+    is_index, entries = sitemap_entries(body, max_bytes)
+    return is_index, [loc for loc, _ in entries]
+
+
+def sitemap_entries(body: bytes, max_bytes: int) -> tuple[bool, list[tuple[str, datetime | None]]]:
+    """(whether it is a sitemap index, its entries: each <loc> with its <lastmod> if it has a
+    readable one); (False, []) when it is not XML.
 
     `sitemap.xml.gz` files arrive gzipped without a Content-Encoding header; they are
     unpacked here, never past `max_bytes` (a gzip bomb stops there).
@@ -138,4 +146,21 @@ def sitemap_locs(body: bytes, max_bytes: int) -> tuple[bool, list[str]]:
     if root is None:
         return False, []
     is_index = lxml.etree.QName(root).localname == "sitemapindex"
-    return is_index, [loc.text.strip() for loc in root.iter("{*}loc") if loc.text and loc.text.strip()]
+    entries = []
+    for loc in root.iter("{*}loc"):
+        if loc.text and loc.text.strip():
+            lastmod = loc.getparent().find("{*}lastmod") if loc.getparent() is not None else None
+            entries.append((loc.text.strip(), _w3c_datetime(lastmod.text if lastmod is not None else None)))
+    return is_index, entries
+
+
+def _w3c_datetime(text: str | None) -> datetime | None:
+    """A sitemap <lastmod> (W3C datetime: 2026-11-02, 2026-11-02T08:00:00+03:30, …Z); one
+    without a zone is taken as UTC, one that does not parse as absent."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

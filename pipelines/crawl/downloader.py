@@ -23,7 +23,7 @@ import aiohttp
 from protego import Protego
 from yarl import URL
 
-from pipelines import isolation
+from pipelines import documents, isolation
 from pipelines.config import CrawlConfig
 from pipelines.crawl.contracts import Validators
 from pipelines.crawl.safety import CrawlError, check_url_async
@@ -72,6 +72,10 @@ class Response:
         return self.http_status == HTTPStatus.NOT_MODIFIED
 
     @property
+    def is_html(self) -> bool:
+        return self.content_type in _HTML_CONTENT_TYPES
+
+    @property
     def no_page_here(self) -> bool:
         """A failure that is the site's own answer: the URL is no page of it (4xx, a redirect
         refused, not HTML). Asking again gets the same, and no links of the site hide behind
@@ -80,7 +84,7 @@ class Response:
             return False
         if 300 <= self.http_status < 500:
             return True
-        return 200 <= self.http_status < 300 and self.content_type not in _HTML_CONTENT_TYPES
+        return 200 <= self.http_status < 300 and not self.is_html
 
 
 @dataclass(frozen=True)
@@ -296,9 +300,15 @@ class Downloader:
                 transient=resp.status in _TRANSIENT_STATUSES,
                 retry_after=retry_after_seconds(resp.headers),
             ), None
-        if html_only and declared_type not in _HTML_CONTENT_TYPES:
-            return replace(response, error=f"not HTML ({declared_type or 'no content-type'})"), None
-        cap = self._config.max_response_bytes
+        is_html = declared_type in _HTML_CONTENT_TYPES
+        may_be_document = self._config.documents and (
+            declared_type in documents.TYPES or declared_type in documents.UNTYPED
+        )
+        if html_only and not is_html and not may_be_document:
+            return replace(response, error=_not_html(declared_type)), None
+        cap = (
+            self._config.max_document_bytes if html_only and not is_html else self._config.max_response_bytes
+        )
         too_large = replace(response, error=f"response larger than {cap} bytes")
         if resp.content_length is not None and resp.content_length > cap:
             return too_large, None
@@ -325,6 +335,25 @@ def _validator(value: str | None) -> str | None:
     if value is None or len(value) > _MAX_VALIDATOR_CHARS or not _PRINTABLE_HEADER.fullmatch(value):
         return None
     return value
+
+
+def _not_html(declared_type: str | None) -> str:
+    return f"not HTML ({declared_type or 'no content-type'})"
+
+
+def as_document(response: Response) -> Response:
+    """A page fetched with a body that is not HTML (crawl.documents let it through) as the
+    document its bytes are (content_type: pipelines.documents.PDF or DOCX), else failed as not
+    HTML: a server's label may be generic (octet-stream) or wrong, the bytes are not."""
+    kind = documents.sniff(response.body or b"")
+    if kind is None:
+        declared = response.content_type
+        if declared in documents.TYPES:
+            return replace(
+                response, error=f"not a {documents.NAMES[declared]} file, though labelled {declared}"
+            )
+        return replace(response, error=_not_html(declared))
+    return replace(response, content_type=kind)
 
 
 def _http_error(status: int) -> str:

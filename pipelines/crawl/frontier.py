@@ -13,14 +13,16 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
 from pipelines import isolation, schema
 from pipelines.config import CrawlConfig
-from pipelines.crawl.content import decode_page, parse_links, sitemap_locs
+from pipelines.crawl.content import decode_page, parse_links, sitemap_entries
 from pipelines.crawl.contracts import PageHistory, SourceFeed, Validators
-from pipelines.crawl.downloader import Downloader, Response, Robots
+from pipelines.crawl.downloader import Downloader, Response, Robots, as_document
 from pipelines.crawl.patterns import InvalidSourceError, UrlFilter, check_source
 from pipelines.crawl.urls import in_scope, is_non_html, normalize_url, site_of
 from pipelines.metrics import CRAWL_SOURCES
@@ -50,9 +52,11 @@ def page_row(
     response: Response | None = None,
     html: str | None = None,
     links: list[str] | None = None,
+    body: bytes | None = None,
 ) -> dict:
     """The schema.PAGE row of one page of `request`'s source: failed when `error` says why,
-    unchanged after a 304, else completed. `urls_queued` is the source's count so far."""
+    unchanged after a 304, else completed. `urls_queued` is the source's count so far; a
+    document's bytes come as `body`, a web page's text as `html`."""
     if error is not None:
         status = schema.PageStatus.FAILED
     elif response is not None and response.not_modified:
@@ -72,6 +76,7 @@ def page_row(
         schema.URLS_QUEUED: urls_queued,
         schema.CONTENT_TYPE: response.content_type if response else None,
         schema.HTML: html,
+        schema.BODY: body,
         schema.DEPTH: depth,
         schema.FETCHED_AT: response.fetched_at if response else None,
     }
@@ -101,6 +106,7 @@ class SourceCrawl:
         self._emit_row = emit
         self._history = history
         self._validators: dict[str, Validators] = {}
+        self._lastmod: dict[str, datetime] = {}  # what the sitemaps say of when pages changed
         self._frontier: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
         self._seen: set[str] = set()
         self._admitted = 0  # URLs queued for fetching: at most config.max_pages
@@ -295,7 +301,7 @@ class SourceCrawl:
         """
         check_hop = partial(self._check_redirect, any_site=is_start)
         try:
-            response = await self._before_deadline(
+            response = self._unchanged_by_sitemap(url) or await self._before_deadline(
                 self._downloader.fetch,
                 url,
                 html_only=True,
@@ -305,10 +311,13 @@ class SourceCrawl:
         except _AlreadySeen as seen:
             log.debug("crawl.page url=%s skipped=redirect to %s, already queued", url, seen)
             return
-        html = None
+        html = body = None
         links: list[str] = []
         row_url = response.url
-        if response.not_modified:
+        if response.error is None and response.body is not None and not response.is_html:
+            response = await asyncio.to_thread(as_document, response)  # no links followed from one
+            body = response.body if response.error is None else None
+        elif response.not_modified:
             stored = await asyncio.to_thread(self._history.links, self._request[schema.SOURCE], url)
             links, dropped = await asyncio.to_thread(self._links_to_follow, stored)
             self._count_dropped_links(url, len(stored), len(links), dropped)
@@ -323,12 +332,23 @@ class SourceCrawl:
                     return
                 self._seen.add(canonical)
                 row_url = canonical
-        await self._emit(row_url, depth, error=response.error, response=response, html=html, links=links)
+        await self._emit(
+            row_url, depth, error=response.error, response=response, html=html, links=links, body=body
+        )
         if depth < self._config.max_depth:
             for link in links:
                 await self._admit(link, depth + 1)
         else:
             self._unreached += sum(link not in self._seen for link in links)
+
+    def _unchanged_by_sitemap(self, url: str) -> Response | None:
+        """A 304 without asking, for a page the sitemap says changed before our last fetch of it
+        (<lastmod>): its stored chunks stand and its stored links are followed."""
+        stored, changed = self._validators.get(url), self._lastmod.get(url)
+        if stored is None or stored.fetched_at is None or changed is None or changed >= stored.fetched_at:
+            return None
+        log.debug("crawl.page url=%s skipped=sitemap lastmod %s before the last fetch", url, changed)
+        return Response(url, http_status=HTTPStatus.NOT_MODIFIED, fetched_at=datetime.now(UTC))
 
     def _read_page(self, response: Response) -> tuple[str, str | None, int, list[str], int]:
         """In a thread: (the page's text, its canonical URL if ours to crawl, distinct links
@@ -373,7 +393,7 @@ class SourceCrawl:
         """Whether a link is ours to crawl: same site, a web page, not too long, allowed by the filters."""
         return (
             in_scope(url, self._site)
-            and not is_non_html(url)
+            and not is_non_html(url, documents=self._config.documents)
             and len(url) <= self._config.max_url_length
             and self._filter.allows(url)
         )
@@ -459,6 +479,9 @@ class SourceCrawl:
             is_index, entries, targets, dropped = await asyncio.to_thread(
                 self._sitemap_entries, response.body, room
             )
+            if not is_index:
+                self._lastmod.update((target, changed) for target, changed in targets if changed is not None)
+            targets = [target for target, _ in targets]
             room -= entries - dropped
             level = logging.DEBUG
             if dropped:
@@ -479,18 +502,20 @@ class SourceCrawl:
             for target in targets:
                 await self._admit(target, _SITEMAP_DEPTH)
 
-    def _sitemap_entries(self, body: bytes, room: int) -> tuple[bool, int, list[str], int]:
+    def _sitemap_entries(
+        self, body: bytes, room: int
+    ) -> tuple[bool, int, list[tuple[str, datetime | None]], int]:
         """In a thread: (whether it is an index, its entries, those of the first `room` that are
-        ours to crawl (or to read, in an index), the entries past `room`)."""
-        is_index, locs = sitemap_locs(body, self._config.max_response_bytes)
+        ours to crawl (or to read, in an index) with their <lastmod>, the entries past `room`)."""
+        is_index, entries = sitemap_entries(body, self._config.max_response_bytes)
         targets = []
-        for loc in locs[:room]:
+        for loc, changed in entries[:room]:
             target = normalize_url(loc)
             if target is None or not in_scope(target, self._site):
                 continue
             if is_index or self._follows(target):
-                targets.append(target)
-        return is_index, len(locs), targets, max(0, len(locs) - room)
+                targets.append((target, changed))
+        return is_index, len(entries), targets, max(0, len(entries) - room)
 
     async def _emit(
         self,
@@ -501,10 +526,11 @@ class SourceCrawl:
         html: str | None = None,
         links: list[str] | None = None,
         site_said: bool = False,
+        body: bytes | None = None,
     ) -> None:
         """Record one page's outcome: its row, counted, logged and passed on. `site_said`: the
         failure is the site's own rule (robots.txt), like a response's `no_page_here`."""
-        row = page_row(self._request, url, depth, error, self._admitted, response, html, links)
+        row = page_row(self._request, url, depth, error, self._admitted, response, html, links, body)
         self._outcomes[row[schema.STATUS]] += 1
         if error is not None and not site_said and not (response is not None and response.no_page_here):
             self._unreached += 1

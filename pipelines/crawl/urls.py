@@ -140,7 +140,13 @@ def in_scope(url: str, site: str) -> bool:
     return site_of(url) == site
 
 
-def is_non_html(url: str) -> bool:
-    """Whether the URL's file extension says it is not a web page."""
+# Of NON_HTML_EXTENSIONS, those of the documents the crawl indexes (crawl.documents): followed.
+DOCUMENT_EXTENSIONS = frozenset({".pdf", ".docx"})
+
+
+def is_non_html(url: str, documents: bool = False) -> bool:
+    """Whether the URL's file extension says it is neither a web page nor, with `documents`,
+    a document the crawl indexes. Only a hint for which links to follow: what a fetched URL
+    is, its bytes decide."""
     suffix = PurePosixPath(unquote(urlsplit(url).path)).suffix.lower()
-    return suffix in NON_HTML_EXTENSIONS
+    return suffix in NON_HTML_EXTENSIONS and not (documents and suffix in DOCUMENT_EXTENSIONS)

@@ -37,12 +37,12 @@ class StoredPageHistory:
     def validators(self, source_id: str) -> dict[str, Validators]:
         with self._connection() as conn:
             rows = conn.execute(
-                f"""SELECT url, etag, last_modified FROM website_pages AS p
+                f"""SELECT url, etag, last_modified, updated_at FROM website_pages AS p
                    WHERE source_id = %s AND status = 'completed' AND index_signature = %s
-                     AND (etag IS NOT NULL OR last_modified IS NOT NULL) AND {CHUNKS_STORED}""",
+                     AND {CHUNKS_STORED}""",
                 (source_id, self.index_signature),
             ).fetchall()
-        return {url: Validators(etag, last_modified) for url, etag, last_modified in rows}
+        return {url: Validators(*row) for url, *row in rows}
 
     def links(self, source_id: str, url: str) -> list[str]:
         with self._connection() as conn:

@@ -249,7 +249,7 @@ def edge_app(robots: str = DEFAULT_ROBOTS) -> web.Application:
         raise web.HTTPInternalServerError()
 
     async def report(request):
-        return web.Response(body=b"%PDF-1.4 ...", content_type="application/pdf")
+        return web.Response(body=b"\x89PNG\r\n\x1a\n a chart", content_type="image/png")
 
     async def big(request):
         return html(page("x" * (BODY_CAP * 2)))
@@ -337,7 +337,7 @@ EXPECTED = {
     ),
     "/missing.html": (schema.PageStatus.FAILED, "HTTP 404 Not Found", 404, 1),
     "/error.html": (schema.PageStatus.FAILED, "HTTP 500 Internal Server Error (after 2 attempts)", 500, 1),
-    "/report": (schema.PageStatus.FAILED, "not HTML (application/pdf)", 200, 1),
+    "/report": (schema.PageStatus.FAILED, "not HTML (image/png)", 200, 1),
     "/big.html": (schema.PageStatus.FAILED, f"response larger than {BODY_CAP} bytes", 200, 1),
     "/big-stream.html": (schema.PageStatus.FAILED, f"response larger than {BODY_CAP} bytes", 200, 1),
     "/slow.html": (schema.PageStatus.FAILED, "timed out after 1s (after 2 attempts)", None, 1),
@@ -368,7 +368,7 @@ def test_every_outcome_is_a_row_with_its_reason(serve_app):
     pages = by_path(rows)
     assert PERSIAN_TEXT in pages["/persian.html"][schema.HTML]
     assert pages["/ok.html"][schema.CONTENT_TYPE] == "text/html"
-    assert pages["/report"][schema.HTML] is None
+    assert pages["/report"][schema.HTML] is None and pages["/report"][schema.BODY] is None
     requested = server.paths()
     assert not [path for path in requested if path.startswith("/private")], "fetched a disallowed URL"
     assert "/style.css" not in requested and "/logo.png" not in requested

@@ -42,6 +42,7 @@ class MutableSite:
             "/c": article("ج"),
             "/d": article("د"),
         }
+        self.sitemap: dict[str, str] = {}  # path → <lastmod>; served at /sitemap.xml when set
         self.answers: list[tuple[str, int]] = []
         self._lock = threading.Lock()
 
@@ -52,7 +53,13 @@ class MutableSite:
 
     async def _serve(self, request: web.Request) -> web.Response:
         body = self.pages.get(request.path)
-        if body is None:
+        if request.path == "/sitemap.xml" and self.sitemap:
+            entries = "".join(
+                f"<url><loc>http://{request.host}{path}</loc><lastmod>{changed}</lastmod></url>"
+                for path, changed in self.sitemap.items()
+            )
+            response = web.Response(text=f"<urlset>{entries}</urlset>", content_type="application/xml")
+        elif body is None:
             response = web.Response(status=404, text="not found")
         else:
             etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:16] + '"'
@@ -137,6 +144,25 @@ def test_recrawl_skips_unchanged_pages_reindexes_changed_ones_and_drops_gone_one
         "pages_unchanged": 3,
         "pages_failed": 1,
     }
+
+
+def test_a_sitemap_lastmod_before_the_last_fetch_spares_the_request(
+    ray_local, database_url, embedder, tenant, serve_app
+):
+    site = MutableSite()
+    _, base_url = serve_app(site.app())
+    config = build_config(
+        store={"database_url": database_url}, crawl={"allow_private_network": True, "retries": 0}
+    )
+    assert run_crawl(tenant, [base_url], config, embedder).totals.pages_completed == 5
+    site.take_answers()
+
+    site.sitemap = {"/b": "2000-01-01", "/c": "2999-01-01T00:00:00+03:30", "/d": "not a date"}
+    totals = run_crawl(tenant, [base_url], config, embedder).totals
+    answers = site.take_answers()
+    assert "/b" not in answers, "changed long before the last fetch: not asked for"
+    assert answers == {"/": 304, "/a": 304, "/c": 304, "/d": 304, "/sitemap.xml": 200}
+    assert (totals.pages_unchanged, totals.pages_completed, totals.pages_failed) == (5, 0, 0)
 
 
 def test_the_service_recrawls_a_site_when_due_and_removes_what_is_gone_from_it(
