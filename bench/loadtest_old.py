@@ -240,6 +240,10 @@ def run_old(
         _collect(result, results, pages, window_seconds, cpu_meter, deadlocks_of, settings.database_url)
     finally:
         stop.set()
+        # The tasks still queued are dropped here too: at exit, multiprocessing would otherwise
+        # wait for its feeder thread to push them into a pipe no worker reads any more (the run
+        # printed its result, then hung until killed).
+        broker.cancel_join_thread()
         _gather_counts(result, results, processes)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         for process in processes:
