@@ -146,6 +146,7 @@ def embedded_pages(pages: int, chunks_per_page: int, source: str, model: str, se
     chunk_columns = {
         schema.CHUNK_INDEX: pa.array([i % chunks_per_page for i in range(total)], pa.int32()),
         schema.SECTION_TITLE: pa.array([text[: text.find(" ", 30)] for text in texts]),
+        schema.PAGE_NUMBER: pa.nulls(total, pa.int32()),
         schema.FULL_TEXT: pa.array(texts),
         schema.TLDR: pa.array([text[: text.rfind(" ", 0, TLDR_CHARS)] for text in texts]),
         schema.KEYWORDS: pa.array([text.split()[:3] for text in texts], pa.list_(pa.string())),

@@ -183,7 +183,7 @@ def chunk_row(page: dict, page_id: str, chunk: dict, total_chunks: int, tldr_vec
         "token_count": chunk[schema.TOKEN_COUNT],
         "language": page[schema.LANGUAGE],
     }
-    if chunk[schema.PAGE_NUMBER] is not None:  # a PDF's page: where to look in the document
+    if chunk.get(schema.PAGE_NUMBER) is not None:  # a PDF's page: where to look in the document
         metadata["page_number"] = chunk[schema.PAGE_NUMBER]
     return (
         uuid.UUID(ids.chunk_id(page_id, page[schema.CONTENT_HASH], chunk[schema.CHUNK_INDEX])),
