@@ -125,7 +125,8 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def errors_exit(*job_errors: type[Exception]) -> Iterator[None]:
-    """The library's errors as one line and exit status 1 instead of a traceback: no usable
+    """The library's errors as one line and exit status 1 instead of a traceback (Ctrl-C: the
+    word "interrupted" and 130, as shells report it): no usable
     database, or one holding another model's vectors ("database error: …"), a pipeline the
     cluster can never place, a setting only found wrong once used, an embedding server that
     does not answer, and the errors of `job_errors`, whose messages say what to do."""
@@ -141,3 +142,6 @@ def errors_exit(*job_errors: type[Exception]) -> Iterator[None]:
         )
     except (PoolCannotBePlaced, *job_errors) as exc:
         sys.exit(str(exc))
+    except KeyboardInterrupt:  # Ctrl-C: what it left is in the job's own records, no traceback
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)
