@@ -116,12 +116,6 @@ def parse_links(html: str, page_url: str, max_links: int | None = None) -> PageL
     )
 
 
-def sitemap_locs(body: bytes, max_bytes: int) -> tuple[bool, list[str]]:
-    """(whether it is a sitemap index, its <loc> values); (False, []) when it is not XML."""
-    is_index, entries = sitemap_entries(body, max_bytes)
-    return is_index, [loc for loc, _ in entries]
-
-
 def sitemap_entries(body: bytes, max_bytes: int) -> tuple[bool, list[tuple[str, datetime | None]]]:
     """(whether it is a sitemap index, its entries: each <loc> with its <lastmod> if it has a
     readable one); (False, []) when it is not XML.
@@ -149,8 +143,9 @@ def sitemap_entries(body: bytes, max_bytes: int) -> tuple[bool, list[tuple[str, 
     entries = []
     for loc in root.iter("{*}loc"):
         if loc.text and loc.text.strip():
-            lastmod = loc.getparent().find("{*}lastmod") if loc.getparent() is not None else None
-            entries.append((loc.text.strip(), _w3c_datetime(lastmod.text if lastmod is not None else None)))
+            entry = loc.getparent()
+            lastmod = entry.findtext("{*}lastmod") if entry is not None else None
+            entries.append((loc.text.strip(), _w3c_datetime(lastmod)))
     return is_index, entries
 
 

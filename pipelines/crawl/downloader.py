@@ -300,7 +300,7 @@ class Downloader:
                 transient=resp.status in _TRANSIENT_STATUSES,
                 retry_after=retry_after_seconds(resp.headers),
             ), None
-        is_html = declared_type in _HTML_CONTENT_TYPES
+        is_html = response.is_html
         may_be_document = self._config.documents and (
             declared_type in documents.TYPES or declared_type in documents.UNTYPED
         )

@@ -4,7 +4,7 @@ import gzip
 
 import pytest
 
-from pipelines.crawl.content import decode_page, parse_links, sitemap_locs
+from pipelines.crawl.content import decode_page, parse_links, sitemap_entries
 
 FALLBACKS = ["windows-1256", "windows-1252"]
 PERSIAN = "کتابخانهٔ هضم برای پردازش زبان فارسی است."
@@ -53,5 +53,5 @@ def test_only_the_first_distinct_hrefs_are_parsed_the_rest_counted():
 
 def test_gzipped_sitemaps_unpack_but_not_past_the_cap():
     urlset = b'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"><url><loc>http://s.test/a</loc></url></urlset>'
-    assert sitemap_locs(gzip.compress(urlset), 10_000) == (False, ["http://s.test/a"])
-    assert sitemap_locs(gzip.compress(urlset + b" " * 20_000), 10_000) == (False, [])
+    assert sitemap_entries(gzip.compress(urlset), 10_000) == (False, [("http://s.test/a", None)])
+    assert sitemap_entries(gzip.compress(urlset + b" " * 20_000), 10_000) == (False, [])
